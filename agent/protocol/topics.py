@@ -1,0 +1,90 @@
+"""The MQTT topic tree (see docs/PROTOCOL.md).
+
+    {prefix}/node/{node}/availability   retained  "online" | "offline" (LWT)
+    {prefix}/node/{node}/state          retained  NodeState
+    {prefix}/node/{node}/telemetry                Telemetry
+    {prefix}/node/{node}/detections               DetectionsMessage
+    {prefix}/node/{node}/snapshot                 JPEG bytes
+    {prefix}/node/{node}/update         retained  UpdateStatus
+    {prefix}/node/{node}/cmd                      CommandRequest (v5 response topic + correlation data)
+    {prefix}/announce/all               retained  Announcement
+    {prefix}/announce/group/{group}     retained  Announcement
+    {prefix}/announce/node/{node}       retained  Announcement
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agent.protocol.manifest import Target
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DEFAULT_PREFIX = "edgefleet"
+
+
+def check_segment(value: str, what: str = "topic segment") -> str:
+    """Node ids, groups and prefixes become topic segments: refuse wildcards and separators."""
+    if not _SEGMENT.match(value):
+        raise ValueError(f"invalid {what} {value!r}: use letters, digits, '_', '.', '-' (max 64)")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        for part in self.prefix.split("/"):
+            check_segment(part, "topic prefix")
+
+    def node(self, node: str, leaf: str) -> str:
+        return f"{self.prefix}/node/{check_segment(node, 'node id')}/{leaf}"
+
+    def availability(self, node: str) -> str:
+        return self.node(node, "availability")
+
+    def state(self, node: str) -> str:
+        return self.node(node, "state")
+
+    def telemetry(self, node: str) -> str:
+        return self.node(node, "telemetry")
+
+    def detections(self, node: str) -> str:
+        return self.node(node, "detections")
+
+    def snapshot(self, node: str) -> str:
+        return self.node(node, "snapshot")
+
+    def update(self, node: str) -> str:
+        return self.node(node, "update")
+
+    def command(self, node: str) -> str:
+        return self.node(node, "cmd")
+
+    def response(self, node: str) -> str:
+        return self.node(node, "cmd/response")
+
+    def announce(self, target: Target) -> str:
+        if target.kind == "all":
+            return f"{self.prefix}/announce/all"
+        assert target.value is not None
+        return f"{self.prefix}/announce/{target.kind}/{check_segment(target.value)}"
+
+    def announce_subscriptions(self, node: str, groups: list[str]) -> list[str]:
+        """The announce topics one node listens to."""
+        subs = [self.announce(Target()), self.announce(Target(kind="node", value=node))]
+        subs += [self.announce(Target(kind="group", value=g)) for g in groups]
+        return subs
+
+    def all_nodes(self, leaf: str) -> str:
+        """Wildcard subscription for the dashboard: every node's `leaf`."""
+        return f"{self.prefix}/node/+/{leaf}"
+
+    def parse_node_topic(self, topic: str) -> tuple[str, str] | None:
+        """Return (node, leaf) for a node topic under this prefix, else None."""
+        head = f"{self.prefix}/node/"
+        if not topic.startswith(head):
+            return None
+        node, _, leaf = topic[len(head):].partition("/")
+        return (node, leaf) if node and leaf else None
