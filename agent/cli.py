@@ -1,0 +1,48 @@
+"""edge-agent: the device-side command line (daemon, checks, one-shot inference, provisioning).
+
+Each subcommand lives in agent/commands/<name>.py and exposes `register(subparsers)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from agent import __version__
+
+COMMAND_MODULES = [
+    "agent.commands.run",
+    "agent.commands.check",
+    "agent.commands.infer",
+    "agent.commands.provision",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Run a signed detector from the fleet on a camera, on the Coral Edge TPU or the CPU, "
+        "and report over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
