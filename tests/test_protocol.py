@@ -6,7 +6,15 @@ import base64
 
 import pytest
 
-from agent.protocol import Announcement, DetectionsMessage, NodeState, Target, Topics, UpdateState, UpdateStatus
+from agent.protocol import (
+    Announcement,
+    DetectionsMessage,
+    NodeState,
+    Target,
+    Topics,
+    UpdateState,
+    UpdateStatus,
+)
 
 
 def test_topic_tree() -> None:

@@ -127,7 +127,7 @@ class Target(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     version: int = Field(ge=1, description="monotonic; agents refuse anything not above their high-water mark")
     created: datetime
