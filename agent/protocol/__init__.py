@@ -28,6 +28,7 @@ from agent.protocol.messages import (
     UpdateState,
     UpdateStatus,
 )
+from agent.protocol.telemetry import Telemetry
 from agent.protocol.topics import Topics
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "OutputLayout",
     "Preprocess",
     "Target",
+    "Telemetry",
     "TensorSpec",
     "Topics",
     "UpdateState",
