@@ -1,0 +1,307 @@
+"""The on-disk model store of one node: installed bundle versions and the persisted update state.
+
+Layout under `root` (the agent's state_dir/models):
+
+    versions/<version>/    verified bundles (manifest.json, manifest.sig, model files)
+    staging/<version>/     downloads in progress (kept across restarts so they resume with HTTP Range)
+    state.json             StoreState, written atomically (temp file, fsync, rename, fsync dir)
+
+Crash rule (Mender's): only a *committed* version is ever run after a restart. A version that was
+being activated or trialled when the process died is rolled back by `recover()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.protocol.messages import UpdateState, UpdateStatus
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "state.json"
+
+
+class StoreError(Exception):
+    """The store cannot be read or written (disk full, read-only, corrupt). The message is for humans."""
+
+
+class UpdatesConfig(BaseModel):
+    """[updates] section of the agent config: OTA limits and trial policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    keep_versions: int = Field(default=2, ge=1, description="committed versions kept on disk (current included)")
+    trial_frames: int = Field(default=30, ge=1, description="frames a new model must run cleanly before commit")
+    trial_seconds: float = Field(default=10.0, gt=0, description="...or this long, whichever comes first")
+    trial_max_error_frames: int = Field(default=0, ge=0, description="inference errors tolerated in a trial")
+    trial_latency_factor: float = Field(
+        default=3.0, gt=1, description="roll back when trial median latency exceeds the old median by this factor"
+    )
+    trial_latency_slack_ms: float = Field(default=5.0, ge=0, description="absolute slack added to that bound")
+    max_bundle_bytes: int = Field(default=256 << 20, gt=0, description="refuse announcements declaring more")
+    min_free_bytes: int = Field(default=16 << 20, ge=0, description="keep this much disk free after a download")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    total_timeout_s: float = Field(default=600.0, gt=0, description="a whole bundle download")
+    download_retries: int = Field(default=2, ge=0, description="Range-resumed retries after a broken transfer")
+
+
+class ModelRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    version: int
+
+
+class PendingUpdate(BaseModel):
+    """An update between announcement and commit, persisted so a restart knows what to undo."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    version: int
+    phase: Literal["downloading", "activating", "trial"]
+    reason: str = "update"  # "update" | "rollback" | "pin"
+    started: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class StoreState(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    current: ModelRecord | None = None
+    previous: ModelRecord | None = None
+    # Committed versions, oldest first; the last one is `current`.
+    committed: list[ModelRecord] = Field(default_factory=list)
+    high_water: int = 0
+    pinned: int | None = None
+    pending: PendingUpdate | None = None
+    last_result: UpdateStatus | None = None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` so that after a crash `path` holds either the old or the new bytes, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def describe_os_error(exc: OSError, what: str) -> str:
+    """A clear, operator-facing message for the storage errors that matter on an SD card."""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while {what}: {exc.filename or ''} (free space on the model store)"
+    if exc.errno == errno.EROFS:
+        return f"storage is read-only while {what}: {exc.filename or ''} (remount read-write)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied while {what}: {exc.filename or ''}"
+    return f"I/O error while {what}: {exc.strerror or exc} {exc.filename or ''}".rstrip()
+
+
+class ModelStore:
+    def __init__(self, root: Path, keep: int = 2) -> None:
+        self.root = Path(root)
+        self.keep = max(1, keep)
+        self.versions_dir = self.root / "versions"
+        self.staging_root = self.root / "staging"
+        self.state_path = self.root / STATE_NAME
+
+    # -- state ---------------------------------------------------------------------------------
+    def ensure_dirs(self) -> None:
+        try:
+            for d in (self.root, self.versions_dir, self.staging_root):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, "creating the model store")) from exc
+
+    def load_state(self) -> StoreState:
+        try:
+            data = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return StoreState()
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, "reading the update state")) from exc
+        try:
+            return StoreState.model_validate_json(data)
+        except ValidationError as exc:
+            # The write is atomic, so this is corruption from outside; don't guess, refuse loudly.
+            raise StoreError(f"{self.state_path} is corrupt: {exc.errors()[0]['msg']}") from exc
+
+    def save_state(self, state: StoreState) -> None:
+        try:
+            atomic_write(self.state_path, state.model_dump_json(indent=2).encode())
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, "saving the update state")) from exc
+
+    # -- directories ---------------------------------------------------------------------------
+    def version_dir(self, version: int) -> Path:
+        return self.versions_dir / str(int(version))
+
+    def staging_dir(self, version: int) -> Path:
+        return self.staging_root / str(int(version))
+
+    def installed_versions(self) -> list[int]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.versions_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def promote(self, version: int) -> Path:
+        """Move a fully downloaded and checked staging dir into versions/ (one atomic rename)."""
+        src, dst = self.staging_dir(version), self.version_dir(version)
+        try:
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+            fsync_dir(self.versions_dir)
+            fsync_dir(self.staging_root)
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, f"installing version {version}")) from exc
+        return dst
+
+    def install_copy(self, src: Path, version: int) -> Path:
+        """Copy a local bundle directory into versions/ (the node's first model, from the config)."""
+        tmp = self.staging_root / f".seed-{version}"
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(src, tmp)
+            for p in tmp.rglob("*"):
+                if p.is_file():
+                    with open(p, "rb") as f:
+                        os.fsync(f.fileno())
+            dst = self.version_dir(version)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+            fsync_dir(self.versions_dir)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(describe_os_error(exc, f"installing {src}")) from exc
+        return dst
+
+    def remove_version(self, version: int) -> None:
+        shutil.rmtree(self.version_dir(version), ignore_errors=True)
+
+    def clear_staging(self, keep: int | None = None) -> None:
+        """Remove staging dirs, except the one of version `keep` (a download to resume)."""
+        if not self.staging_root.is_dir():
+            return
+        for p in self.staging_root.iterdir():
+            if keep is not None and p.name == str(keep):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def prune(self, state: StoreState) -> list[int]:
+        """Keep the last `keep` committed versions (and anything pending or pinned); delete the rest."""
+        keep_versions = {r.version for r in state.committed[-self.keep:]}
+        if state.pending:
+            keep_versions.add(state.pending.version)
+        if state.pinned is not None:
+            keep_versions.add(state.pinned)
+        removed = []
+        for v in self.installed_versions():
+            if v not in keep_versions:
+                self.remove_version(v)
+                removed.append(v)
+        if removed:
+            log.info("pruned model versions %s", removed)
+        return removed
+
+    def trim_committed(self, state: StoreState) -> None:
+        """Drop committed records whose directories are gone (pruned) so rollback targets exist."""
+        have = set(self.installed_versions())
+        state.committed = [r for r in state.committed if r.version in have]
+
+    # -- startup -------------------------------------------------------------------------------
+    def recover(self, node: str) -> StoreState:
+        """Apply the crash rule at startup and return the state to run with.
+
+        An update that died while activating or in trial is rolled back (its files removed, the
+        committed version stays current). A download that died keeps its staging dir so the next
+        announcement resumes it with Range requests.
+        """
+        self.ensure_dirs()
+        state = self.load_state()
+        changed = False
+        if state.pending is not None:
+            p = state.pending
+            if p.phase in ("activating", "trial"):
+                # Never delete a committed version's files (a "pin"/"rollback" to an installed one).
+                if all(r.version != p.version for r in state.committed):
+                    self.remove_version(p.version)
+                state.last_result = UpdateStatus(
+                    node=node, name=p.name, version=p.version, state=UpdateState.ROLLED_BACK,
+                    reason=f"agent restarted during {p.phase}: not committed, rolled back to "
+                    f"v{state.current.version if state.current else '?'}",
+                    running_version=state.current.version if state.current else None,
+                )
+                self.clear_staging()
+            else:
+                self.clear_staging(keep=p.version)
+            state.pending = None
+            changed = True
+        else:
+            self.clear_staging()
+        # Versions on disk that no committed record names are leftovers of a crash: remove them.
+        known = {r.version for r in state.committed}
+        if state.pinned is not None:
+            known.add(state.pinned)
+        for v in self.installed_versions():
+            if v not in known:
+                self.remove_version(v)
+        if changed:
+            self.save_state(state)
+        return state
+
+    def inventory(self, state: StoreState) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for v in self.installed_versions():
+            d = self.version_dir(v)
+            size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+            name = None
+            with contextlib.suppress(OSError, ValueError):
+                name = json.loads((d / "manifest.json").read_bytes()).get("name")
+            out.append({
+                "version": v, "name": name, "bytes": size,
+                "current": state.current is not None and state.current.version == v,
+                "previous": state.previous is not None and state.previous.version == v,
+                "committed": any(r.version == v for r in state.committed),
+                "pinned": state.pinned == v,
+            })
+        return out
+
+
+__all__ = [
+    "ModelRecord",
+    "ModelStore",
+    "PendingUpdate",
+    "StoreError",
+    "StoreState",
+    "UpdatesConfig",
+    "atomic_write",
+    "describe_os_error",
+    "fsync_dir",
+]
