@@ -1,0 +1,251 @@
+"""Agent configuration: one TOML file, overridable from the environment (EDGE_AGENT_*).
+
+Precedence (highest first): explicit keyword arguments, environment, TOML file, defaults.
+Nested keys use a double underscore in the environment, e.g. EDGE_AGENT_BROKER__URL or
+EDGE_AGENT_BACKEND__CPU__THREADS. One sub-model per backend, in the spirit of Frigate's detectors.
+See docs/AGENT.md and docs/agent.example.toml.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agent.protocol.topics import DEFAULT_PREFIX, check_segment
+
+_TPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
+# The TOML path for the settings source of the current load (settings classes are static).
+_TOML_PATH: ContextVar[Path | None] = ContextVar("_TOML_PATH", default=None)
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerConfig(_Section):
+    """MQTT broker. url: mqtt://host:port, mqtts://host:port (TLS), ws:// or wss:// (websockets)."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    client_id: str | None = None
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    outbox_size: int = Field(default=200, ge=1, description="messages queued while the link is slow")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        u = urlparse(v)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl", "ws", "wss") or not u.hostname:
+            raise ValueError(f"broker url must look like mqtt://host:port, mqtts://, ws:// or wss://, not {v!r}")
+        return v
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme in ("mqtts", "ssl", "wss") or self.ca_file is not None
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.url)
+        if u.port:
+            return u.port
+        return {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883, "ws": 80, "wss": 443}[u.scheme]
+
+    @property
+    def transport(self) -> Literal["tcp", "websockets"]:
+        return "websockets" if urlparse(self.url).scheme in ("ws", "wss") else "tcp"
+
+    @property
+    def ws_path(self) -> str:
+        return urlparse(self.url).path or "/mqtt"
+
+
+class CameraConfig(_Section):
+    """Where frames come from. `source`: rtsp://…, /dev/videoN, a USB index, a video file,
+    an image directory, or "picamera2". `kind` "auto" guesses from the source."""
+
+    source: str = "/dev/video0"
+    kind: Literal["auto", "rtsp", "usb", "file", "images", "picamera2"] = "auto"
+    loop: bool = Field(default=True, description="video files and image directories start over at the end")
+    realtime: bool = Field(default=True, description="pace files and image directories at `fps`/their own rate")
+    fps: float | None = Field(default=None, gt=0, description="pacing for image directories; files use their own")
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0, description="no frame for this long = stalled, reconnect")
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+
+    def resolved_kind(self) -> Literal["rtsp", "usb", "file", "images", "picamera2"]:
+        if self.kind != "auto":
+            return self.kind
+        s = self.source
+        if s.startswith(("rtsp://", "rtsps://", "http://", "https://", "rtmp://")):
+            return "rtsp"
+        if s == "picamera2":
+            return "picamera2"
+        if s.isdigit() or s.startswith("/dev/video"):
+            return "usb"
+        if Path(s).is_dir():
+            return "images"
+        return "file"
+
+
+class EdgeTpuConfig(_Section):
+    """Coral Edge TPU. device: "usb", "usb:N", "pci", "pci:N" (libedgetpu's syntax); "" = first found."""
+
+    enabled: bool = True
+    device: str = ""
+    library: str = "libedgetpu.so.1"
+    reprobe_interval_s: float = Field(default=30.0, gt=0, description="while degraded, retry the TPU this often")
+    # Where enumeration looks (agent.backends.edgetpu); changed only by tests and containers.
+    sysfs_root: Path = Path("/sys")
+    dev_root: Path = Path("/dev")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v and not _TPU_DEVICE.match(v):
+            raise ValueError(f"edgetpu device must be usb, usb:N, pci or pci:N, not {v!r}")
+        return v
+
+
+class CpuConfig(_Section):
+    """TFLite on the CPU (XNNPACK)."""
+
+    threads: int = Field(default=2, ge=1, le=64)
+    xnnpack: bool = True
+
+
+class BackendConfig(_Section):
+    prefer: Literal["edgetpu", "cpu"] = "edgetpu"
+    edgetpu: EdgeTpuConfig = EdgeTpuConfig()
+    cpu: CpuConfig = CpuConfig()
+
+
+class DetectConfig(_Section):
+    score_threshold: float = Field(default=0.4, ge=0, le=1)
+    iou_threshold: float = Field(default=0.5, ge=0, le=1)
+    max_detections: int = Field(default=100, ge=1)
+    classes: list[str] | None = Field(default=None, description="report only these class names")
+    target_fps: float | None = Field(default=None, gt=0, description="cap inference rate; None = as fast as possible")
+
+
+class PublishConfig(_Section):
+    max_rate_hz: float = Field(default=5.0, gt=0, description="detection messages per second at most")
+    publish_empty: bool = Field(default=False, description="also publish frames without detections")
+    snapshot: bool = Field(default=False, description="publish a JPEG on the snapshot topic on detection")
+    snapshot_interval_s: float = Field(default=10.0, ge=0)
+    snapshot_quality: int = Field(default=80, ge=10, le=100)
+    snapshot_max_width: int = Field(default=640, ge=32)
+
+
+class AgentConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    node_id: str = "node-1"
+    groups: list[str] = Field(default_factory=list)
+    topic_prefix: str = DEFAULT_PREFIX
+    broker: BrokerConfig = BrokerConfig()
+    camera: CameraConfig = CameraConfig()
+    backend: BackendConfig = BackendConfig()
+    detect: DetectConfig = DetectConfig()
+    publish: PublishConfig = PublishConfig()
+    state_dir: Path = Path("/var/lib/edge-agent")
+    trusted_keys_dir: Path = Path("/etc/edge-agent/keys")
+    bundle: Path | None = Field(default=None, description="a bundle directory to run when the store has none")
+    state_interval_s: float = Field(default=60.0, gt=0, description="republish the retained state this often")
+
+    @field_validator("node_id")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return check_segment(v, "node_id")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return [check_segment(g, "group") for g in v]
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        for part in v.split("/"):
+            check_segment(part, "topic_prefix")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _TOML_PATH.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+def load_config(path: Path | str | None = None, **overrides: Any) -> AgentConfig:
+    """Read the TOML file (if any), apply EDGE_AGENT_* env and keyword overrides, validate.
+
+    Raises ConfigError with a readable message listing every bad key.
+    """
+    toml: Path | None = None
+    if path is not None:
+        toml = Path(path)
+        if not toml.is_file():
+            raise ConfigError(f"config file {toml} does not exist")
+        import tomllib
+
+        try:
+            tomllib.loads(toml.read_text())  # parse once here for a clear syntax error
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{toml}: invalid TOML: {exc}") from exc
+    token = _TOML_PATH.set(toml)
+    try:
+        return AgentConfig(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, toml)) from exc
+    finally:
+        _TOML_PATH.reset(token)
+
+
+def format_validation_error(exc: ValidationError, source: Path | None = None) -> str:
+    where = f" in {source}" if source else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {key}: {err['msg']}")
+    return "\n".join(lines)
