@@ -314,7 +314,7 @@ def make_dataset(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write a YOLO-format dataset under `out` and return the path of its data.yaml.
+    """Write a YOLO-format dataset under `out` and return `out` (the dataset root; data.yaml is inside).
 
     Layout: images/{train,val}/*.jpg, labels/{train,val}/*.txt (class cx cy w h, normalized), data.yaml
     with `names`. Deterministic by seed: image i of a split always comes from the same sub-seed.
@@ -355,7 +355,7 @@ def make_dataset(
         f"# synthetic shapes dataset, seed {seed}, {n_train} train / {n_val} val images at {imgsz} px\n"
         f"train: images/train\nval: images/val\nnc: {len(classes)}\nnames:\n{names}\n"
     )
-    return yaml_path
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- video

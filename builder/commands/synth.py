@@ -60,14 +60,14 @@ def _dataset(args: argparse.Namespace) -> int:
         if args.n_train < 1 or args.n_val < 1 or args.imgsz < 32:
             raise ValueError("need --n-train >= 1, --n-val >= 1 and --imgsz >= 32")
         with tqdm(total=args.n_train + args.n_val, desc="synth", unit="img") as bar:
-            yaml_path = make_dataset(
+            root = make_dataset(
                 args.out, args.n_train, args.n_val, imgsz=args.imgsz, classes=classes, seed=args.seed,
                 progress=lambda done, total: bar.update(done - bar.n),
             )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.n_train} train + {args.n_val} val images, classes {classes}: {yaml_path}")
+    print(f"wrote {args.n_train} train + {args.n_val} val images, classes {classes}: {root / 'data.yaml'}")
     return 0
 
 
