@@ -1,0 +1,77 @@
+"""The bundles the dashboard offers for rollout: every directory holding a manifest.json under --bundles.
+
+The page only ever names a bundle by the id listed here, never by a path, so a browser cannot make the
+server publish an arbitrary directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agent.bundle import BundleError, parse_manifest
+from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME
+
+
+class BundleInfo(BaseModel):
+    id: str
+    path: str
+    root: str  # the --bundles directory it was found under
+    rel: str  # path relative to that root ("." when the root is the bundle)
+    name: str | None = None
+    version: int | None = None
+    created: str | None = None
+    size_bytes: int = 0
+    signed: bool = False
+    key_id: str | None = None
+    models: dict[str, str | None] = {}
+    metrics: dict[str, dict[str, float | int | None]] = {}
+    error: str | None = None  # unreadable manifest: listed, but not publishable
+
+
+def _bundle_id(path: Path) -> str:
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+
+
+def describe(path: Path, root: Path) -> BundleInfo:
+    rel = path.relative_to(root).as_posix() if path != root else "."
+    info = BundleInfo(id=_bundle_id(path), path=str(path), root=str(root), rel=rel)
+    sig = path / SIGNATURE_NAME
+    if sig.exists():
+        info.signed = True
+        try:
+            info.key_id = json.loads(sig.read_bytes()).get("key_id")
+        except (OSError, ValueError, AttributeError):
+            info.error = f"{SIGNATURE_NAME} is unreadable"
+    try:
+        m = parse_manifest((path / MANIFEST_NAME).read_bytes())
+    except (OSError, BundleError) as exc:
+        info.error = str(exc)
+        return info
+    info.name, info.version, info.created = m.name, m.version, m.created.isoformat()
+    info.size_bytes = m.total_size()
+    info.models = {"cpu": m.models.cpu, "edgetpu": m.models.edgetpu}
+    info.metrics = {k: v.model_dump(exclude_none=True) for k, v in m.metrics.items()}
+    return info
+
+
+def find_bundles(roots: list[Path], depth: int = 2) -> list[BundleInfo]:
+    """Bundle directories under each root (the root itself, or up to `depth` levels below), newest first."""
+    found: dict[str, BundleInfo] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        candidates = [root]
+        frontier = [root]
+        for _ in range(depth):
+            frontier = sorted(p for d in frontier for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+            candidates += frontier
+        for c in candidates:
+            if (c / MANIFEST_NAME).is_file():
+                info = describe(c, root)
+                found.setdefault(info.id, info)
+    return sorted(found.values(), key=lambda b: (b.name or "", -(b.version or 0), b.path))

@@ -1,0 +1,287 @@
+"""The fleet as the dashboard sees it, built from MQTT messages.
+
+One `FleetState` per server. The MQTT thread calls `handle(topic, payload)`; readers (SSE connections, the
+terminal table) take JSON views. Every change bumps a version counter, and each node remembers the version
+of its last change, so a reader sends only what changed since it last looked. A payload that does not parse
+marks just that node faulty (with the reason); every other node keeps updating.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+from agent.protocol.manifest import Target
+from agent.protocol.messages import DetectionsMessage, NodeState, UpdateState, UpdateStatus
+from agent.protocol.topics import Topics
+from builder.dashboard.telemetry_view import MalformedPayload, TelemetryReading, read_telemetry
+
+# Leaves the dashboard subscribes to (snapshot is binary JPEG, kept as bytes).
+LEAVES = ("availability", "state", "telemetry", "detections", "update", "snapshot")
+TERMINAL = {UpdateState.COMMITTED, UpdateState.ROLLED_BACK, UpdateState.REJECTED, UpdateState.FAILED}
+GOOD = {UpdateState.COMMITTED}
+MAX_DETECTIONS = 20  # per node, highest score first: the page draws these
+M = TypeVar("M", bound=BaseModel)
+FAULT_HOLD_S = 10.0
+TAIL = 5  # history points sent with each delta; the page merges them by time
+
+
+class DetectionView(BaseModel):
+    box: tuple[float, float, float, float]
+    class_name: str
+    score: float
+
+
+class NodeView(BaseModel):
+    """One node's row, cards and chart feed, exactly as sent to the page (JSON)."""
+
+    id: str
+    online: bool | None = None  # None: no availability message yet
+    status: str | None = None
+    reason: str | None = None
+    agent_version: str | None = None
+    backend: str | None = None
+    device: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    groups: list[str] = Field(default_factory=list)
+    camera: str | None = None
+    telemetry: TelemetryReading | None = None
+    telemetry_rx: float | None = None  # server clock when the last good telemetry arrived
+    update: UpdateStatus | None = None
+    update_rx: float | None = None
+    detections: list[DetectionView] = Field(default_factory=list)
+    detections_ts: float | None = None  # capture time of that frame (node clock)
+    detections_frame: int | None = None
+    has_snapshot: bool = False
+    faults: dict[str, str] = Field(default_factory=dict)  # leaf -> why its last payload was rejected
+    rejected: int = 0  # payloads from this node that did not parse
+    last_seen: float | None = None  # server clock, any message
+
+
+class Rollout(BaseModel):
+    id: int
+    bundle: str
+    name: str
+    version: int
+    target: str
+    started: float
+    published_by: str = "dashboard"
+
+
+class _Node:
+    def __init__(self, node_id: str, history: int) -> None:
+        self.view = NodeView(id=node_id)
+        self.hist: deque[tuple[float, float | None, float | None, float | None]] = deque(maxlen=history)
+        self.snapshot: bytes | None = None
+        self.changed = 0  # state version of the last change
+        self.fault_at: dict[str, float] = {}
+
+
+class FleetState:
+    def __init__(self, topics: Topics | None = None, history: int = 180,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.topics = topics or Topics()
+        self.history = history
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._nodes: dict[str, _Node] = {}
+        self._rollouts: list[Rollout] = []
+        self._rollouts_changed = 0
+        self._ids = itertools.count(1)
+        self.version = 0
+        self.messages = 0
+        self.rejected = 0
+
+    # ---- input (MQTT thread) ----------------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes) -> str | None:
+        """Apply one message; return the node id it touched (None: not a node topic we draw)."""
+        parsed = self.topics.parse_node_topic(topic)
+        if parsed is None:
+            return None
+        node_id, leaf = parsed
+        if leaf not in LEAVES:
+            return None
+        now = self.clock()
+        with self._cond:
+            self.messages += 1
+            node = self._nodes.get(node_id)
+            if node is None:
+                if not payload:  # a retained message being cleared for a node we never saw
+                    return None
+                node = self._nodes[node_id] = _Node(node_id, self.history)
+            v = node.view
+            v.last_seen = now
+            try:
+                self._apply(node, leaf, payload, now)
+                # A good payload clears the fault, but only after FAULT_HOLD_S: one bad message between
+                # good ones must still be visible to a human glancing at the page.
+                if leaf in v.faults and now - node.fault_at.get(leaf, 0.0) >= FAULT_HOLD_S:
+                    del v.faults[leaf]
+            except MalformedPayload as exc:
+                self.rejected += 1
+                v.faults[leaf] = str(exc)
+                node.fault_at[leaf] = now
+                v.rejected += 1
+            self.version += 1
+            node.changed = self.version
+            if leaf in ("update", "state"):
+                self._rollouts_changed = self.version
+            self._cond.notify_all()
+        return node_id
+
+    def _apply(self, node: _Node, leaf: str, payload: bytes, now: float) -> None:
+        v = node.view
+        if leaf == "availability":
+            text = payload.decode("utf-8", "replace").strip().lower()
+            if text not in ("online", "offline", ""):
+                raise MalformedPayload(f"availability must be online/offline, not {text[:40]!r}")
+            v.online = None if text == "" else text == "online"
+        elif leaf == "state":
+            if not payload:
+                return
+            st = _model(NodeState, payload, "state")
+            v.status, v.reason, v.agent_version = st.status, st.reason, st.agent_version
+            v.backend, v.device, v.camera, v.groups = st.backend, st.device, st.camera, list(st.groups)
+            if st.model is not None:
+                v.model_name, v.model_version = st.model.name, st.model.version
+            else:
+                v.model_name = v.model_version = None
+            if st.last_update is not None and v.update is None:
+                v.update = st.last_update  # no update topic seen yet: show what the state says
+        elif leaf == "telemetry":
+            t = read_telemetry(payload)
+            v.telemetry, v.telemetry_rx = t, now
+            if t.backend and not v.backend:
+                v.backend = t.backend
+            node.hist.append((round(now, 3), t.p50_ms, t.p95_ms, t.power_w))
+        elif leaf == "detections":
+            d = _model(DetectionsMessage, payload, "detections")
+            best = sorted(d.detections, key=lambda x: -x.score)[:MAX_DETECTIONS]
+            v.detections = [DetectionView(box=x.box, class_name=x.class_name, score=round(x.score, 3)) for x in best]
+            v.detections_ts, v.detections_frame = d.frame_ts, d.frame_index
+            v.model_name, v.model_version = d.model_name, d.model_version
+            v.backend = d.backend
+        elif leaf == "update":
+            if not payload:
+                return
+            v.update, v.update_rx = _model(UpdateStatus, payload, "update"), now
+        elif leaf == "snapshot":
+            node.snapshot = payload or None
+            v.has_snapshot = bool(payload)
+
+    # ---- rollouts ----------------------------------------------------------------------------------
+    def add_rollout(self, bundle: str, name: str, version: int, target: Target) -> Rollout:
+        with self._cond:
+            r = Rollout(id=next(self._ids), bundle=bundle, name=name, version=version, target=str(target),
+                        started=self.clock())
+            self._rollouts.append(r)
+            del self._rollouts[:-10]
+            self.version += 1
+            self._rollouts_changed = self.version
+            self._cond.notify_all()
+            return r
+
+    def _rollout_view(self, r: Rollout) -> dict[str, Any]:
+        target = Target.parse(r.target)
+        rows = []
+        for node_id in sorted(self._nodes):
+            v = self._nodes[node_id].view
+            u = v.update
+            ours = (u is not None and v.update_rx is not None and v.update_rx >= r.started
+                    and u.version == r.version and (u.name in (None, r.name)))
+            if not ours and not target.matches(node_id, v.groups):
+                continue
+            if ours:
+                assert u is not None
+                state = u.state.value
+                done = u.state in TERMINAL
+                ok = u.state in GOOD
+                rows.append({"node": node_id, "state": state, "progress": u.progress, "reason": u.reason,
+                             "done": done, "ok": ok})
+            elif v.model_version == r.version and v.model_name == r.name:
+                rows.append({"node": node_id, "state": "running", "progress": None, "reason": None,
+                             "done": True, "ok": True})
+            else:
+                rows.append({"node": node_id, "state": "waiting", "progress": None, "reason": None,
+                             "done": False, "ok": False})
+        return {**r.model_dump(), "nodes": rows,
+                "done": bool(rows) and all(x["done"] for x in rows),
+                "committed": sum(1 for x in rows if x["ok"]),
+                "failed": sum(1 for x in rows if x["done"] and not x["ok"])}
+
+    # ---- output (readers) --------------------------------------------------------------------------
+    def _node_json(self, node: _Node, full: bool) -> dict[str, Any]:
+        d = node.view.model_dump(mode="json")
+        d["v"] = node.changed
+        d["hist"] = list(node.hist) if full else list(node.hist)[-TAIL:]
+        return d
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything, with the full chart history: the first event of every page."""
+        with self._cond:
+            return {"type": "snapshot", "v": self.version, "now": self.clock(),
+                    "nodes": [self._node_json(n, True) for _, n in sorted(self._nodes.items())],
+                    "rollouts": [self._rollout_view(r) for r in self._rollouts],
+                    "stats": self._stats()}
+
+    def delta(self, since: int) -> dict[str, Any] | None:
+        """What changed after version `since` (None: nothing)."""
+        with self._cond:
+            if self.version <= since:
+                return None
+            out: dict[str, Any] = {
+                "type": "delta", "v": self.version, "now": self.clock(),
+                "nodes": [self._node_json(n, False) for _, n in sorted(self._nodes.items()) if n.changed > since],
+                "stats": self._stats(),
+            }
+            if self._rollouts_changed > since:
+                out["rollouts"] = [self._rollout_view(r) for r in self._rollouts]
+            return out
+
+    def wait(self, since: int, timeout: float) -> bool:
+        """Block until the version passes `since` (True) or `timeout` elapses (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.version > since, timeout)
+
+    def _stats(self) -> dict[str, int]:
+        return {"nodes": len(self._nodes), "messages": self.messages, "rejected": self.rejected,
+                "online": sum(1 for n in self._nodes.values() if n.view.online)}
+
+    def nodes(self) -> list[NodeView]:
+        with self._cond:
+            return [n.view.model_copy(deep=True) for _, n in sorted(self._nodes.items())]
+
+    def node(self, node_id: str) -> NodeView | None:
+        with self._cond:
+            n = self._nodes.get(node_id)
+            return n.view.model_copy(deep=True) if n else None
+
+    def snapshot_jpeg(self, node_id: str) -> bytes | None:
+        with self._cond:
+            n = self._nodes.get(node_id)
+            return n.snapshot if n else None
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [self._rollout_view(r) for r in self._rollouts]
+
+
+def _model(cls: type[M], payload: bytes, what: str) -> M:
+    try:
+        return cls.model_validate_json(payload)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        raise MalformedPayload(f"{what} rejected: {where}: {err['msg']}"[:200]) from None
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)

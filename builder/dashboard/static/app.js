@@ -1,0 +1,351 @@
+// Edge fleet dashboard: plain JavaScript, no libraries. State arrives over Server-Sent Events from
+// /api/events (one "snapshot", then "delta" events carrying only the nodes that changed); charts are
+// drawn on <canvas> by the functions below.
+"use strict";
+
+const HISTORY_S = 180;           // seconds of chart history kept per node
+const nodes = new Map();         // id -> node view (see builder/dashboard/state.py NodeView) + hist
+let rollouts = [];
+let stats = {};
+let clockOffset = 0;             // server clock minus browser clock, seconds
+let lastEvent = null;            // {v, now, recv} of the last event: tests read staleness from it
+let eventCount = 0;
+let renderQueued = false;
+const rendered = new Map();      // id -> node.v last drawn
+
+// ---- small helpers -------------------------------------------------------------------------------
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("data-")) el.setAttribute(k, v);
+    else el[k] = v;
+  }
+  for (const kid of kids.flat()) {
+    if (kid === null || kid === undefined || kid === false) continue;
+    el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return el;
+}
+const serverNow = () => Date.now() / 1000 + clockOffset;
+const num = (x, d = 1) => (x === null || x === undefined) ? "–" : Number(x).toFixed(d);
+function ago(t) {
+  if (t === null || t === undefined) return "never";
+  const s = Math.max(0, serverNow() - t);
+  if (s < 1) return "now";
+  if (s < 90) return `${s.toFixed(0)} s ago`;
+  if (s < 5400) return `${(s / 60).toFixed(0)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+}
+function pill(text, kind, title) { return h("span", { class: `pill ${kind}`, title: title || "" }, text); }
+function hue(name) { let x = 0; for (const c of name) x = (x * 31 + c.charCodeAt(0)) % 360; return x; }
+
+// ---- stream ----------------------------------------------------------------------------------------
+function onEvent(d) {
+  const recv = Date.now() / 1000;
+  clockOffset = d.now - recv;
+  lastEvent = { v: d.v, now: d.now, recv, type: d.type };
+  eventCount += 1;
+  stats = d.stats || stats;
+  if (d.type === "snapshot") {
+    nodes.clear();
+    rendered.clear();
+    for (const n of d.nodes) nodes.set(n.id, n);
+  } else {
+    for (const n of d.nodes) mergeNode(n);
+  }
+  if (d.rollouts) rollouts = d.rollouts;
+  queueRender();
+}
+
+function mergeNode(n) {
+  const old = nodes.get(n.id);
+  let hist = old ? old.hist : [];
+  const lastT = hist.length ? hist[hist.length - 1][0] : -Infinity;
+  hist = hist.concat(n.hist.filter(p => p[0] > lastT));  // deltas repeat the last few points
+  const cutoff = serverNow() - HISTORY_S;
+  while (hist.length && hist[0][0] < cutoff) hist.shift();
+  n.hist = hist;
+  nodes.set(n.id, n);
+}
+
+function connect() {
+  const link = document.getElementById("link");
+  const es = new EventSource("/api/events");
+  es.addEventListener("snapshot", e => onEvent(JSON.parse(e.data)));
+  es.addEventListener("delta", e => onEvent(JSON.parse(e.data)));
+  es.onopen = () => { link.textContent = "live"; link.className = "pill ok"; };
+  es.onerror = () => { link.textContent = "reconnecting…"; link.className = "pill warn"; };  // EventSource retries by itself
+}
+
+// ---- node table ------------------------------------------------------------------------------------
+const STATUS_KIND = { running: "ok", starting: "warn", degraded: "warn", error: "bad", stopped: "idle" };
+
+function nodeStatus(n) {
+  const faults = Object.entries(n.faults || {});
+  if (faults.length) return { kind: "bad", text: "faulty", detail: faults.map(([leaf, why]) => `${leaf}: ${why}`).join("; ") };
+  if (n.online === false) return { kind: "idle", text: "offline", detail: null };
+  if (n.online === null) return { kind: "idle", text: "unknown", detail: "no availability message yet" };
+  const t = n.telemetry;
+  if (t && n.telemetry_rx !== null && serverNow() - n.telemetry_rx > Math.max(10, 3 * t.interval_s)) {
+    return { kind: "warn", text: "silent", detail: `no telemetry for ${ago(n.telemetry_rx)}` };
+  }
+  const st = n.status || "online";
+  return { kind: STATUS_KIND[st] || "ok", text: st, detail: n.reason };
+}
+
+const UPDATE_KIND = { committed: "ok", rolled_back: "bad", rejected: "bad", failed: "bad" };
+
+function updateCell(u) {
+  if (!u) return h("span", { class: "muted" }, "–");
+  const pct = u.state === "downloading" && u.progress !== null ? ` ${Math.round(u.progress * 100)}%` : "";
+  return h("div", {},
+    pill(`${u.version !== null ? "v" + u.version + " " : ""}${u.state.replace("_", " ")}${pct}`, UPDATE_KIND[u.state] || "warn"),
+    u.reason ? h("div", { class: "reason" }, u.reason) : null);
+}
+
+function renderRow(n, tr) {
+  const s = nodeStatus(n);
+  const t = n.telemetry || {};
+  tr.className = s.text === "faulty" ? "faulty" : (n.online === false ? "offline" : "");
+  tr.setAttribute("data-status", s.text);
+  tr.setAttribute("data-model-version", n.model_version ?? "");
+  const power = t.power_w === null || t.power_w === undefined ? "–" :
+    [`${num(t.power_w, 2)} W`, t.power_estimated ? h("span", { class: "est", title: `source: ${t.power_source}` }, "est.") : null];
+  const temp = t.temp_c === null || t.temp_c === undefined ? "–" :
+    `${num(t.temp_c, 0)} °C${t.tpu_temp_c ? " / TPU " + num(t.tpu_temp_c, 0) : ""}`;
+  const cells = [
+    h("td", {}, h("div", { class: "node-id" }, n.id), n.groups.length ? h("div", { class: "groups" }, n.groups.join(", ")) : null),
+    h("td", {}, pill(s.text, s.kind), s.detail ? h("div", { class: s.text === "faulty" ? "fault" : "reason" }, s.detail) : null),
+    h("td", { class: "model" }, n.model_version !== null ? `${n.model_name} v${n.model_version}` : "–"),
+    h("td", {}, n.backend || t.backend || "–", n.device ? h("div", { class: "groups" }, n.device) : null),
+    h("td", { class: "num" }, num(t.fps, 1)),
+    h("td", { class: "num", title: t.stage ? `stage: ${t.stage}` : "" }, `${num(t.p50_ms)} / ${num(t.p95_ms)} ms`),
+    h("td", { class: "num" }, power),
+    h("td", { class: "num" }, temp),
+    h("td", {}, updateCell(n.update)),
+  ];
+  // Keep the two chart canvases across redraws; rebuild the text cells.
+  let lat = tr.querySelector("canvas.lat"), pow = tr.querySelector("canvas.pow");
+  if (!lat) {
+    lat = h("canvas", { class: "spark lat", width: 300, height: 72 });
+    pow = h("canvas", { class: "spark pow", width: 300, height: 72 });
+  }
+  tr.replaceChildren(...cells, h("td", {}, lat), h("td", {}, pow));
+  const now = serverNow();
+  spark(lat, n.hist, [[1, "--p50"], [2, "--p95"]], now);
+  spark(pow, n.hist, [[3, "--pow"]], now);
+}
+
+// A sparkline: the last HISTORY_S seconds, y from 0 to the max seen, latest value printed top-right.
+function spark(cv, hist, series, now) {
+  const ctx = cv.getContext("2d");
+  const W = cv.width, H = cv.height, pad = 4;
+  ctx.clearRect(0, 0, W, H);
+  ctx.strokeStyle = "#e2e5eb"; ctx.lineWidth = 1;
+  ctx.beginPath(); ctx.moveTo(0, H - pad); ctx.lineTo(W, H - pad); ctx.stroke();
+  let ymax = 0;
+  for (const p of hist) for (const [i] of series) if (p[i] !== null && p[i] > ymax) ymax = p[i];
+  if (ymax <= 0) { ctx.fillStyle = "#9aa1b0"; ctx.font = "20px system-ui"; ctx.fillText("no data", 8, H / 2 + 7); return; }
+  ymax *= 1.15;
+  const css = getComputedStyle(document.documentElement);
+  // Window: the history we have (at least 30 s, at most HISTORY_S), so a young node's chart is not a dot.
+  const span = Math.min(HISTORY_S, Math.max(30, now - hist[0][0]));
+  const x = t => W - ((now - t) / span) * W;
+  const y = v => H - pad - (v / ymax) * (H - 2 * pad);
+  for (const [i, color] of series) {
+    ctx.strokeStyle = css.getPropertyValue(color).trim(); ctx.lineWidth = 2.5; ctx.beginPath();
+    let pen = false;
+    for (const p of hist) {
+      if (p[i] === null) { pen = false; continue; }
+      if (pen) ctx.lineTo(x(p[0]), y(p[i])); else ctx.moveTo(x(p[0]), y(p[i]));
+      pen = true;
+    }
+    ctx.stroke();
+  }
+  const last = hist[hist.length - 1];
+  const label = series.map(([i]) => num(last[i], i === 3 ? 2 : 1)).join(" / ");
+  ctx.font = "bold 20px system-ui";
+  ctx.fillStyle = "rgba(255,255,255,.8)"; ctx.fillRect(0, 0, ctx.measureText(label).width + 8, 26);
+  ctx.fillStyle = "#1d2330"; ctx.fillText(label, 4, 21);
+}
+
+function renderTable() {
+  const tbody = document.querySelector("#nodes tbody");
+  const ids = [...nodes.keys()].sort();
+  document.getElementById("empty").style.display = ids.length ? "none" : "";
+  const rows = new Map([...tbody.children].map(tr => [tr.getAttribute("data-node"), tr]));
+  for (const [id, tr] of rows) if (!nodes.has(id)) tr.remove();
+  ids.forEach((id, i) => {
+    const n = nodes.get(id);
+    let tr = rows.get(id);
+    if (!tr) tr = h("tr", { "data-node": id });
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    renderRow(n, tr);
+  });
+}
+
+// ---- detections --------------------------------------------------------------------------------------
+const snapshots = new Map();  // id -> {img, ts}
+
+function renderDetections() {
+  const box = document.getElementById("detections");
+  const cards = new Map([...box.children].map(c => [c.getAttribute("data-node"), c]));
+  for (const id of [...nodes.keys()].sort()) {
+    const n = nodes.get(id);
+    if (!n.detections_ts && !n.has_snapshot) continue;
+    let card = cards.get(id);
+    if (!card) {
+      card = h("div", { class: "card", "data-node": id },
+        h("h3", {}, h("span", {}, id), h("span", { class: "muted when" })),
+        h("canvas", { width: 320, height: 240 }), h("ul", {}));
+      box.append(card);
+    }
+    if (rendered.get("det:" + id) === n.detections_ts) continue;
+    rendered.set("det:" + id, n.detections_ts);
+    card.querySelector(".when").textContent = n.detections_frame !== null ? `frame ${n.detections_frame}` : "";
+    if (n.has_snapshot) loadSnapshot(n, card.querySelector("canvas"));
+    drawDetections(card.querySelector("canvas"), n);
+    card.querySelector("ul").replaceChildren(...(n.detections.length ? n.detections.slice(0, 6).map(d =>
+      h("li", {}, h("span", { style: `color:hsl(${hue(d.class_name)},70%,38%)` }, d.class_name), h("span", {}, num(d.score, 2))))
+      : [h("li", { class: "muted" }, "nothing detected")]));
+  }
+}
+
+function loadSnapshot(n, cv) {
+  const s = snapshots.get(n.id);
+  if (s && s.ts === n.detections_ts) return;
+  const img = new Image();
+  img.onload = () => { snapshots.set(n.id, { img, ts: n.detections_ts }); drawDetections(cv, nodes.get(n.id)); };
+  img.src = `/api/snapshot/${encodeURIComponent(n.id)}?t=${n.detections_ts}`;
+}
+
+function drawDetections(cv, n) {
+  const ctx = cv.getContext("2d"), W = cv.width, H = cv.height;
+  ctx.fillStyle = "#20242c"; ctx.fillRect(0, 0, W, H);
+  const snap = snapshots.get(n.id);
+  if (snap) ctx.drawImage(snap.img, 0, 0, W, H);
+  ctx.font = "12px system-ui"; ctx.lineWidth = 2;
+  for (const d of n.detections) {
+    const [x1, y1, x2, y2] = d.box;
+    const color = `hsl(${hue(d.class_name)},80%,60%)`;
+    ctx.strokeStyle = color; ctx.strokeRect(x1 * W, y1 * H, (x2 - x1) * W, (y2 - y1) * H);
+    const label = `${d.class_name} ${num(d.score, 2)}`;
+    ctx.fillStyle = color; ctx.fillRect(x1 * W, Math.max(0, y1 * H - 15), ctx.measureText(label).width + 6, 15);
+    ctx.fillStyle = "#111"; ctx.fillText(label, x1 * W + 3, Math.max(11, y1 * H - 3));
+  }
+}
+
+// ---- rollout -----------------------------------------------------------------------------------------
+const STEP = { waiting: 0, announced: .1, verifying: .2, downloading: .25, activating: .8, trial: .9 };
+
+function renderRollouts() {
+  const box = document.getElementById("rollouts");
+  box.replaceChildren(...rollouts.slice().reverse().map(r => {
+    const summary = r.done ? pill(`done: ${r.committed} ok, ${r.failed} failed`, r.failed ? "bad" : "ok")
+      : pill(`in progress: ${r.committed}/${r.nodes.length} committed`, "warn");
+    return h("div", { class: "rollout", "data-rollout": r.id },
+      h("h3", {}, `#${r.id} ${r.name} v${r.version} → ${r.target}`, summary,
+        h("span", { class: "muted" }, `started ${ago(r.started)}`)),
+      h("div", { class: "steps" }, r.nodes.length ? r.nodes.map(x => {
+        const frac = x.done ? 1 : (x.state === "downloading" && x.progress !== null ? .25 + .5 * x.progress : (STEP[x.state] ?? .5));
+        return [
+          h("span", { class: "node-id" }, x.node),
+          h("span", { "data-rollout-node": x.node, "data-state": x.state },
+            pill(x.state.replace("_", " "), x.done ? (x.ok ? "ok" : "bad") : (x.state === "waiting" ? "idle" : "warn"))),
+          h("div", {}, h("div", { class: `bar ${x.done ? (x.ok ? "done-ok" : "done-bad") : ""}` },
+            h("div", { style: `width:${Math.round(frac * 100)}%` })),
+            x.reason ? h("div", { class: "reason" }, x.reason) : null),
+        ];
+      }) : [h("span", { class: "muted" }, "no node matches this target yet")]));
+  }));
+}
+
+async function loadBundles() {
+  const sel = document.getElementById("bundle");
+  try {
+    const r = await fetch("/api/bundles");
+    const d = await r.json();
+    sel.replaceChildren(...d.bundles.map(b => h("option", { value: b.id, disabled: !!b.error, title: b.error || b.path },
+      b.error ? `${b.rel} (unusable: ${b.error})` : `${b.name} v${b.version}  —  ${b.rel}${b.signed ? "" : " (unsigned)"}`)));
+    if (!d.bundles.length) sel.append(h("option", { value: "", disabled: true }, `no bundles under ${d.roots.join(", ") || "--bundles"}`));
+    document.getElementById("publish").disabled = !d.bundles.some(b => !b.error);
+  } catch (e) {
+    message(`cannot list bundles: ${e}`, true);
+  }
+}
+
+function message(text, bad) {
+  const p = document.getElementById("rollout-msg");
+  p.textContent = text;
+  p.className = bad ? "fault" : "muted";
+}
+
+function targetText() {
+  const kind = document.getElementById("target-kind").value;
+  return kind === "all" ? "all" : `${kind}:${document.getElementById("target-value").value.trim()}`;
+}
+
+function fillTargetValues() {
+  const kind = document.getElementById("target-kind").value;
+  const values = new Set();
+  for (const n of nodes.values()) (kind === "group" ? n.groups : [n.id]).forEach(v => values.add(v));
+  document.getElementById("target-values").replaceChildren(...[...values].sort().map(v => h("option", { value: v })));
+  document.getElementById("target-value").disabled = kind === "all";
+}
+
+async function publish(ev) {
+  ev.preventDefault();
+  const btn = document.getElementById("publish");
+  const bundle = document.getElementById("bundle").value;
+  if (!bundle) return message("pick a bundle first", true);
+  btn.disabled = true;
+  try {
+    const r = await fetch("/api/rollout", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ bundle, target: targetText() }) });
+    const d = await r.json();
+    if (d.ok) message(`published ${d.rollout.name} v${d.rollout.version} to ${d.rollout.target} (retained on ${d.topic})`, false);
+    else message(`not published: ${d.error}`, true);
+  } catch (e) {
+    message(`not published: ${e}`, true);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- render loop -------------------------------------------------------------------------------------
+function queueRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; render(); });
+}
+
+function render() {
+  renderTable();
+  renderRollouts();
+  renderDetections();
+  const all = [...nodes.values()];
+  document.getElementById("st-nodes").textContent = all.length;
+  document.getElementById("st-online").textContent = all.filter(n => n.online).length;
+  document.getElementById("st-faulty").textContent = all.filter(n => Object.keys(n.faults || {}).length).length;
+  document.getElementById("st-msgs").textContent = stats.messages ?? 0;
+  document.getElementById("st-rejected").textContent = stats.rejected ?? 0;
+  tick();
+}
+
+function tick() {
+  document.getElementById("st-age").textContent = lastEvent ? ago(lastEvent.now) : "–";
+}
+
+// Exposed for tests and for debugging in the console.
+window.dashboard = { nodes, get rollouts() { return rollouts; }, get lastEvent() { return lastEvent; },
+  get eventCount() { return eventCount; } };
+
+document.getElementById("rollout-form").addEventListener("submit", publish);
+document.getElementById("reload-bundles").addEventListener("click", loadBundles);
+document.getElementById("target-kind").addEventListener("change", fillTargetValues);
+document.getElementById("target-value").addEventListener("focus", fillTargetValues);
+setInterval(() => { tick(); queueRender(); }, 1000);  // ages and "silent" need the clock, not just events
+loadBundles();
+connect();

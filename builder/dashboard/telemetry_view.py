@@ -1,0 +1,109 @@
+"""Read one node's telemetry payload (agent.protocol.telemetry.Telemetry) into the figures the dashboard draws.
+
+A payload that is not JSON, or that the Telemetry model rejects, is malformed: the caller marks that node
+faulty (with this module's reason) and keeps the rest of the fleet running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from agent.protocol.telemetry import StageLatency, Telemetry
+
+# The inference call is what a model update changes; fall back to end-to-end if a node times only that.
+LATENCY_STAGES = ("invoke", "end_to_end")
+
+
+class MalformedPayload(ValueError):
+    """A node sent something we cannot read. The message is shown on the node's row."""
+
+
+class TelemetryReading(BaseModel):
+    """What the dashboard keeps from one telemetry message (None: the node did not report it)."""
+
+    ts: float  # node clock, seconds since the epoch (staleness is measured against it)
+    interval_s: float
+    status: str | None = None
+    fps: float | None = None
+    camera_fps: float | None = None
+    stage: str | None = None  # which stage p50/p95 describe
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    e2e_p95_ms: float | None = None
+    power_w: float | None = None
+    power_estimated: bool | None = None
+    power_source: str | None = None
+    temp_c: float | None = None
+    tpu_temp_c: float | None = None
+    throttled: bool | None = None
+    cpu_percent: float | None = None
+    rss_mb: float | None = None
+    backend: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    inference_errors: int | None = None
+
+
+def _reason(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    return f"telemetry rejected ({exc.error_count()} error(s)): {where}: {err['msg']}"[:200]
+
+
+def _floats(d: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    if isinstance(d, float):
+        yield path or "payload", d
+    elif isinstance(d, dict):
+        for k, v in d.items():
+            yield from _floats(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            yield from _floats(v, f"{path}[{i}]")
+
+
+def read_telemetry(payload: bytes) -> TelemetryReading:
+    """Parse and validate one telemetry payload; raise MalformedPayload with a short reason."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedPayload(f"telemetry is not JSON: {exc}"[:200]) from None
+    if not isinstance(data, dict):
+        raise MalformedPayload(f"telemetry is a JSON {type(data).__name__}, not an object")
+    try:
+        t = Telemetry.model_validate(data)
+    except ValidationError as exc:
+        raise MalformedPayload(_reason(exc)) from None
+    bad = [k for k, v in _floats(data) if not math.isfinite(v)]
+    if bad:  # JSON from Python may carry NaN/Infinity; the page's JSON cannot, and no sensor reads that
+        raise MalformedPayload(f"telemetry has non-finite numbers at {', '.join(bad[:3])}")
+    stage_name, stage = next(((s, t.latency[s]) for s in LATENCY_STAGES if s in t.latency),
+                             (None, StageLatency(count=0)))
+    e2e = t.latency.get("end_to_end")
+    return TelemetryReading(
+        ts=t.ts.timestamp(),
+        interval_s=t.interval_s,
+        status=t.status,
+        fps=t.rates.inference_fps,
+        camera_fps=t.rates.camera_fps,
+        stage=stage_name,
+        p50_ms=stage.p50_ms,
+        p95_ms=stage.p95_ms,
+        e2e_p95_ms=e2e.p95_ms if e2e else None,
+        power_w=t.power.watts if t.power else None,
+        power_estimated=t.power.estimated if t.power else None,
+        power_source=t.power.source if t.power else None,
+        temp_c=t.temperatures.cpu_c,
+        tpu_temp_c=t.temperatures.tpu_max_c,
+        throttled=(t.throttle.throttled or t.throttle.under_voltage) if t.throttle else None,
+        cpu_percent=t.cpu_percent,
+        rss_mb=t.rss_mb,
+        backend=t.backend,
+        model_name=t.model_name,
+        model_version=t.model_version,
+        inference_errors=t.counters.inference_errors,
+    )
