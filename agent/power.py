@@ -47,7 +47,8 @@ def run_command(argv: list[str], timeout: float = 3.0) -> str:
 
 
 class PowerSource(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def read(self) -> PowerInfo: ...
 

@@ -25,7 +25,8 @@ class SdNotifier:
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)  # never stall the inference loop on a full socket buffer
-        self._target = ("\0" + self.address[1:]) if self.address and self.address.startswith("@") else self.address
+        addr = self.address or ""
+        self._target = ("\0" + addr[1:]) if addr.startswith("@") else addr
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,132 @@
+"""Telemetry: bounded histograms, percentiles, windows, and the message over a real broker via mosquitto_sub."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.protocol.telemetry import STAGES, Telemetry
+from agent.protocol.topics import Topics
+from agent.telemetry import LatencyHistogram, TelemetryCollector, TelemetryPublisher
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q, method="inverted_cdf"))
+
+
+def test_histogram_percentiles_within_bucket_resolution() -> None:
+    rng = np.random.default_rng(0)
+    values = list(rng.lognormal(mean=np.log(8.0), sigma=0.6, size=5000))
+    h = LatencyHistogram()
+    for v in values:
+        h.record(v)
+    for q, got in zip((50, 95, 99), h.percentiles((50, 95, 99)), strict=True):
+        assert got == pytest.approx(nearest_rank(values, q), rel=0.006)
+    s = h.summary()
+    assert s.count == 5000 and s.max_ms == pytest.approx(max(values), rel=1e-3)
+    assert s.mean_ms == pytest.approx(float(np.mean(values)), rel=1e-3)
+
+
+def test_histogram_memory_is_bounded_and_handles_extremes() -> None:
+    h = LatencyHistogram()
+    n_buckets = h._counts.size
+    for v in (0.0, 1e-9, 1e9, float("nan"), float("inf"), 3.0):
+        h.record(v)
+    assert h._counts.size == n_buckets < 2000
+    assert h.count == 4  # nan/inf ignored
+    assert h.summary(reset=True).count == 4
+    assert h.summary().count == 0 and h.summary().p50_ms is None
+
+
+def test_collector_windows_rates_and_totals() -> None:
+    c = TelemetryCollector("n1", "0.1.0")
+    c.snapshot()
+    for _ in range(30):
+        c.count("frames_captured")
+    for _ in range(20):
+        c.record_frame({"preprocess": 0.001, "invoke": 0.004, "postprocess": 0.0005, "end_to_end": 0.006})
+    c.count("frames_dropped", 10)
+    time.sleep(0.05)
+    t = c.snapshot()
+    assert t.counters.frames_captured == 30 and t.counters.frames_inferred == 20 and t.counters.frames_dropped == 10
+    assert t.rates.camera_fps == pytest.approx(30 / t.interval_s, rel=0.05)
+    assert t.latency["invoke"].count == 20 and t.latency["invoke"].p50_ms == pytest.approx(4.0, rel=0.01)
+    assert set(STAGES) <= set(t.latency)
+    assert t.power is None and t.rss_mb and t.rss_mb > 1
+    t2 = c.snapshot()  # a new window: percentiles reset, totals kept
+    assert t2.latency["invoke"].count == 0 and t2.counters.frames_inferred == 20
+
+
+def test_broken_sensor_does_not_break_telemetry() -> None:
+    def boom() -> None:
+        raise RuntimeError("i2c bus error")
+
+    c = TelemetryCollector("n1", "0.1.0", power=boom, temperatures=boom, throttle=boom)  # type: ignore[arg-type]
+    t = c.snapshot()
+    assert t.power is None and t.throttle is None
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients missing")
+def test_percentiles_over_real_broker_match_induced_latencies(mqtt_broker) -> None:  # type: ignore[no-untyped-def]
+    topics = Topics("edgefleet")
+    topic = topics.telemetry("lat-node")
+    sub = subprocess.Popen(["mosquitto_sub", "-h", mqtt_broker.host, "-p", str(mqtt_broker.port), "-t", topic,
+                            "-C", "1", "-W", "30"], stdout=subprocess.PIPE, text=True)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="lat-node")
+    client.connect(mqtt_broker.host, mqtt_broker.port)
+    client.loop_start()
+    try:
+        time.sleep(0.3)  # let mosquitto_sub subscribe
+        collector = TelemetryCollector("lat-node", "0.1.0")
+        pub = TelemetryPublisher(collector, lambda b: client.publish(topic, b, qos=1), interval_s=60)
+        collector.snapshot()
+        # induce a known latency mix on a real "invoke": 90 x 5 ms, 8 x 20 ms, 2 x 40 ms (sleep-timed)
+        plan = [0.005] * 90 + [0.020] * 8 + [0.040] * 2
+        np.random.default_rng(1).shuffle(plan)
+        measured: list[float] = []
+        for d in plan:
+            t0 = time.perf_counter()
+            time.sleep(d)
+            dt = time.perf_counter() - t0
+            measured.append(dt * 1000)
+            collector.record_frame({"invoke": dt, "end_to_end": dt})
+        sent = pub.publish_now()
+        out, _ = sub.communicate(timeout=30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        if sub.poll() is None:
+            sub.kill()
+    msg = Telemetry.model_validate_json(out.strip().splitlines()[0])
+    assert msg.node == "lat-node" and msg.latency["invoke"].count == 100
+    got = msg.latency["invoke"]
+    for q, val in ((50, got.p50_ms), (95, got.p95_ms), (99, got.p99_ms)):
+        assert val == pytest.approx(nearest_rank(measured, q), rel=0.01), q
+    # and they are the latencies we designed (sleep overshoots by a little; buckets are ±0.5 %)
+    assert 4.95 <= got.p50_ms < 8.0 and 19.8 <= got.p95_ms < 24.0 and 39.6 <= got.p99_ms < 45.0  # type: ignore[operator]
+    assert json.loads(out)["latency"]["invoke"]["p99_ms"] == sent.latency["invoke"].p99_ms
+
+
+def test_publisher_thread_publishes_periodically() -> None:
+    got: list[bytes] = []
+    ev = threading.Event()
+
+    def publish(b: bytes) -> None:
+        got.append(b)
+        if len(got) >= 3:
+            ev.set()
+
+    c = TelemetryCollector("n1", "0.1.0")
+    p = TelemetryPublisher(c, publish, interval_s=0.05)
+    p.start()
+    assert ev.wait(5)
+    p.stop()
+    assert not p.is_alive()
+    assert all(Telemetry.model_validate_json(b).node == "n1" for b in got)
