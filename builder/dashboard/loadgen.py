@@ -15,7 +15,6 @@ import time
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.protocol.messages import Detection, DetectionsMessage, ModelRef, NodeState, UpdateStatus
 from agent.protocol.telemetry import PowerInfo, Rates, StageLatency, Telemetry, Temperatures

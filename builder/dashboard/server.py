@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ class Dashboard:
 
     @property
     def url(self) -> str:
-        host = self.httpd.server_address[0]
+        host = str(self.httpd.server_address[0])
         return f"http://{host}:{self.port}"
 
     def start(self) -> Dashboard:
