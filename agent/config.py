@@ -52,6 +52,7 @@ class BrokerConfig(_Section):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     outbox_size: int = Field(default=200, ge=1, description="messages queued while the link is slow")
+    offline_buffer: int = Field(default=120, ge=0, description="telemetry kept while the broker is away; oldest dropped first")
 
     @field_validator("url")
     @classmethod
@@ -166,6 +167,20 @@ class PublishConfig(_Section):
     snapshot_max_width: int = Field(default=640, ge=32)
 
 
+class TelemetryConfig(_Section):
+    """Telemetry, power, Home Assistant discovery and systemd integration (issue 7; docs/TELEMETRY.md)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=10.0, gt=0, description="seconds between telemetry messages")
+    power_source: Literal["auto", "hwmon", "vcgencmd", "power_supply", "estimated"] = "auto"
+    baseline_w: float = Field(default=2.7, ge=0, description="board draw for the estimate when no sensor exists")
+    tpu_max_w: float = Field(default=2.0, ge=0, description="Edge TPU maximum draw for the estimate")
+    hass_discovery: bool = True
+    hass_prefix: str = "homeassistant"
+    watchdog_interval_s: float | None = Field(
+        default=None, gt=0, description="WATCHDOG=1 spacing; default half of systemd's WatchdogSec")
+
+
 class AgentConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -179,6 +194,7 @@ class AgentConfig(BaseSettings):
     backend: BackendConfig = BackendConfig()
     detect: DetectConfig = DetectConfig()
     publish: PublishConfig = PublishConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     state_dir: Path = Path("/var/lib/edge-agent")
     trusted_keys_dir: Path = Path("/etc/edge-agent/keys")
     bundle: Path | None = Field(default=None, description="a bundle directory to run when the store has none")

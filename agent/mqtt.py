@@ -17,6 +17,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,9 @@ class MqttCounters:
     published: int = 0
     dropped: int = 0
     received: int = 0
+    # issue 7 (broker outage, ACL): offline buffer overflow (oldest dropped first) and broker refusals
+    buffer_dropped: int = 0
+    denied: int = 0
 
 
 class MqttClient:
@@ -56,6 +60,12 @@ class MqttClient:
         self._on_connect_hooks: list[Callable[[], None]] = []
         self._started = False
         self.last_error: str | None = None
+        # --- issue 7: bounded offline buffer for `publish(..., buffer=True)` (telemetry) and the topics of
+        # in-flight QoS>0 publishes, so a broker refusal (MQTT v5 PUBACK reason code, e.g. 0x87 Not
+        # authorized from an ACL) can be logged with its topic.
+        self._offline: deque[tuple[str, bytes, int]] = deque()
+        self._inflight: dict[int, str] = {}
+        self.last_denied: tuple[str, str] | None = None
 
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -83,6 +93,7 @@ class MqttClient:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_publish = self._on_publish
         self._client = c
 
     # -------------------------------------------------------------------------------------------- lifecycle
@@ -125,13 +136,26 @@ class MqttClient:
 
     # -------------------------------------------------------------------------------------------- publish
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
-        """Queue a message without blocking. Returns False when it was dropped (counted)."""
+    def publish(
+        self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False, buffer: bool = False
+    ) -> bool:
+        """Queue a message without blocking. Returns False when it was dropped (counted).
+
+        buffer=True (telemetry): while the link is down keep it in a bounded buffer (cfg.offline_buffer;
+        the oldest is dropped first and counted) and send it after the reconnect.
+        """
         data = payload.encode() if isinstance(payload, str) else payload
         if retain:
             with self._lock:
                 self._retained[topic] = (data, qos)
         if not self.connected:
+            if buffer and not retain:
+                with self._lock:
+                    self._offline.append((topic, data, qos))
+                    while len(self._offline) > self.cfg.offline_buffer:
+                        self._offline.popleft()
+                        self.counters.buffer_dropped += 1
+                return False
             if not retain:  # retained ones go out on reconnect
                 self.counters.dropped += 1
             return False
@@ -144,8 +168,33 @@ class MqttClient:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.counters.dropped += 1
             return False
+        self._track(info.mid, topic, qos)
         self.counters.published += 1
         return True
+
+    @property
+    def buffered(self) -> int:
+        """Messages waiting in the offline buffer."""
+        return len(self._offline)
+
+    def _track(self, mid: int, topic: str, qos: int) -> None:
+        if qos > 0:
+            with self._lock:
+                self._inflight[mid] = topic
+                if len(self._inflight) > 4 * self.cfg.outbox_size:  # acks lost with a dead link
+                    self._inflight.pop(next(iter(self._inflight)))
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        with self._lock:
+            topic = self._inflight.pop(mid, "?")
+        if reason.is_failure:
+            self.counters.denied += 1
+            self.last_denied = (topic, str(reason))
+            if self.counters.denied in (1, 10, 100) or self.counters.denied % 1000 == 0:
+                log.warning("broker refused publish on %s: %s (%d refusals so far; check the ACL)",
+                            topic, reason, self.counters.denied)
 
     def publish_model(self, topic: str, model: Any, qos: int = 0, retain: bool = False) -> bool:
         """Publish a pydantic model as JSON."""
@@ -196,6 +245,11 @@ class MqttClient:
             client.publish(self.availability_topic, Availability.ONLINE.value, qos=1, retain=True)
         for topic, (data, qos) in retained:
             client.publish(topic, data, qos=qos, retain=True)
+        with self._lock:  # telemetry buffered during the outage, oldest first
+            backlog, self._offline = list(self._offline), deque()
+        for topic, data, qos in backlog:
+            info = client.publish(topic, data, qos=qos)
+            self._track(info.mid, topic, qos)
         self._connected.set()
         for hook in self._on_connect_hooks:
             try:
