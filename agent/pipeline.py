@@ -39,9 +39,14 @@ log = logging.getLogger(__name__)
 class EngineLike(Protocol):
     """What the pipeline needs of agent.backends.engine.Engine."""
 
-    backend_name: str
-    model_name: str
-    model_version: int
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_version(self) -> int: ...
 
     def infer_timed(self, frame_bgr: np.ndarray) -> tuple[list[Detection], Any]: ...
 

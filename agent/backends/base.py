@@ -6,12 +6,13 @@ preprocessing and decoding and chooses between backends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 class BackendError(Exception):
@@ -69,14 +70,14 @@ class Backend:
     def input(self) -> TensorInfo:
         return self.inputs[0]
 
-    @contextmanager
-    def input_buffer(self) -> Iterator[np.ndarray]:
-        """A writable view of the input tensor's own memory (shape without the batch axis), so
-        preprocessing writes straight into it. The view must not outlive the `with` block:
-        TFLite refuses to invoke while numpy holds a reference to its buffers."""
+    def fill_input(self, fill: Callable[[np.ndarray], T]) -> T:
+        """Call `fill(view)` with a writable view of the input tensor's own memory (shape without the
+        batch axis), so preprocessing writes straight into it, and return what `fill` returns (which must
+        not be the view). TFLite refuses to invoke while numpy holds a reference to its buffers, hence a
+        callback rather than a handle the caller could keep."""
         view = self._interp.tensor(self.input.index)()[0]
         try:
-            yield view
+            return fill(view)
         finally:
             del view
 

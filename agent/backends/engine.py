@@ -207,20 +207,24 @@ class Engine:
         t = b.input
         size = t.shape[1]
         direct = t.dtype == np.uint8 and (scale == "raw" or (abs(t.scale * 255.0 - 1.0) < 1e-6 and t.zero_point == 0))
-        with b.input_buffer() as buf:
-            if not use_letterbox:
-                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if to_rgb else frame
-                canvas = cv2.resize(rgb, (t.shape[2], t.shape[1]), interpolation=cv2.INTER_AREA)
-                info = None
-            elif direct:
-                letterbox(frame, size, pad_value=pad, bgr_input=to_rgb, out=buf)
-                return letterbox_info(frame, size)
-            else:
-                canvas, info = letterbox(frame, size, pad_value=pad, bgr_input=to_rgb)
-            if direct or (scale == "raw" and t.dtype.kind == "f"):
-                buf[...] = canvas
-            else:
-                buf[...] = to_input(canvas, t.dtype, t.scale or None, t.zero_point)[0]
+        if use_letterbox and direct:
+            b.fill_input(lambda buf: letterbox(frame, size, pad_value=pad, bgr_input=to_rgb, out=buf)[1])
+            return letterbox_info(frame, size)
+        info: LetterboxInfo | None
+        if use_letterbox:
+            canvas, info = letterbox(frame, size, pad_value=pad, bgr_input=to_rgb)
+        else:
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if to_rgb else frame
+            canvas, info = cv2.resize(rgb, (t.shape[2], t.shape[1]), interpolation=cv2.INTER_AREA), None
+        if direct or (scale == "raw" and t.dtype.kind == "f"):
+            data = canvas.astype(t.dtype, copy=False)
+        else:
+            data = to_input(canvas, t.dtype, t.scale or None, t.zero_point)[0]
+
+        def copy(buf: np.ndarray) -> None:
+            buf[...] = data
+
+        b.fill_input(copy)
         return info
 
     def _to_messages(self, det: Detections, w: int, h: int) -> list[Detection]:

@@ -1,0 +1,258 @@
+"""The agent daemon: owns every thread and wires the parts together.
+
+    MqttClient (paho network thread)      availability LWT, retained state, detections
+    Camera (capture + session threads)    freshest frame, reconnect with backoff
+    Pipeline (inference + publisher)      Engine on the Edge TPU or CPU, DetectionPublisher
+    service loop (the caller's thread)    NodeState on change and every state_interval_s, signals
+
+Startup order: broker (background connect) → camera → model → pipeline. Nothing here exits on a
+missing camera, broker or model: each is reported in the retained NodeState and retried.
+
+Extension points for the OTA updater and telemetry are marked `[updater]` and `[telemetry]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.backends.engine import Engine, EngineError
+from agent.bundle import Bundle, BundleError
+from agent.camera import Camera, CameraState
+from agent.config import AgentConfig
+from agent.mqtt import MqttClient
+from agent.pipeline import DetectionPublisher, FrameResult, Pipeline
+from agent.protocol.messages import ModelRef, NodeState
+from agent.protocol.topics import Topics
+from agent.signing import Keyring, SignatureError
+
+log = logging.getLogger(__name__)
+
+
+class AgentService:
+    def __init__(self, cfg: AgentConfig, camera: Camera | None = None) -> None:
+        self.cfg = cfg
+        self.node = cfg.node_id
+        self.topics = Topics(cfg.topic_prefix)
+        self.mqtt = MqttClient(cfg.broker, client_id=f"edge-agent-{self.node}",
+                               availability_topic=self.topics.availability(self.node))
+        self.camera = camera or Camera(cfg.camera)
+        self.publisher = DetectionPublisher(self.mqtt, self.topics, self.node, cfg.publish)
+        self.pipeline = Pipeline(self.camera, None, cfg.detect, sink=self.publisher)
+        self.keyring = self._load_keyring()
+        self.bundle: Bundle | None = None
+        self.error: str | None = None  # why no model runs, when none does
+        self.ready = threading.Event()  # broker connected and model loaded
+        self._stop = threading.Event()
+        self._state_lock = threading.Lock()
+        self._last_state_key: tuple[Any, ...] | None = None
+        self._last_state_at = 0.0
+        self._started = False
+        # Callbacks other parts register before start(): on_ready() once, on_stop() at shutdown.
+        self.on_ready: list[Callable[[], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
+        self.pipeline.add_frame_hook(self._on_frame)
+        self.pipeline.add_tick_hook(self._on_tick)
+        self.mqtt.add_on_connect(self._on_connect)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> AgentService:
+        if self._started:
+            return self
+        self._started = True
+        self.mqtt.start()
+        self.camera.start()
+        engine = self._load_initial_engine()
+        if engine is not None:
+            self.pipeline.swap_engine(engine)
+        self.pipeline.start()
+        # [updater] start the Updater's worker thread here (it calls self.install_engine to hot-swap).
+        # [telemetry] start the telemetry publisher thread here (it reads self.stats()).
+        self.publish_state(force=True)
+        return self
+
+    def stop(self) -> None:
+        """Stop every thread; publish "stopped" and "offline" (retained) if the broker is reachable."""
+        if not self._started:
+            return
+        self._stop.set()
+        for fn in self.on_stop:
+            _safe(fn)
+        # [updater] stop the Updater here.  [telemetry] stop the telemetry thread here.
+        self.pipeline.stop()
+        self.camera.stop()
+        self.publish_state(status="stopped", force=True)
+        self.mqtt.stop()
+        engine = self.pipeline.engine
+        if isinstance(engine, Engine):
+            engine.close()
+        self._started = False
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Start and serve until SIGTERM/SIGINT or request_stop(); returns the exit code (0)."""
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+            signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        self.start()
+        try:
+            while not self._stop.wait(0.5):
+                self.publish_state()  # only sends on change or when state_interval_s has passed
+                self._check_ready()
+        finally:
+            self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------------------------------ models
+
+    def _load_keyring(self) -> Keyring | None:
+        d = self.cfg.trusted_keys_dir
+        if not d.is_dir():
+            log.warning("trusted keys dir %s missing: bundles cannot be verified", d)
+            return None
+        try:
+            return Keyring.load(d)
+        except SignatureError as exc:
+            log.error("cannot read trusted keys: %s", exc)
+            return None
+
+    def _load_initial_engine(self) -> Engine | None:
+        """The model to run at start. [updater] the model store's committed bundle goes first
+        (Updater.startup(fallback=cfg.bundle)); for now the configured bundle directory."""
+        path = self.cfg.bundle
+        if path is None:
+            self.error = "no model yet (waiting for an update)"
+            return None
+        return self.load_bundle(path)
+
+    def load_bundle(self, path: Path) -> Engine | None:
+        """Verify and load a bundle directory; on failure set self.error and return None."""
+        if self.keyring is None:
+            self.error = f"cannot verify {path}: no trusted keys in {self.cfg.trusted_keys_dir}"
+            return None
+        try:
+            bundle = Bundle.load(path, self.keyring)
+            engine = self.make_engine(bundle)
+        except (BundleError, SignatureError, EngineError) as exc:
+            self.error = f"model {path} not loaded: {exc}"
+            log.error("%s", self.error)
+            return None
+        self.bundle = bundle
+        self.error = None
+        return engine
+
+    def make_engine(self, bundle: Bundle) -> Engine:
+        """Engine factory (the updater's load_engine)."""
+        return Engine.load(bundle, self.cfg)
+
+    def install_engine(self, engine: Any) -> Any:
+        """Hot-swap between two frames (the updater's swap_engine); returns the previous engine."""
+        old = self.pipeline.swap_engine(engine)
+        if engine is not None and hasattr(engine, "bundle"):
+            self.bundle = engine.bundle
+            self.error = None
+        self.publish_state(force=True)
+        return old
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def node_state(self, status: str | None = None) -> NodeState:
+        engine = self.pipeline.engine
+        reason: str | None = None
+        if status is None:
+            if isinstance(engine, Engine):
+                status = engine.state
+                reason = engine.degraded_reason
+            else:
+                status = "error" if self.error and "waiting" not in self.error else "starting"
+                reason = self.error
+            if self.camera.state not in (CameraState.STREAMING, CameraState.STARTING, CameraState.CONNECTING):
+                cam_reason = f"camera {self.camera.state.value}: {self.camera.last_error or ''}".strip(": ")
+                reason = f"{reason}; {cam_reason}" if reason else cam_reason
+        model = None
+        if engine is not None:
+            model = ModelRef(name=engine.model_name, version=engine.model_version)
+        return NodeState(
+            node=self.node,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            agent_version=__version__,
+            backend=getattr(engine, "backend_name", None),
+            device=getattr(engine, "device", None),
+            model=model,
+            # [updater] previous_model and last_update come from the Updater.
+            camera=self.camera.state.value,
+            groups=list(self.cfg.groups),
+        )
+
+    def publish_state(self, status: str | None = None, force: bool = False) -> NodeState:
+        """Publish the retained NodeState when it changed, when forced, or every state_interval_s."""
+        st = self.node_state(status)
+        key = (st.status, st.reason, st.backend, st.device, st.model, st.camera)
+        now = time.monotonic()
+        with self._state_lock:
+            if not force and key == self._last_state_key and now - self._last_state_at < self.cfg.state_interval_s:
+                return st
+            self._last_state_key, self._last_state_at = key, now
+        self.mqtt.publish(self.topics.state(self.node), st.model_dump_json(), qos=1, retain=True)
+        return st
+
+    def _check_ready(self) -> None:
+        if self.ready.is_set() or not self.mqtt.connected or self.pipeline.engine is None:
+            return
+        self.ready.set()
+        # [telemetry] sd_notify READY=1 belongs here: broker connected and model loaded.
+        for fn in self.on_ready:
+            _safe(fn)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and the latest per-frame timings, for telemetry and `check`."""
+        p, c, m = self.pipeline, self.camera, self.mqtt
+        last = p.last_stats
+        return {
+            "frames": p.counters.frames,
+            "errors": p.counters.errors,
+            "dropped": c.dropped,
+            "publish_dropped": p.counters.publish_dropped,
+            "camera": c.status(),
+            "camera_reconnects": c.reconnects,
+            "mqtt_reconnects": m.counters.reconnects,
+            "mqtt_dropped": m.counters.dropped,
+            "detections_published": self.publisher.counters.messages,
+            "last_frame": None if last is None else last.__dict__,
+        }
+
+    # ------------------------------------------------------------------------------------------ hooks
+
+    def _on_frame(self, result: FrameResult) -> None:
+        # Runs on the inference thread: a backend change (fallback/recovery) is published from the
+        # service loop within 0.5 s; nothing slow here.
+        # [telemetry] record result.stats (capture wait, preprocess, invoke, postprocess, end to end).
+        # [updater] feed the trial monitor: Updater.on_frame(...) with result.stats / result.engine.
+        pass
+
+    def _on_tick(self) -> None:
+        # Every inference-loop turn, frames or not.
+        # [telemetry] systemd WATCHDOG=1 ping (rate-limited) belongs here.
+        pass
+
+    def _on_connect(self) -> None:
+        # paho's thread: only flag; the service loop publishes (retained state is replayed by MqttClient).
+        with self._state_lock:
+            self._last_state_key = None
+
+
+def _safe(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("callback %r failed", fn)
