@@ -43,6 +43,8 @@ class BrokerConfig(_Section):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = Field(
+        default=None, description="read the password from this file (systemd credential), if `password` is unset")
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -61,6 +63,14 @@ class BrokerConfig(_Section):
         if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl", "ws", "wss") or not u.hostname:
             raise ValueError(f"broker url must look like mqtt://host:port, mqtts://, ws:// or wss://, not {v!r}")
         return v
+
+    def secret_password(self) -> str | None:
+        """The password, from `password` or else `password_file` (trailing newline stripped)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\r\n")
+        return None
 
     @property
     def tls(self) -> bool:

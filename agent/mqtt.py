@@ -76,7 +76,7 @@ class MqttClient:
         if cfg.transport == "websockets":
             c.ws_set_options(path=cfg.ws_path)
         if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+            c.username_pw_set(cfg.username, cfg.secret_password())
         if cfg.tls:
             c.tls_set(
                 ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
