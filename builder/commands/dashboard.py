@@ -23,9 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundles", type=Path, nargs="*", default=[], metavar="DIR",
                    help="directories holding bundles (each a directory with manifest.json) offered for rollout")
     p.add_argument("--http-base", default=None, metavar="URL",
-                   help="URL at which the --bundles directories are served to the nodes (needed to publish)")
+                   help="URL nodes fetch bundle files from: serving --upload DIR if given, else the --bundles "
+                   "directories (needed to publish)")
+    p.add_argument("--upload", type=Path, default=None, metavar="DIR",
+                   help="copy a bundle into DIR/NAME/VERSION/ before announcing it (DIR is served at --http-base)")
     p.add_argument("--key", type=Path, default=None, metavar="KEYFILE",
-                   help="Ed25519 private key to sign announcements (default: the bundle's own manifest.sig)")
+                   help="fleet Ed25519 private key: publishing re-targets the manifest and signs it (needed to publish)")
     p.add_argument("--ca-file", type=Path, default=None, help="CA certificate for a TLS broker")
     p.add_argument("--history", type=int, default=180, help="chart points kept per node (default 180)")
     p.set_defaults(func=_run)
@@ -60,8 +63,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        dash = Dashboard(state, link, args.bundles, PublishConfig(args.http_base, args.key, topics),
-                         host=args.host, port=args.port)
+        cfg = PublishConfig(args.broker, topics, http_base=args.http_base, key=args.key, upload_dir=args.upload,
+                            ca_file=args.ca_file)
+        dash = Dashboard(state, link, args.bundles, cfg, host=args.host, port=args.port)
     except OSError as exc:
         link.stop()
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
@@ -69,9 +73,8 @@ def _run(args: argparse.Namespace) -> int:
     dash.start()
     signal.signal(signal.SIGTERM, _interrupt)  # systemd/tests stop us with SIGTERM: shut down cleanly
     print(f"dashboard: {dash.url}/  (broker {args.broker}, prefix {topics.prefix})", flush=True)
-    if args.bundles and not args.http_base:
-        print("note: no --http-base, so rollout is disabled (nodes would not know where to fetch bundles)",
-              file=sys.stderr)
+    if args.bundles and cfg.problem():
+        print(f"note: rollout is disabled: {cfg.problem()}", file=sys.stderr)
     try:
         while True:
             time.sleep(3600)

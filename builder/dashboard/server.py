@@ -90,7 +90,7 @@ class Dashboard:
         if info is None:
             raise RolloutError(f"unknown bundle id {bundle_id!r}; reload the bundle list")
         with self._publish_lock:  # one publish at a time: two clicks must not interleave announcements
-            topic = publish(self.link, info, target, self.publish_cfg)
+            topic = publish(info, target, self.publish_cfg)
             assert info.name is not None and info.version is not None
             r = self.state.add_rollout(info.rel, info.name, info.version, target)
         return {"ok": True, "topic": topic, "rollout": r.model_dump()}
@@ -147,7 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/bundles":
             return self._json({"bundles": [b.model_dump() for b in self.dash.bundles()],
                                "roots": [str(r) for r in self.dash.bundle_roots],
-                               "http_base": self.dash.publish_cfg.http_base})
+                               "http_base": self.dash.publish_cfg.http_base,
+                               "problem": self.dash.publish_cfg.problem()})
         if path.startswith("/api/snapshot/"):
             jpeg = self.dash.state.snapshot_jpeg(path[len("/api/snapshot/"):])
             if jpeg is None:

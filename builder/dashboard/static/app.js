@@ -270,7 +270,8 @@ async function loadBundles() {
     sel.replaceChildren(...d.bundles.map(b => h("option", { value: b.id, disabled: !!b.error, title: b.error || b.path },
       b.error ? `${b.rel} (unusable: ${b.error})` : `${b.name} v${b.version}  —  ${b.rel}${b.signed ? "" : " (unsigned)"}`)));
     if (!d.bundles.length) sel.append(h("option", { value: "", disabled: true }, `no bundles under ${d.roots.join(", ") || "--bundles"}`));
-    document.getElementById("publish").disabled = !d.bundles.some(b => !b.error);
+    document.getElementById("publish").disabled = !d.bundles.some(b => !b.error) || !!d.problem;
+    if (d.problem) message(`rollout disabled: ${d.problem}`, true);
   } catch (e) {
     message(`cannot list bundles: ${e}`, true);
   }

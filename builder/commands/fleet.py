@@ -1,0 +1,112 @@
+"""edge-builder fleet status|watch: the dashboard's terminal twin (same state model, read from MQTT)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fleet", help="fleet status table and live watch in the terminal",
+                       description="Read the fleet's MQTT topics and show every node (the dashboard's terminal twin).")
+    fs = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--broker", required=True, help="MQTT broker URL: mqtt://host:port, mqtts://, ws://, wss://")
+        q.add_argument("--prefix", default=None, help="MQTT topic prefix (default edgefleet)")
+        q.add_argument("--ca-file", type=Path, default=None, help="CA certificate for a TLS broker")
+
+    s = fs.add_parser("status", help="print one table of every node and exit",
+                      description="Collect retained state and one round of telemetry, print a table, exit. "
+                      "Exit status 3 when any node is offline, silent or faulty.")
+    common(s)
+    s.add_argument("--wait", type=float, default=2.0,
+                   help="seconds to listen before printing (retained state arrives at once; telemetry needs "
+                   "one interval; default 2)")
+    s.add_argument("--json", action="store_true", help="print the nodes as JSON instead of a table")
+    s.set_defaults(func=_status)
+
+    w = fs.add_parser("watch", help="follow the fleet live until Ctrl-C",
+                      description="On a terminal, redraw the table every --interval seconds with the latest "
+                      "events below it; when piped, print one line per event (online/offline, update steps, faults).")
+    common(w)
+    w.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds (default 1)")
+    w.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: never)")
+    w.set_defaults(func=_watch)
+
+
+def _connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from agent.protocol.topics import DEFAULT_PREFIX, Topics
+    from builder.dashboard.link import FleetLink
+    from builder.dashboard.state import FleetState
+
+    state = FleetState(Topics(args.prefix or DEFAULT_PREFIX))
+    link = FleetLink(args.broker, state, ca_file=args.ca_file).start()
+    return state, link
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from builder.dashboard.link import LinkError
+    from builder.dashboard.state import dumps
+    from builder.dashboard.table import format_table, node_status
+
+    try:
+        state, link = _connect(args)
+    except (LinkError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        time.sleep(max(0.0, args.wait))
+    finally:
+        link.stop()
+    nodes = state.nodes()
+    now = time.time()
+    if args.json:
+        print(dumps([json.loads(n.model_dump_json()) for n in nodes]))
+    else:
+        print(format_table(nodes, now))
+    bad = [n for n in nodes if node_status(n, now) in ("faulty", "offline", "silent")]
+    return 3 if bad else 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import time
+
+    from builder.dashboard.link import LinkError
+    from builder.dashboard.state import NodeView
+    from builder.dashboard.table import changes, format_table
+
+    try:
+        state, link = _connect(args)
+    except (LinkError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    tty = sys.stdout.isatty()
+    seen: dict[str, NodeView] = {}
+    recent: list[str] = []
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    first = True
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            if not first:
+                time.sleep(args.interval)
+            first = False
+            nodes = state.nodes()
+            events = changes(seen, nodes)
+            seen = {n.id: n for n in nodes}
+            if tty:
+                recent = (recent + events)[-10:]
+                sys.stdout.write("\x1b[H\x1b[2J" + format_table(nodes) + "\n\n" + "\n".join(recent) + "\n")
+                sys.stdout.flush()
+            else:
+                for line in events:
+                    print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        link.stop()
+    return 0
