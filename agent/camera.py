@@ -381,6 +381,9 @@ class Camera:
     # -------------------------------------------------------------------------------------------- internals
 
     def _deliver(self, img: np.ndarray) -> None:
+        if self.state != CameraState.STREAMING:
+            self.state = CameraState.STREAMING
+            self.last_error = None
         self._index += 1
         self.frames += 1
         self.slot.put(Frame(img, time.time(), time.monotonic(), self._index))
@@ -431,9 +434,6 @@ class Camera:
                     self._gen += 1  # abandon: the thread exits whenever its call returns
                     return
                 continue
-            if self.state != CameraState.STREAMING and s.frames:
-                self.state = CameraState.STREAMING
-                self.last_error = None
             if now - s.last_frame > self.cfg.read_timeout_s:
                 self.stalls += 1
                 self.state = CameraState.STALLED
