@@ -15,7 +15,7 @@ from agent.provision import ProvisionError, ProvisionSpec, to_yaml, wpa_psk, wri
 try:
     import yaml
 except ImportError:  # the agent-only venv has no PyYAML; the builder venv runs these
-    yaml = None
+    yaml = None  # type: ignore[assignment]
 
 needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML not installed")
 
