@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
 
 from agent.config import BrokerConfig
 from builder.dashboard.state import LEAVES, FleetState
@@ -29,8 +30,8 @@ def make_client(url: str, client_id: str, ca_file: Path | None = None) -> tuple[
     """A configured (not yet connected) paho client for `url`; raise LinkError on a bad URL."""
     try:
         cfg = BrokerConfig(url=url, ca_file=ca_file)
-    except ValueError as exc:
-        raise LinkError(str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:
+        raise LinkError(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                          transport=cfg.transport)
     u = urlparse(url)

@@ -38,6 +38,7 @@ class SimNode:
         self.rng = random.Random(seed)
         self.started = time.time()
         self.frame = 0
+        self.stopped = False
         self.client, cfg = make_client(broker_url, f"sim-{node_id}")
         self.client.will_set(topics.availability(node_id), "offline", qos=1, retain=True)
         self.client.connect(cfg.host, cfg.port, keepalive=30)
@@ -89,11 +90,14 @@ class SimNode:
                                 backend=self.backend, detections=dets)
         self._pub(self.topics.detections(self.node_id), msg.model_dump_json())
 
-    def publish_raw(self, leaf: str, payload: bytes) -> None:
-        self._pub(self.topics.node(self.node_id, leaf), payload)
+    def publish_raw(self, leaf: str, payload: bytes, retain: bool = False) -> None:
+        self._pub(self.topics.node(self.node_id, leaf), payload, retain=retain, qos=1 if retain else 0)
 
     def stop(self, graceful: bool = True) -> None:
-        if graceful:
+        if self.stopped:
+            return
+        self.stopped = True
+        if graceful and self.client.is_connected():
             self._pub(self.topics.availability(self.node_id), "offline", retain=True, qos=1).wait_for_publish(5)
         self.client.disconnect()
         self.client.loop_stop()
