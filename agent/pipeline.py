@@ -76,6 +76,7 @@ class FrameResult:
     model_name: str | None
     model_version: int | None
     backend: str | None
+    engine: Any = None  # the engine that ran this frame (the OTA trial tells old from new)
 
 
 @dataclass
@@ -242,7 +243,7 @@ class Pipeline:
         )
         self.last_stats = stats
         result = FrameResult(frame, dets, stats, getattr(engine, "model_name", None), stats.model_version,
-                             stats.backend)
+                             stats.backend, engine)
         for hook in list(self._frame_hooks):
             try:
                 hook(result)
