@@ -157,15 +157,17 @@ def _fetch_once(
                         progress(len(chunk))
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError as exc:
-            raise DownloadError(f"{entry.path}: {describe_os_error(exc, 'writing the download')}") from None
         except requests.exceptions.ConnectionError as exc:
             # requests wraps urllib3's read timeout / protocol errors as ConnectionError mid-stream.
             if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
                 raise _Retryable(f"read timeout ({limits.read_timeout_s:.0f} s) after {got} of {entry.size} bytes") from None
             raise _Retryable(f"connection broken after {got} of {entry.size} bytes (truncated download)") from None
-        except requests.RequestException as exc:
+        except requests.RequestException as exc:  # (a subclass of OSError: caught before it)
+            if "IncompleteRead" in str(exc) or "Connection broken" in str(exc):
+                raise _Retryable(f"truncated download: connection broken after {got} of {entry.size} bytes") from None
             raise _Retryable(f"transfer failed after {got} of {entry.size} bytes: {_short(exc)}") from None
+        except OSError as exc:
+            raise DownloadError(f"{entry.path}: {describe_os_error(exc, 'writing the download')}") from None
     if got < entry.size:
         raise _Retryable(f"truncated download: got {got} of {entry.size} bytes")
     _check_digest(part, entry, h)

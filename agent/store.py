@@ -55,6 +55,9 @@ class UpdatesConfig(BaseModel):
     read_timeout_s: float = Field(default=10.0, gt=0)
     total_timeout_s: float = Field(default=600.0, gt=0, description="a whole bundle download")
     download_retries: int = Field(default=2, ge=0, description="Range-resumed retries after a broken transfer")
+    preflight: bool = Field(
+        default=True, description="open new model files in a child process first (a bad .tflite can segfault)"
+    )
 
 
 class ModelRecord(BaseModel):

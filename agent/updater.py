@@ -75,8 +75,9 @@ Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
 class FrameReport:
     """One inference as the pipeline's per-frame hook reports it (see `Updater.on_frame`)."""
 
-    engine: object
     latency_s: float
+    engine: object | None = None  # the engine that ran the frame, when the pipeline knows it
+    version: int | None = None  # else the model version that ran it
     outputs: Sequence[np.ndarray] | None = None
     error: str | None = None
     input: np.ndarray | None = None
@@ -100,6 +101,49 @@ def version_tuple(v: str) -> tuple[int, ...]:
         digits = "".join(ch for ch in p if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+# -- preflight in a child process -----------------------------------------------------------------
+# A malformed .tflite can crash the TFLite runtime natively (segfault), which no try/except catches:
+# open every model file of a new bundle in a throwaway child process first.
+_PREFLIGHT = r"""
+import sys
+import numpy as np
+from agent.tflite import Interpreter, require_runtime
+require_runtime()
+path, allocate = sys.argv[1], sys.argv[2] == "1"
+it = Interpreter(model_path=path)
+if allocate:
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    it.invoke()
+    for o in it.get_output_details():
+        it.get_tensor(o["index"])
+print("ok")
+"""
+
+
+def preflight(bundle: Bundle, timeout: float = 60.0) -> None:
+    """Raise ActivationFailed if a model file of `bundle` cannot be opened (and the CPU model run once)
+    by the TFLite runtime in a child process. The Edge TPU model is only parsed (the TPU is ours)."""
+    import subprocess
+    import sys
+
+    m = bundle.manifest
+    checks = [(m.models.cpu, True)] + ([(m.models.edgetpu, False)] if m.models.edgetpu else [])
+    for rel, allocate in checks:
+        try:
+            proc = subprocess.run([sys.executable, "-c", _PREFLIGHT, str(bundle.path(rel)), "1" if allocate else "0"],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ActivationFailed(f"cannot load model: {rel} hung the TFLite runtime for {timeout:.0f} s") from None
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            why = lines[-1] if lines else f"exit status {proc.returncode}"
+            if proc.returncode < 0:
+                why = f"the TFLite runtime crashed (signal {-proc.returncode})"
+            raise ActivationFailed(f"cannot load model: {rel}: {why}")
 
 
 # -- golden self-test ------------------------------------------------------------------------------
@@ -156,6 +200,7 @@ class TrialMonitor:
     """Watches the frames of the engine on trial. `feed` runs on the inference thread: keep it cheap."""
 
     engine: object
+    version: int
     cfg: UpdatesConfig
     baseline_ms: float | None
     started: float = field(default_factory=time.monotonic)
@@ -169,6 +214,9 @@ class TrialMonitor:
     in_digests: set[bytes] = field(default_factory=set)
     failure: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+    def matches(self, r: FrameReport) -> bool:
+        return r.engine is self.engine if r.engine is not None else r.version == self.version
 
     def feed(self, r: FrameReport) -> None:
         if self.done.is_set():
@@ -343,9 +391,9 @@ class Updater:
     def on_frame(self, report: FrameReport) -> None:
         """Per-frame hook from the inference thread: trial bookkeeping and the latency baseline."""
         trial = self._trial
-        if trial is not None and report.engine is trial.engine:
+        if trial is not None and trial.matches(report):
             trial.feed(report)
-        elif report.error is None and report.engine is self.engine:
+        elif report.error is None and trial is None:
             self._baseline.append(report.latency_s * 1000)
 
     def idle(self) -> bool:
@@ -587,6 +635,8 @@ class Updater:
         new: EngineLike | None = None
         try:
             bundle = Bundle.load(self.store.version_dir(version), self.keyring)
+            if self.cfg.preflight and not is_committed:
+                preflight(bundle)
             try:
                 new = self.load_engine(bundle)
             except Exception as exc:  # noqa: BLE001 - corrupt .tflite, wrong shapes, runtime errors
@@ -607,7 +657,7 @@ class Updater:
             _close_quietly(new)
             return self._abort(name, version, str(exc), remove=not is_committed, state=UpdateState.FAILED)
         baseline = statistics.median(self._baseline) if len(self._baseline) >= 5 else None
-        monitor = TrialMonitor(new, self.cfg, baseline)
+        monitor = TrialMonitor(new, version, self.cfg, baseline)
         self._trial = monitor
         old = self.swap_engine(new)
         self.timings["swapped"] = time.monotonic()
@@ -626,6 +676,7 @@ class Updater:
             if back is not None:
                 self.swap_engine(back)
                 self.engine = back
+            self._baseline.clear()
             _close_quietly(new)
             return self._abort(name, version, f"trial failed: {verdict}", remove=not is_committed)
         return self._commit(name, version, bundle, old if old is not None else prev_engine, reason, monitor)
@@ -663,6 +714,7 @@ class Updater:
                 _close_quietly(monitor.engine)  # type: ignore[arg-type]
             return self._abort(name, version, f"cannot commit: {exc}", remove=False, state=UpdateState.FAILED)
         self.bundle = bundle
+        self._baseline.clear()
         self.timings["committed"] = time.monotonic()
         self._status(UpdateState.COMMITTED, name=name, version=version, reason=note)
         self._notify()
