@@ -22,7 +22,7 @@ function h(tag, attrs, ...kids) {
     else if (k.startsWith("data-")) el.setAttribute(k, v);
     else el[k] = v;
   }
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === null || kid === undefined || kid === false) continue;
     el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }

@@ -1,0 +1,295 @@
+"""End to end in a real browser: broker + two agents + `edge-builder dashboard`, driven through headless Chromium.
+
+The page must show both nodes with their model versions; a rollout published from the page must reach both
+nodes (each node's update followed to `committed`, both rows at the new version); malformed telemetry from
+one node must mark only that node faulty. The screenshot goes to test-artifacts/dashboard.png.
+
+The agents are the real daemon (`edge-agent run`, with the trained test bundle) once agent.service runs the
+OTA updater. Until then they are tests/helpers_updates.NodeHarness processes: the REAL updater, model
+store, download and TFLite interpreter on Google's Coral MobileNet, over real MQTT and HTTP, but without the
+daemon's camera pipeline and telemetry (INTERIM, labelled as such in the test id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.protocol.topics import Topics
+from builder.devservices import FileServer, LocalBroker, free_port, wait_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1100"]
+T = Topics("edgefleet")
+NODES = ("node-a", "node-b")
+
+pytestmark = pytest.mark.slow
+
+
+def real_agent_missing() -> str | None:
+    """Why `edge-agent run` cannot be the node here yet (None: it can)."""
+    if os.environ.get("EDGE_DASHBOARD_E2E") == "harness":
+        return "forced by EDGE_DASHBOARD_E2E=harness"
+    service = ROOT / "agent" / "service.py"
+    if not service.exists() or "Updater(" not in service.read_text():
+        return "agent.service does not run the OTA updater yet"
+    if not (ROOT / "builder" / "train.py").exists() or not (ROOT / "builder" / "convert.py").exists():
+        return "the builder cannot make the trained_bundle fixture yet"
+    return None
+
+
+# ---- browser -------------------------------------------------------------------------------------------
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("Debian chromium + chromium-driver are not installed")
+    profile = tempfile.mkdtemp(prefix="edge-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in [*CHROME_FLAGS, f"--user-data-dir={profile}"]:
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield drv
+    finally:
+        drv.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# ---- nodes ---------------------------------------------------------------------------------------------
+@dataclass
+class Fleet:
+    mode: str
+    bundle_v2: Path
+    new_version: int
+    old_version: int
+    key: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs if p.exists())
+
+
+def _spawn(cmd: list[str], log: Path, fleet: Fleet, env: dict[str, str] | None = None) -> None:
+    with open(log, "wb") as out:
+        fleet.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                            env={**os.environ, **(env or {})}))
+    fleet.logs.append(log)
+
+
+def start_real_agents(request: pytest.FixtureRequest, broker: LocalBroker, www: Path, tmp: Path) -> Fleet:
+    """Two `edge-agent run` daemons on the trained test bundle; v+1 of it is put where the HTTP server serves."""
+    from agent.bundle import Bundle, write_manifest
+    from agent.signing import SigningKey
+    from builder.synth import make_video
+
+    bundle: Path = request.getfixturevalue("trained_bundle")
+    key: Path = request.getfixturevalue("trained_bundle_key")
+    trusted: Path = request.getfixturevalue("trained_bundle_keys")
+    m = Bundle.load(bundle).manifest
+    v2 = www / f"{m.name}-v{m.version + 1}"
+    shutil.copytree(bundle, v2)
+    write_manifest(v2, m.model_copy(update={"version": m.version + 1}), SigningKey.load(key))
+    video = tmp / "camera.mp4"
+    make_video(video, n_frames=40, size=(320, 240), fps=10, write_json=False)
+    fleet = Fleet("real edge-agent", v2, m.version + 1, m.version, key)
+    for node in NODES:
+        cfg = tmp / f"{node}.toml"
+        cfg.write_text(textwrap.dedent(f"""\
+            node_id = "{node}"
+            groups = ["lab"]
+            state_dir = "{tmp / node}"
+            trusted_keys_dir = "{trusted}"
+            bundle = "{bundle}"
+            state_interval_s = 5.0
+            [broker]
+            url = "{broker.url}"
+            [camera]
+            source = "{video}"
+            [telemetry]
+            interval_s = 1.0
+            hass_discovery = false
+            """))
+        _spawn([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], tmp / f"{node}.log", fleet)
+    return fleet
+
+
+def start_harness_agents(broker: LocalBroker, www: Path, tmp: Path) -> Fleet:
+    """INTERIM nodes: tests/helpers_updates.py agents (real updater + TFLite on Coral MobileNet) as processes."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import helpers_updates as hu
+
+    if not hu.MOBILENET.exists():
+        pytest.skip(f"Coral test data not found at {hu.CORAL}")
+    from agent.signing import SigningKey
+
+    keys = tmp / "keys"
+    keys.mkdir()
+    sk = SigningKey.generate()
+    sk.save(keys / "fleet.key")
+    trusted = tmp / "trusted"
+    trusted.mkdir()
+    shutil.copy(keys / "fleet.pub", trusted / "fleet.pub")
+    v1 = hu.make_bundle(tmp / "mobilenet-v1", sk, 1)
+    v2 = hu.make_bundle(www / "mobilenet-v2", sk, 2)
+    video = hu.write_video(tmp / "camera.avi")
+    fleet = Fleet("interim harness", v2, 2, 1, keys / "fleet.key")
+    for node in NODES:
+        cfg = tmp / f"{node}.json"
+        cfg.write_text(json.dumps({"state_dir": str(tmp / node), "keys_dir": str(trusted), "host": broker.host,
+                                   "port": broker.port, "video": str(video), "initial_bundle": str(v1),
+                                   "node": node}))
+        # helpers_updates.agent_main names every node node-1; run a tiny wrapper that sets the id.
+        code = ("import json,sys,time; sys.path.insert(0,'tests'); import helpers_updates as hu; "
+                "from pathlib import Path; c=json.load(open(sys.argv[1])); "
+                "h=hu.NodeHarness(state_dir=Path(c['state_dir']), keys_dir=Path(c['keys_dir']), "
+                "broker_host=c['host'], broker_port=c['port'], video=Path(c['video']), "
+                "initial_bundle=Path(c['initial_bundle']), node=c['node']); h.start(); "
+                # The harness has no availability topic; announce it from the node's own connection.
+                "h.client.publish(h.topics.availability(h.node), 'online', qos=1, retain=True); "
+                "h.publish_state(); time.sleep(1e9)")
+        _spawn([sys.executable, "-c", code, str(cfg)], tmp / f"{node}.log", fleet)
+    return fleet
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest, mqtt_broker: LocalBroker, http_server: FileServer,
+          tmp_path: Path) -> Iterator[Fleet]:
+    reason = real_agent_missing()
+    f = (start_harness_agents(mqtt_broker, http_server.root, tmp_path) if reason
+         else start_real_agents(request, mqtt_broker, http_server.root, tmp_path))
+    print(f"nodes: {f.mode}" + (f" ({reason})" if reason else ""))
+    yield f
+    f.stop()
+
+
+# ---- dashboard -----------------------------------------------------------------------------------------
+def dashboard_cmd() -> list[str]:
+    """`edge-builder dashboard`; while other subcommands are still missing, only ours is registered."""
+    probe = subprocess.run([sys.executable, "-m", "builder.cli", "--help"], cwd=ROOT, capture_output=True)
+    if probe.returncode == 0:
+        return [sys.executable, "-m", "builder.cli", "dashboard"]
+    return [sys.executable, "-c", "import argparse,sys; from builder.commands import dashboard; "
+            "p=argparse.ArgumentParser(); s=p.add_subparsers(); dashboard.register(s); "
+            "a=p.parse_args(sys.argv[1:]); sys.exit(a.func(a))", "dashboard"]
+
+
+@pytest.fixture
+def dashboard_url(fleet: Fleet, mqtt_broker: LocalBroker, http_server: FileServer, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*dashboard_cmd(), "--broker", mqtt_broker.url, "--port", str(port),
+                                 "--bundles", str(http_server.root), "--http-base", http_server.base_url,
+                                 "--key", str(fleet.key)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    fleet.logs.append(log)
+    try:
+        wait_port(port, 20)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---- the test ------------------------------------------------------------------------------------------
+def _rows(drv: Any) -> dict[str, dict[str, str]]:
+    return drv.execute_script("""
+        const out = {};
+        for (const tr of document.querySelectorAll('#nodes tbody tr'))
+          out[tr.dataset.node] = {status: tr.dataset.status, version: tr.dataset.modelVersion,
+                                  model: tr.querySelector('td.model').textContent};
+        return out;""")
+
+
+def _wait(drv: Any, pred: Any, timeout: float, what: str, fleet: Fleet) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; page rows: {_rows(drv)}\n{fleet.tail()}")
+
+
+def test_dashboard_in_chromium_shows_nodes_and_rolls_out_to_both(
+        browser: Any, fleet: Fleet, dashboard_url: str, mqtt_broker: LocalBroker, artifacts_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    drv = browser
+    drv.get(dashboard_url + "/")
+    try:
+        old, new = str(fleet.old_version), str(fleet.new_version)
+        _wait(drv, lambda: all(_rows(drv).get(n, {}).get("version") == old for n in NODES), 90,
+              f"both nodes at v{old}", fleet)
+        assert drv.find_element(By.ID, "link").text == "live"
+
+        # Roll out from the page: pick the new bundle, target all, publish.
+        select = Select(drv.find_element(By.ID, "bundle"))
+        _wait(drv, lambda: any(f"v{new}" in o.text for o in select.options), 10, "the bundle list", fleet)
+        select.select_by_visible_text(next(o.text for o in select.options if f"v{new}" in o.text))
+        Select(drv.find_element(By.ID, "target-kind")).select_by_value("all")
+        drv.find_element(By.ID, "publish").click()
+        _wait(drv, lambda: "published" in drv.find_element(By.ID, "rollout-msg").text, 20, "the publish reply", fleet)
+
+        def states() -> dict[str, str]:
+            return drv.execute_script("""
+                const out = {};
+                for (const el of document.querySelectorAll('[data-rollout-node]'))
+                  out[el.dataset.rolloutNode] = el.dataset.state;
+                return out;""")
+
+        _wait(drv, lambda: all(states().get(n) == "committed" for n in NODES), 150, "both nodes committed", fleet)
+        _wait(drv, lambda: all(_rows(drv)[n]["version"] == new for n in NODES), 30, f"both rows at v{new}", fleet)
+        assert all(f"v{new}" in _rows(drv)[n]["model"] for n in NODES)
+
+        # Malformed telemetry from node-b: node-b is shown faulty, node-a is not, and the page keeps going.
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.connect(mqtt_broker.host, mqtt_broker.port)
+        c.loop_start()
+        c.publish(T.telemetry("node-b"), b'{"node": "node-b", "interval_s": "often"}', qos=1).wait_for_publish(5)
+        c.disconnect()
+        c.loop_stop()
+        _wait(drv, lambda: _rows(drv)["node-b"]["status"] == "faulty", 10, "node-b faulty", fleet)
+        assert _rows(drv)["node-a"]["status"] != "faulty"
+        events = drv.execute_script("return window.dashboard.eventCount")
+        time.sleep(1.5)
+        if fleet.mode.startswith("real"):  # real agents keep sending telemetry: the page keeps updating
+            assert drv.execute_script("return window.dashboard.eventCount") > events
+        assert "interval_s" in drv.find_element(By.CSS_SELECTOR, 'tr[data-node="node-b"] .fault').text
+        drv.execute_script("window.scrollTo(0, 0)")
+        time.sleep(0.3)
+    finally:
+        drv.save_screenshot(str(artifacts_dir / "dashboard.png"))
