@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from agent.protocol.topics import DEFAULT_PREFIX, check_segment
+from agent.store import UpdatesConfig  # [updater] the [updates] section lives beside the model store
 
 _TPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
 # The TOML path for the settings source of the current load (settings classes are static).
@@ -205,6 +206,7 @@ class AgentConfig(BaseSettings):
     detect: DetectConfig = DetectConfig()
     publish: PublishConfig = PublishConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    updates: UpdatesConfig = UpdatesConfig()  # [updater] OTA limits, timeouts and trial policy
     state_dir: Path = Path("/var/lib/edge-agent")
     trusted_keys_dir: Path = Path("/etc/edge-agent/keys")
     bundle: Path | None = Field(default=None, description="a bundle directory to run when the store has none")
