@@ -152,7 +152,12 @@ def test_rollout_from_the_api_publishes_a_signed_retained_announcement(dash: Das
     got: list[mqtt.MQTTMessage] = []
     seen = threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sub.on_message = lambda c, u, m: (got.append(m), seen.set())
+
+    def on_message(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
+        got.append(m)
+        seen.set()
+
+    sub.on_message = on_message
     sub.connect(mqtt_broker.host, mqtt_broker.port)
     sub.loop_start()
     try:
