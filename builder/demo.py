@@ -26,7 +26,7 @@ def _step(n: int, text: str) -> None:
     print(f"\n\033[1m[{n}] {text}\033[0m", flush=True)
 
 
-def _run(cmd: list[str], **kw: object) -> None:
+def _run(cmd: list[str | Path | int], **kw: object) -> None:
     print("$ " + " ".join(str(c) for c in cmd), flush=True)
     subprocess.run([str(c) for c in cmd], check=True, **kw)  # type: ignore[call-overload]
 
@@ -135,7 +135,7 @@ def _watch(broker: LocalBroker, seconds: float, agent: subprocess.Popen[bytes]) 
     topics = Topics()
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-watcher")
-    client.on_message = lambda c, u, m: inbox.put((m.topic, m.payload))
+    client.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
     client.connect(broker.host, broker.port)
     for leaf in ("detections", "telemetry", "update", "state"):
         client.subscribe(topics.all_nodes(leaf))
