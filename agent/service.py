@@ -13,6 +13,7 @@ Extension points for the OTA updater and telemetry are marked `[updater]` and `[
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -31,6 +32,8 @@ from agent.pipeline import DetectionPublisher, FrameResult, Pipeline
 from agent.protocol.messages import ModelRef, NodeState
 from agent.protocol.topics import Topics
 from agent.signing import Keyring, SignatureError
+from agent.store import ModelStore, StoreError  # [updater]
+from agent.updater import FrameReport, Updater  # [updater]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class AgentService:
         self.publisher = DetectionPublisher(self.mqtt, self.topics, self.node, cfg.publish)
         self.pipeline = Pipeline(self.camera, None, cfg.detect, sink=self.publisher)
         self.keyring = self._load_keyring()
+        # [updater] issue 6: OTA model updates (agent/updater.py) and the MQTT v5 commands.
+        self.updater: Updater | None = self._make_updater()
         self.bundle: Bundle | None = None
         self.error: str | None = None  # why no model runs, when none does
         self.ready = threading.Event()  # broker connected and model loaded
@@ -73,7 +78,7 @@ class AgentService:
         if engine is not None:
             self.pipeline.swap_engine(engine)
         self.pipeline.start()
-        # [updater] start the Updater's worker thread here (it calls self.install_engine to hot-swap).
+        self._start_updater()  # [updater] worker thread, announcement and command subscriptions
         # [telemetry] start the telemetry publisher thread here (it reads self.stats()).
         self.publish_state(force=True)
         return self
@@ -85,7 +90,9 @@ class AgentService:
         self._stop.set()
         for fn in self.on_stop:
             _safe(fn)
-        # [updater] stop the Updater here.  [telemetry] stop the telemetry thread here.
+        if self.updater is not None:  # [updater]
+            self.updater.stop()
+        # [telemetry] stop the telemetry thread here.
         self.pipeline.stop()
         self.camera.stop()
         self.publish_state(status="stopped", force=True)
@@ -126,8 +133,12 @@ class AgentService:
             return None
 
     def _load_initial_engine(self) -> Engine | None:
-        """The model to run at start. [updater] the model store's committed bundle goes first
-        (Updater.startup(fallback=cfg.bundle)); for now the configured bundle directory."""
+        """The model to run at start: the model store's committed bundle (crash rule applied), else the
+        configured bundle directory (which then seeds the store)."""
+        if self.updater is not None:  # [updater]
+            engine = self._load_committed_engine()
+            if engine is not None:
+                return engine
         path = self.cfg.bundle
         if path is None:
             self.error = "no model yet (waiting for an update)"
@@ -149,6 +160,81 @@ class AgentService:
         self.bundle = bundle
         self.error = None
         return engine
+
+    # [updater] ---------------------------------------------------------------------------------------
+    def _make_updater(self) -> Updater | None:
+        if not self.cfg.updates.enabled or self.keyring is None:
+            return None
+        store = ModelStore(self.cfg.state_dir / "models", keep=self.cfg.updates.keep_versions)
+        return Updater(
+            node=self.node, groups=list(self.cfg.groups), topics=self.topics, store=store, keyring=self.keyring,
+            config=self.cfg.updates, load_engine=self.make_engine, swap_engine=self.install_engine,
+            publish=lambda topic, payload, retain: self.mqtt.publish(topic, payload, qos=1, retain=retain),
+            on_change=lambda: self.publish_state(force=True),
+        )
+
+    def _load_committed_engine(self) -> Engine | None:
+        assert self.updater is not None
+        try:
+            bundle = self.updater.startup(fallback=self.cfg.bundle)
+        except (StoreError, BundleError, SignatureError) as exc:
+            self.error = f"model store unusable: {exc}"
+            log.error("%s", self.error)
+            return None
+        if bundle is None:
+            return None
+        try:
+            engine = self.make_engine(bundle)
+        except EngineError as exc:
+            self.error = f"committed model v{bundle.manifest.version} not loaded: {exc}"
+            log.error("%s", self.error)
+            return None
+        self.updater.set_running(engine, bundle)
+        self.bundle, self.error = bundle, None
+        return engine
+
+    def _start_updater(self) -> None:
+        from agent.commands_handler import CommandsHandler
+
+        u = self.updater
+        if u is None:
+            return
+        u.start()
+
+        def on_announcement(msg: Any) -> None:
+            if msg.payload:  # an empty retained payload clears a topic: nothing to do
+                u.on_announcement(msg.payload, msg.topic)
+
+        for topic in self.topics.announce_subscriptions(self.node, list(self.cfg.groups)):
+            self.mqtt.subscribe(topic, on_announcement)
+
+        def respond(topic: str, payload: bytes, correlation: bytes | None) -> None:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self.mqtt.request(topic, payload, properties=props)
+
+        commands = CommandsHandler(self.node, self.topics, u, respond)
+        self.mqtt.subscribe(commands.topic, commands.on_message)
+
+    def _feed_updater(self, result: FrameResult) -> None:
+        u = self.updater
+        if u is None:
+            return
+        outputs = None
+        if result.engine is not None and result.engine is u.trial_engine and result.stats.error is None:
+            # Raw outputs of this frame for the NaN/degenerate checks, only while a trial runs.
+            backend = getattr(result.engine, "backend", None)
+            with contextlib.suppress(Exception):
+                outputs = backend.get_outputs() if backend is not None else None
+        u.on_frame(FrameReport(
+            latency_s=result.stats.preprocess_s + result.stats.invoke_s + result.stats.postprocess_s,
+            engine=result.engine, version=result.model_version, error=result.stats.error, outputs=outputs,
+            input=result.frame.image if outputs is not None else None,
+        ))
 
     def make_engine(self, bundle: Bundle) -> Engine:
         """Engine factory (the updater's load_engine)."""
@@ -189,7 +275,8 @@ class AgentService:
             backend=getattr(engine, "backend_name", None),
             device=getattr(engine, "device", None),
             model=model,
-            # [updater] previous_model and last_update come from the Updater.
+            previous_model=self.updater.previous_model() if self.updater else None,  # [updater]
+            last_update=self.updater.last_result() if self.updater else None,  # [updater]
             camera=self.camera.state.value,
             groups=list(self.cfg.groups),
         )
@@ -237,7 +324,7 @@ class AgentService:
         # Runs on the inference thread: a backend change (fallback/recovery) is published from the
         # service loop within 0.5 s; nothing slow here.
         # [telemetry] record result.stats (capture wait, preprocess, invoke, postprocess, end to end).
-        # [updater] feed the trial monitor: Updater.on_frame(...) with result.stats / result.engine.
+        self._feed_updater(result)  # [updater] trial monitor (errors, NaN/degenerate outputs, latency)
         pass
 
     def _on_tick(self) -> None:

@@ -68,7 +68,7 @@ class EngineLike(Protocol):
 
 LoadEngine = Callable[[Bundle], EngineLike]
 SwapEngine = Callable[[EngineLike], Any]  # installs `new` between two frames, returns the old engine
-Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
+Publish = Callable[[str, bytes, bool], object]  # topic, payload, retain
 
 
 @dataclass
@@ -297,7 +297,7 @@ class Updater:
         load_engine: LoadEngine,
         swap_engine: SwapEngine,
         publish: Publish,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[], object] | None = None,
         agent_version: str = AGENT_VERSION,
     ) -> None:
         self.node = node
@@ -395,6 +395,12 @@ class Updater:
             trial.feed(report)
         elif report.error is None and trial is None:
             self._baseline.append(report.latency_s * 1000)
+
+    @property
+    def trial_engine(self) -> object | None:
+        """The engine on trial right now (the pipeline hook fetches its raw outputs only then)."""
+        t = self._trial
+        return t.engine if t is not None else None
 
     def idle(self) -> bool:
         return self._queue.unfinished_tasks == 0
