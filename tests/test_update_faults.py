@@ -1,0 +1,130 @@
+"""Crash safety: SIGKILL the agent process at every update state; every restart runs a committed model.
+
+The agent is a real subprocess (tests/helpers_updates.py `agent`: real store, updater, paho client and
+TFLite engine on a real video) talking to a real Mosquitto and a real HTTP server. Kill points: at each
+state transition (in-process SIGKILL, so the moment is exact) and at random moments (external SIGKILL).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_updates import Watcher, make_bundle, publish, write_video
+
+from agent.bundle import Bundle
+from agent.signing import Keyring, SigningKey
+from agent.store import ModelStore
+from builder.publish import mqtt_publish
+
+pytestmark = pytest.mark.slow
+
+HELPER = Path(__file__).with_name("helpers_updates.py")
+
+# (kill point, bundle kind): each state of the machine, twice, plus kills at random moments.
+PLAN: list[tuple[str, str]] = [
+    ("verifying:1", "ok"), ("downloading:1", "slow"), ("downloading:2", "slow"), ("activating:1", "ok"),
+    ("trial:1", "ok"), ("committed:1", "ok"), ("rolled_back:1", "bad"), ("failed:1", "404"),
+] * 2 + [("random", "slow")] * 6
+
+
+def _start(tmp: Path, broker: Any, trusted: Path, video: Path, v1: Path, kill_at: str | None) -> subprocess.Popen[bytes]:
+    cfg = {"state_dir": str(tmp / "state"), "keys_dir": str(trusted), "host": broker.host, "port": broker.port,
+           "video": str(video), "initial_bundle": str(v1), "kill_at": kill_at, "trial_frames": 8}
+    path = tmp / "agent.json"
+    path.write_text(json.dumps(cfg))
+    return subprocess.Popen([sys.executable, str(HELPER), "agent", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=(tmp / "agent.log").open("ab"))
+
+
+def _check_committed(store: ModelStore, ring: Keyring, watcher: Watcher, since: float) -> int:
+    """The restarted agent runs frames on a version that the store says is committed and that verifies."""
+    st = watcher.wait_state(lambda s: s.get("_t", 0) > since and s.get("model"), timeout=20)
+    running = st["model"]["version"]
+    state = store.load_state()
+    assert state.pending is None, "an uncommitted update survived the restart"
+    assert state.current is not None and state.current.version == running
+    assert running in [r.version for r in state.committed]
+    Bundle.load(store.version_dir(running), ring)  # signature + every sha256
+    return running
+
+
+def test_sigkill_at_every_update_state(tmp_path: Path, mqtt_broker: Any, http_server: Any, coral_data: Path) -> None:
+    key = SigningKey.generate()
+    key_path = tmp_path / "fleet.key"
+    pub = key.save(key_path)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(pub, trusted / "fleet.pub")
+    ring = Keyring.load(trusted)
+    v1 = make_bundle(tmp_path / "v1", key, 1)
+    video = write_video(tmp_path / "cam.avi")
+    store = ModelStore(tmp_path / "state" / "models")
+    watcher = Watcher(broker_host := mqtt_broker.host, mqtt_broker.port)
+    # Stamp node states with their arrival time so a stale retained one is never mistaken for the new.
+    orig = watcher.client.on_message
+
+    def stamped(c: Any, u: Any, msg: Any) -> None:
+        orig(c, u, msg)
+        if msg.topic.endswith("/state") and msg.payload:
+            with watcher.lock:
+                watcher.states[-1]["_t"] = time.monotonic()
+
+    watcher.client.on_message = stamped
+    http_server.set_slow_seconds(0.05)
+    rng = random.Random(6)
+    good = {1}
+    kills = 0
+    proc = _start(tmp_path, mqtt_broker, trusted, video, v1, None)
+    t0 = time.monotonic()
+    try:
+        running = _check_committed(store, ring, watcher, 0)
+        for i, (kill_at, kind) in enumerate(PLAN):
+            version = i + 2
+            # Restart with this trial's kill point (the previous process is still running or just died).
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            since = time.monotonic()
+            proc = _start(tmp_path, mqtt_broker, trusted, video, v1, None if kill_at == "random" else kill_at)
+            running = _check_committed(store, ring, watcher, since)
+            assert running in good
+            bundle = make_bundle(tmp_path / f"v{version}", key, version, golden="bad" if kind == "bad" else "ok")
+            res = publish(bundle, mqtt_broker.url, key_path, http_server.root, http_server.base_url)
+            rel = f"{res.name}/{version}/model_quant.tflite"
+            if kind in ("slow", "404"):
+                http_server.faults[rel] = "slow" if kind == "slow" else "404"
+            if kill_at == "random":
+                time.sleep(rng.uniform(0.0, 1.5))
+                proc.send_signal(signal.SIGKILL)
+            try:
+                rc = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"trial {i} ({kill_at}, {kind}): the kill point was never reached")
+            assert rc == -signal.SIGKILL, f"trial {i}: agent exited with {rc}, see {tmp_path / 'agent.log'}"
+            kills += 1
+            state = store.load_state()
+            if state.current:
+                good.add(state.current.version)  # committed before the kill (kill after commit)
+            # Clear the retained announcement so the next trial starts from a quiet fleet.
+            mqtt_publish(mqtt_broker.url, "edgefleet/announce/all", b"")
+        # The final restart also runs a committed model.
+        proc = _start(tmp_path, mqtt_broker, trusted, video, v1, None)
+        running = _check_committed(store, ring, watcher, time.monotonic() - 0.5)
+        assert running in good
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        watcher.close()
+    assert kills >= 20
+    print(f"\n{kills} SIGKILL trials in {time.monotonic() - t0:.0f} s; committed versions seen {sorted(good)}")
+    del broker_host
