@@ -10,6 +10,7 @@ let stats = {};
 let clockOffset = 0;             // server clock minus browser clock, seconds
 let lastEvent = null;            // {v, now, recv} of the last event: tests read staleness from it
 let eventCount = 0;
+const lags = [];                 // seconds from a node's telemetry timestamp to its arrival in this page
 let renderQueued = false;
 const rendered = new Map();      // id -> node.v last drawn
 
@@ -53,7 +54,15 @@ function onEvent(d) {
     rendered.clear();
     for (const n of d.nodes) nodes.set(n.id, n);
   } else {
-    for (const n of d.nodes) mergeNode(n);
+    for (const n of d.nodes) {
+      const old = nodes.get(n.id);
+      // How far behind the node the page is: arrival here minus the node's own telemetry timestamp.
+      if (n.telemetry && (!old || !old.telemetry || old.telemetry.ts !== n.telemetry.ts)) {
+        lags.push(recv - n.telemetry.ts);
+        if (lags.length > 5000) lags.splice(0, lags.length - 5000);
+      }
+      mergeNode(n);
+    }
   }
   if (d.rollouts) rollouts = d.rollouts;
   queueRender();
@@ -171,7 +180,7 @@ function spark(cv, hist, series, now) {
   ctx.fillStyle = "#1d2330"; ctx.fillText(label, 4, 21);
 }
 
-function renderTable() {
+function renderTable(full) {
   const tbody = document.querySelector("#nodes tbody");
   const ids = [...nodes.keys()].sort();
   document.getElementById("empty").style.display = ids.length ? "none" : "";
@@ -182,7 +191,11 @@ function renderTable() {
     let tr = rows.get(id);
     if (!tr) tr = h("tr", { "data-node": id });
     if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
-    renderRow(n, tr);
+    // Events redraw only the rows that changed; the 1 s tick redraws all (ages, scrolling charts).
+    if (full || rendered.get(id) !== n.v) {
+      renderRow(n, tr);
+      rendered.set(id, n.v);
+    }
   });
 }
 
@@ -316,14 +329,17 @@ async function publish(ev) {
 }
 
 // ---- render loop -------------------------------------------------------------------------------------
-function queueRender() {
+let fullRender = true;
+
+function queueRender(full) {
+  if (full) fullRender = true;
   if (renderQueued) return;
   renderQueued = true;
-  requestAnimationFrame(() => { renderQueued = false; render(); });
+  requestAnimationFrame(() => { renderQueued = false; const f = fullRender; fullRender = false; render(f); });
 }
 
-function render() {
-  renderTable();
+function render(full) {
+  renderTable(full);
   renderRollouts();
   renderDetections();
   const all = [...nodes.values()];
@@ -341,12 +357,12 @@ function tick() {
 
 // Exposed for tests and for debugging in the console.
 window.dashboard = { nodes, get rollouts() { return rollouts; }, get lastEvent() { return lastEvent; },
-  get eventCount() { return eventCount; } };
+  get eventCount() { return eventCount; }, lags };
 
 document.getElementById("rollout-form").addEventListener("submit", publish);
 document.getElementById("reload-bundles").addEventListener("click", loadBundles);
 document.getElementById("target-kind").addEventListener("change", fillTargetValues);
 document.getElementById("target-value").addEventListener("focus", fillTargetValues);
-setInterval(() => { tick(); queueRender(); }, 1000);  // ages and "silent" need the clock, not just events
+setInterval(() => { tick(); queueRender(true); }, 1000);  // ages and "silent" need the clock, not just events
 loadBundles();
 connect();
