@@ -9,7 +9,7 @@ Mosquitto; `edge-builder dashboard` runs as its own process. Measured:
 The nodes are builder.dashboard.loadgen's load generator: real payload models, made-up figures. Target from
 issue 8: the page stays under 2 s behind with 50 nodes at 1 Hz, with modest server CPU.
 
-    python bench/bench_dashboard.py [--nodes 50] [--duration 30] [--browser]
+    python bench/bench_dashboard.py [--nodes 50] [--duration 30] [--no-browser]
 """
 
 from __future__ import annotations
@@ -143,9 +143,15 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between each node's telemetry")
     ap.add_argument("--duration", type=float, default=30.0, help="measurement window in seconds")
-    ap.add_argument("--browser", action="store_true", help="also measure inside headless Chromium")
+    ap.add_argument("--browser", action=argparse.BooleanOptionalAction, default=None,
+                    help="also measure inside headless Chromium (default: when chromium and selenium exist)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dashboard.json")
     args = ap.parse_args()
+    if args.browser is None:
+        import importlib.util
+
+        args.browser = (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()
+                        and importlib.util.find_spec("selenium") is not None)
 
     topics = Topics()
     work = Path(tempfile.mkdtemp(prefix="edge-bench-dash-"))
