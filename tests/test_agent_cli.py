@@ -235,3 +235,15 @@ prefer = "cpu"
             proc.wait()
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_agent_runtime_imports_no_ml_frameworks() -> None:
+    code = (
+        "import sys, agent.cli, agent.service, agent.backends.engine, agent.camera, agent.pipeline, agent.mqtt\n"
+        "import agent.commands.run, agent.commands.check, agent.commands.infer, agent.decode.ssd\n"
+        "agent.cli.build_parser()\n"
+        "bad = [m for m in ('torch', 'tensorflow', 'onnx', 'onnxruntime', 'libreyolo') if m in sys.modules]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
