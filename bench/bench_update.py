@@ -1,0 +1,179 @@
+"""OTA update timing with the real agent daemon, broker and HTTP server on loopback.
+
+For each round a new version of the test bundle is published with `edge-builder publish` (library call)
+to a running AgentService (video-file camera, CPU engine) and timed:
+
+- announce → active: from the publish call to the first frame inferred by the new version;
+- download → active: from the download's completion (updater timestamp) to that frame (target ≤ 2 s);
+- the stages in between (verify + download, activate = preflight + load + golden self-test, swap);
+- swap gap: the inter-frame gap containing the swap over the median gap of the frames around it
+  (target ≤ 1.5×). The camera is unpaced here (frames as fast as inference takes them), so the gap is
+  pure processing time and any stall the swap causes shows up in full.
+
+    python bench/bench_update.py [--bundle DIR] [--rounds 3]
+
+Writes bench/results/update.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from agent.bundle import Bundle, file_entry, write_manifest  # noqa: E402
+from agent.protocol.manifest import Target  # noqa: E402
+from agent.signing import SigningKey  # noqa: E402
+from builder.devservices import FileServer, LocalBroker  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "update.json"
+TARGET_ACTIVE_S = 2.0
+TARGET_GAP_RATIO = 1.5
+
+
+def find_bundle() -> tuple[Path, Path, Path]:
+    """(bundle, signing key, trusted keys dir) of the test bundle, built if missing (minutes)."""
+    fixture = ROOT / "tests" / "fixtures" / "build_test_bundle.py"
+    key = subprocess.run([sys.executable, str(fixture), "--print-key"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    built = ROOT / ".cache" / "test-bundle" / key
+    if not (built / "ok").exists():
+        print(f"building the test bundle into {built} (trains a small model; minutes on 2 cores) ...", flush=True)
+        subprocess.run([sys.executable, str(fixture), str(built)], check=True)
+    return built / "bundle", built / "keys" / "fleet.key", built / "trusted"
+
+
+def new_version(src: Path, dst: Path, key: Path, version: int) -> Path:
+    shutil.copytree(src, dst)
+    m = Bundle.load(dst, check=False).manifest
+    write_manifest(dst, m.model_copy(update={"version": version, "files": [file_entry(dst, f.path) for f in m.files]}),
+                   SigningKey.load(key))
+    return dst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, help="a signed bundle (default: the test bundle)")
+    ap.add_argument("--key", type=Path, help="its signing key (with --bundle)")
+    ap.add_argument("--trusted", type=Path, help="directory with its public key (with --bundle)")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if args.bundle:
+        if not (args.key and args.trusted):
+            ap.error("--bundle needs --key and --trusted")
+        bundle, key, trusted = args.bundle, args.key, args.trusted
+    else:
+        bundle, key, trusted = find_bundle()
+
+    from helpers_updates import Watcher
+
+    from agent.config import AgentConfig
+    from agent.service import AgentService
+    from builder.publish import publish_bundle
+    from builder.synth import make_video
+
+    work = Path(tempfile.mkdtemp(prefix="bench-update-"))
+    broker = LocalBroker(work / "mosquitto").start()
+    http = FileServer(work / "www").start()
+    rows: list[dict[str, Any]] = []
+    svc = None
+    watcher = None
+    try:
+        m1 = Bundle.load(bundle).manifest
+        video = work / "scene.avi"
+        make_video(video, n_frames=60, size=(320, 240), fps=30, classes=m1.class_names, seed=3)
+        cfg = AgentConfig(
+            node_id="bench", topic_prefix="edgefleet", broker={"url": broker.url},
+            camera={"source": str(video), "loop": True, "realtime": False}, backend={"prefer": "cpu"},
+            state_dir=work / "state", trusted_keys_dir=trusted, bundle=bundle,
+            updates={"trial_frames": 30, "trial_seconds": 10},
+        )
+        svc = AgentService(cfg)
+        frames: list[tuple[float, int | None]] = []
+        svc.pipeline.add_frame_hook(lambda r: frames.append((time.monotonic(), r.model_version)))
+        svc.start()
+        watcher = Watcher(broker.host, broker.port)
+        deadline = time.monotonic() + 30
+        while len(frames) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for r in range(args.rounds):
+            version = m1.version + 1 + r
+            b = new_version(bundle, work / f"v{version}", key, version)
+            mark = watcher.mark()
+            t_pub = time.monotonic()
+            publish_bundle(b, broker.url, Target(), key, http_base=http.base_url, upload_dir=http.root)
+            st = watcher.wait_update({"committed", "rolled_back", "failed", "rejected"}, mark, version=version,
+                                     timeout=120)
+            if st["state"] != "committed":
+                raise SystemExit(f"round {r}: update ended {st['state']}: {st.get('reason')}")
+            tm = dict(svc.updater.timings)
+            snap = list(frames)
+            k = next(i for i, f in enumerate(snap) if f[1] == version)
+            t_active = snap[k][0]
+            lo, hi = max(1, k - 30), min(len(snap), k + 30)
+            gaps = [snap[i][0] - snap[i - 1][0] for i in range(lo, hi)]
+            swap_gap = snap[k][0] - snap[k - 1][0]
+            med = statistics.median(gaps)
+            rows.append({
+                "version": version,
+                "announce_to_active_ms": (t_active - t_pub) * 1000,
+                "download_to_active_ms": (t_active - tm["downloaded"]) * 1000,
+                "verify_download_ms": (tm["downloaded"] - tm["announce"]) * 1000,
+                "activate_ms": (tm["activated"] - tm["downloaded"]) * 1000,
+                "swap_ms": (tm["swapped"] - tm["activated"]) * 1000,
+                "median_frame_gap_ms": med * 1000,
+                "swap_gap_ms": swap_gap * 1000,
+                "swap_gap_ratio": swap_gap / med,
+                "max_gap_ratio_window": max(gaps) / med,
+            })
+    finally:
+        if watcher:
+            watcher.close()
+        if svc:
+            svc.stop()
+        http.stop()
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    cols = ["version", "announce_to_active_ms", "download_to_active_ms", "verify_download_ms", "activate_ms",
+            "swap_ms", "median_frame_gap_ms", "swap_gap_ms", "swap_gap_ratio", "max_gap_ratio_window"]
+    print(" | ".join(f"{c:>22}" for c in cols))
+    for row in rows:
+        print(" | ".join(f"{row[c]:>22.2f}" if isinstance(row[c], float) else f"{row[c]:>22}" for c in cols))
+    worst_active = max(r["download_to_active_ms"] for r in rows) / 1000
+    worst_gap = max(r["swap_gap_ratio"] for r in rows)
+    summary = {
+        "download_to_active_s_max": worst_active,
+        "download_to_active_target_s": TARGET_ACTIVE_S,
+        "download_to_active_ok": worst_active <= TARGET_ACTIVE_S,
+        "announce_to_active_s_median": statistics.median(r["announce_to_active_ms"] for r in rows) / 1000,
+        "swap_gap_ratio_max": worst_gap,
+        "swap_gap_ratio_target": TARGET_GAP_RATIO,
+        "swap_gap_ok": worst_gap <= TARGET_GAP_RATIO,
+    }
+    print(f"\ndownload→active worst {worst_active:.2f} s (target ≤ {TARGET_ACTIVE_S} s: "
+          f"{'ok' if summary['download_to_active_ok'] else 'MISSED'}); swap gap worst {worst_gap:.2f}× median "
+          f"(target ≤ {TARGET_GAP_RATIO}×: {'ok' if summary['swap_gap_ok'] else 'MISSED'})")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "bundle": f"{m1.name} v{m1.version}", "input": m1.input.shape, "rounds": rows, "summary": summary,
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+    }, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
