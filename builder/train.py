@@ -374,7 +374,10 @@ def _edge_trainer_class(run: _Run) -> type:
 
     class EdgeYOLONASTrainer(YOLONASTrainer):  # type: ignore[misc, valid-type]
         def _save_checkpoint(self, epoch: int, loss: float, val_metrics: Any = None, is_best: Any = None) -> Any:
-            run.last_val = {k: float(v) for k, v in dict(val_metrics or {}).items() if isinstance(v, int | float)}
+            vm = dict(val_metrics or {})
+            if isinstance(vm.get("metrics"), dict):  # libreyolo nests the scalars under "metrics"
+                vm = dict(vm["metrics"])
+            run.last_val = {k: float(v) for k, v in vm.items() if isinstance(v, int | float)}
             run.last_loss = float(loss)
             self._edge_epoch = epoch
             return super()._save_checkpoint(epoch, loss, val_metrics, is_best=is_best)
