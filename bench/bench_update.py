@@ -118,6 +118,7 @@ def main() -> int:
                                      timeout=120)
             if st["state"] != "committed":
                 raise SystemExit(f"round {r}: update ended {st['state']}: {st.get('reason')}")
+            assert svc.updater is not None
             tm = dict(svc.updater.timings)
             snap = list(frames)
             k = next(i for i, f in enumerate(snap) if f[1] == version)

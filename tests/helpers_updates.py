@@ -54,6 +54,7 @@ MOBILENET_224 = CORAL / "mobilenet_v2_1.0_224_quant.tflite"
 # -- bundles ---------------------------------------------------------------------------------------
 def golden_input(size: int) -> np.ndarray:
     img = cv2.imread(str(CORAL / "cat_720p.jpg"))
+    assert img is not None
     img = cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     return img[None].astype(np.uint8)
 
@@ -183,7 +184,7 @@ class TfliteEngine:
 def write_video(path: Path, frames: int = 60, size: tuple[int, int] = (160, 120), fps: float = 30.0) -> Path:
     """A real MJPG AVI of a moving, textured scene (so successive frames differ)."""
     w, h = size
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
     for i in range(frames):
@@ -437,6 +438,7 @@ class Watcher:
                 if msg.topic.endswith("/update"):
                     self.updates.append(data)
                 elif msg.topic.endswith("/state"):
+                    data["_t"] = time.monotonic()  # arrival, to tell a new state from a stale retained one
                     self.states.append(data)
                 else:
                     corr = getattr(msg.properties, "CorrelationData", None)

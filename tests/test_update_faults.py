@@ -68,17 +68,7 @@ def test_sigkill_at_every_update_state(tmp_path: Path, mqtt_broker: Any, http_se
     v1 = make_bundle(tmp_path / "v1", key, 1)
     video = write_video(tmp_path / "cam.avi")
     store = ModelStore(tmp_path / "state" / "models")
-    watcher = Watcher(broker_host := mqtt_broker.host, mqtt_broker.port)
-    # Stamp node states with their arrival time so a stale retained one is never mistaken for the new.
-    orig = watcher.client.on_message
-
-    def stamped(c: Any, u: Any, msg: Any) -> None:
-        orig(c, u, msg)
-        if msg.topic.endswith("/state") and msg.payload:
-            with watcher.lock:
-                watcher.states[-1]["_t"] = time.monotonic()
-
-    watcher.client.on_message = stamped
+    watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
     http_server.set_slow_seconds(0.05)
     rng = random.Random(6)
     good = {1}
@@ -127,4 +117,3 @@ def test_sigkill_at_every_update_state(tmp_path: Path, mqtt_broker: Any, http_se
         watcher.close()
     assert kills >= 20
     print(f"\n{kills} SIGKILL trials in {time.monotonic() - t0:.0f} s; committed versions seen {sorted(good)}")
-    del broker_host

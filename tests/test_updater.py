@@ -251,7 +251,7 @@ def test_sha256_mismatch_and_oversize_file(fleet: Fleet) -> None:
     fleet.assert_undisturbed(1)
 
 
-ACTIVATION_FAILURES = {
+ACTIVATION_FAILURES: dict[str, tuple[dict[str, Any], str]] = {
     "corrupt tflite": ({"corrupt": True}, "cannot load model"),
     "wrong input shape": ({"model": MOBILENET_224, "input_size": 128}, "self-test inference failed"),
 }

@@ -76,9 +76,10 @@ def service(tmp_path: Path, mqtt_broker: Any, trained_bundle: Path, trained_bund
         updates={"trial_frames": 20, "trial_seconds": 10, "read_timeout_s": 2, "connect_timeout_s": 2},
     )
     svc = AgentService(cfg)
-    svc.frame_log = []  # (camera frame index, monotonic time, model version, error)
+    frame_log: list[tuple[int, float, int | None, str | None]] = []  # (camera index, time, version, error)
     svc.pipeline.add_frame_hook(
-        lambda r: svc.frame_log.append((r.stats.index, time.monotonic(), r.model_version, r.stats.error)))
+        lambda r: frame_log.append((r.stats.index, time.monotonic(), r.model_version, r.stats.error)))
+    svc.frame_log = frame_log  # type: ignore[attr-defined]
     svc.start()
     yield svc
     svc.stop()
@@ -96,8 +97,8 @@ def _wait(cond: Any, timeout: float) -> bool:
 def test_ota_hot_swap_and_automatic_rollbacks(service: Any, mqtt_broker: Any, http_server: Any,
                                               trained_bundle: Path, trained_bundle_key: Path,
                                               tmp_path: Path) -> None:
-    from builder.publish import publish_bundle
     from agent.protocol.manifest import Target
+    from builder.publish import publish_bundle
 
     watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
     try:
