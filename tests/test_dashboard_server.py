@@ -208,6 +208,24 @@ def test_rollout_refuses_bad_requests_with_clear_errors(dash: Dashboard, tmp_pat
     assert "no --key" in json.loads(get(dash, "/api/bundles")[1])["problem"]
 
 
+def test_broker_outage_is_pushed_to_the_page_and_the_link_recovers(dash: Dashboard,
+                                                                    mqtt_broker: LocalBroker) -> None:
+    sse = SSE(dash.port)
+    assert sse.next()["stats"]["broker"] is True
+    mqtt_broker.stop()
+    ev = sse.until(lambda e: e["stats"]["broker"] is False)
+    assert ev["stats"]["broker_error"]
+    mqtt_broker.start()
+    sse.until(lambda e: e["stats"]["broker"] is True, timeout=20)
+    # Subscriptions are renewed on reconnect: a node appearing now is seen.
+    n = node(mqtt_broker, "late")
+    try:
+        sse.until(lambda e: "late" in by_id(e), timeout=10)
+    finally:
+        n.stop()
+        sse.close()
+
+
 def test_page_and_routes(dash: Dashboard) -> None:
     status, body, ctype = get(dash, "/")
     assert status == 200 and ctype.startswith("text/html") and b"/static/app.js" in body

@@ -136,7 +136,8 @@ def test_malformed_telemetry_marks_only_that_node_faulty() -> None:
     s.handle(T.telemetry("b"), telemetry("b"))
     assert not s.node("b").faults  # type: ignore[union-attr]
     snap = json.loads(dumps(s.snapshot()))
-    assert snap["stats"] == {"nodes": 2, "messages": 8, "rejected": 1, "online": 2}
+    assert snap["stats"] == {"nodes": 2, "messages": 8, "rejected": 1, "online": 2, "broker": False,
+                              "broker_error": None}
 
 
 def test_other_malformed_leaves_are_faults_too() -> None:

@@ -86,16 +86,19 @@ class FleetLink:
                     properties: Any) -> None:
         if reason.is_failure:
             self.error = str(reason)
+            self.state.set_broker(False, self.error)
             return
         self.error = None
         client.subscribe([(self.state.topics.all_nodes(leaf), 1) for leaf in self.leaves])
         self.connected.set()
+        self.state.set_broker(True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:
         self.connected.clear()
         if reason.is_failure:
             self.error = str(reason)
+        self.state.set_broker(False, self.error or "disconnected")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.state.handle(msg.topic, bytes(msg.payload))

@@ -99,6 +99,8 @@ class FleetState:
         self.version = 0
         self.messages = 0
         self.rejected = 0
+        self.broker_connected = False
+        self.broker_error: str | None = None
 
     # ---- input (MQTT thread) ----------------------------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> str | None:
@@ -177,6 +179,13 @@ class FleetState:
             node.snapshot = payload or None
             v.has_snapshot = bool(payload)
 
+    def set_broker(self, connected: bool, error: str | None = None) -> None:
+        """The MQTT link's state, shown in the page header (a dead broker must not look like a quiet fleet)."""
+        with self._cond:
+            self.broker_connected, self.broker_error = connected, error
+            self.version += 1
+            self._cond.notify_all()
+
     # ---- rollouts ----------------------------------------------------------------------------------
     def add_rollout(self, bundle: str, name: str, version: int, target: Target) -> Rollout:
         with self._cond:
@@ -251,9 +260,10 @@ class FleetState:
         with self._cond:
             return self._cond.wait_for(lambda: self.version > since, timeout)
 
-    def _stats(self) -> dict[str, int]:
+    def _stats(self) -> dict[str, Any]:
         return {"nodes": len(self._nodes), "messages": self.messages, "rejected": self.rejected,
-                "online": sum(1 for n in self._nodes.values() if n.view.online)}
+                "online": sum(1 for n in self._nodes.values() if n.view.online),
+                "broker": self.broker_connected, "broker_error": self.broker_error}
 
     def nodes(self) -> list[NodeView]:
         with self._cond:

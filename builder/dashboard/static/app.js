@@ -348,6 +348,9 @@ function render(full) {
   document.getElementById("st-faulty").textContent = all.filter(n => Object.keys(n.faults || {}).length).length;
   document.getElementById("st-msgs").textContent = stats.messages ?? 0;
   document.getElementById("st-rejected").textContent = stats.rejected ?? 0;
+  const broker = document.getElementById("broker");
+  broker.textContent = stats.broker ? "broker connected" : `broker down${stats.broker_error ? ": " + stats.broker_error : ""}`;
+  broker.className = `pill ${stats.broker ? "ok" : "bad"}`;
   tick();
 }
 
