@@ -299,6 +299,7 @@ def test_keeps_k_versions(tmp_path: Path, mqtt_broker: Any, http_server: Any, co
             st = f.watcher.wait_update({"committed", "rolled_back", "failed", "rejected"}, f.publish(f.bundle(v)),
                                        version=v)
             assert st["state"] == "committed", st
+        assert f.node.updater.wait_idle(10)  # pruning follows the committed status
         assert f.node.store.installed_versions() == [3, 4]
         state = f.node.store.load_state()
         assert [r.version for r in state.committed] == [3, 4] and state.previous and state.previous.version == 3
