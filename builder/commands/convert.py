@@ -1,0 +1,73 @@
+"""edge-builder convert: checkpoint → INT8 TFLite variants → a (signed) model bundle with measured accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="quantize a checkpoint to INT8 TFLite (CPU + Edge TPU) and write a model bundle",
+        description=(
+            "Post-training INT8 quantization of a YOLO-NAS checkpoint. Writes model_cpu.tflite (FP16 weights), "
+            "model_dynamic.tflite, model_quant.tflite (full INT8, uint8 I/O) and, when edgetpu_compiler is on PATH, "
+            "model_edgetpu.tflite, plus manifest.json, golden self-test data and report.{json,md,png}. "
+            "Default output: output/models/NAME (NAME = the checkpoint's experiment directory)."
+        ),
+    )
+    p.add_argument("--model_path", "--model-path", type=Path, required=True, help="ckpt_best.pth from edge-builder train")
+    p.add_argument("--model_type", "--model-type", default="yolo_nas", help="model family (only yolo_nas)")
+    p.add_argument("--output_formats", "--output-formats", nargs="+", default=["tflite"], help="only tflite")
+    p.add_argument("--calibration_dir", "--calibration-dir", type=Path, required=True,
+                   help="folder of representative images (searched recursively) or a .tar.gz of them")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the checkpoint's training size)")
+    p.add_argument("--out", "--output_dir", "--output-dir", dest="out", type=Path, default=None,
+                   help="bundle directory (default output/models/NAME)")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: the experiment name)")
+    p.add_argument("--version", type=int, default=1, help="bundle version (monotonic integer)")
+    p.add_argument("--key", type=Path, default=None, help="sign the bundle with this private key (edge-builder keygen)")
+    p.add_argument("--dataset_path", "--dataset-path", type=Path, default=None,
+                   help="dataset whose validation split measures every variant's mAP")
+    p.add_argument("--calibration_images", "--calibration-images", type=int, default=300,
+                   help="how many calibration images to sample (deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor INT8 weights (default per-channel)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for latency measurements")
+    p.add_argument("--allow-clipped-outputs", action="store_true",
+                   help="accept INT8 class outputs that cannot represent positive logits (reported either way)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept an Edge TPU compile that leaves ops on the CPU")
+    p.add_argument("--no-compile", action="store_true", help="do not run edgetpu_compiler even when present")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from builder.convert import ConvertError, convert
+
+    try:
+        convert(
+            model_path=args.model_path,
+            calibration_dir=args.calibration_dir,
+            out_dir=args.out,
+            imgsz=args.imgsz,
+            key=args.key,
+            dataset_path=args.dataset_path,
+            version=args.version,
+            name=args.name,
+            model_type=args.model_type,
+            output_formats=args.output_formats,
+            n_calib=args.calibration_images,
+            seed=args.seed,
+            per_tensor=args.per_tensor,
+            threads=args.threads,
+            allow_clipped_outputs=args.allow_clipped_outputs,
+            allow_partial=args.allow_partial,
+            compile_edgetpu=not args.no_compile,
+        )
+    except ConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,112 @@
+"""The conversion report: report.json (everything), report.md (for people), report.png (a chart)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+VARIANT_LABELS = {
+    "pytorch_fp32": "PyTorch FP32",
+    "fp32": "TFLite FP32",
+    "cpu": "model_cpu (FP16 weights)",
+    "dynamic": "model_dynamic (dynamic range)",
+    "quant": "model_quant (full INT8)",
+    "edgetpu": "model_edgetpu",
+}
+
+
+def _f(x: Any, fmt: str = ".4f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    v = report["variants"]
+    ref = v.get("pytorch_fp32", {})
+    fp32_lat = v.get("fp32", {}).get("latency_ms")
+    fp32_size = v.get("fp32", {}).get("size_bytes")
+    lines = [
+        f"# {report['name']} v{report['version']}: conversion report",
+        "",
+        f"{report['architecture']}, {len(report['class_names'])} classes, input {report['imgsz']}×{report['imgsz']}; "
+        f"calibrated on {report['calibration']['images']} images from `{report['calibration']['source']}`"
+        + (f"; evaluated on the validation split of `{report['dataset']}`" if report.get("dataset") else "; no dataset given, so no accuracy"),
+        "",
+        f"| variant | mAP50-95 | mAP50 | Δ mAP50-95 vs PyTorch (points) | CPU latency ({report['threads']} threads, median of {report['latency_runs']}) | × FP32 TFLite | size | × FP32 TFLite |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, e in v.items():
+        m = e.get("map50_95")
+        drop = None if m is None or ref.get("map50_95") is None else (m - ref["map50_95"]) * 100
+        lat, size = e.get("latency_ms"), e.get("size_bytes")
+        lines.append(
+            f"| {VARIANT_LABELS.get(k, k)} | {_f(m)} | {_f(e.get('map50'))} | {_f(drop, '+.2f')} | {_f(lat, '.1f')} ms | "
+            f"{_f(lat / fp32_lat if lat and fp32_lat else None, '.2f')} | "
+            f"{_f(size / 1e6 if size else None, '.1f')} MB | {_f(size / fp32_size if size and fp32_size else None, '.2f')} |"
+        )
+    if report.get("int8_drop_ci95"):
+        lo, hi = report["int8_drop_ci95"]
+        n = v.get("quant", {}).get("images")
+        lines += ["", f"INT8 vs PyTorch, 95% paired-bootstrap interval of the mAP50-95 change: {lo * 100:+.2f} … {hi * 100:+.2f} points ({n} images)."]
+    p = report["parity"]
+    lines += ["", "## Checks", "",
+              f"- Parity, FP32 TFLite vs PyTorch on {p['images']} real images: max abs error {p['max_abs_error']:.3g} (tolerance {p['atol']:g}).",
+              f"- Quantized ranges: {'ok' if report['ranges']['ok'] else 'FAILED'}" + ("" if not report["ranges"]["problems"] else ""),
+              ]
+    for prob in report["ranges"]["problems"]:
+        lines.append(f"  - {prob}")
+    r = report["readiness"]
+    lines += [f"- Edge TPU readiness (static): {r['summary']}."]
+    if r.get("unsupported_ops"):
+        lines.append(f"  - ops with problems: {', '.join(r['unsupported_ops'])}")
+    c = report.get("edgetpu_compile")
+    if c:
+        lines.append(f"- edgetpu_compiler {c.get('compiler_version')}: {c.get('tpu_ops')} ops on the Edge TPU, {c.get('cpu_ops')} on the CPU.")
+    else:
+        lines += ["- `edgetpu_compiler` was not available here. On an x86-64 Linux host:", "", "  ```", f"  {report['edgetpu_command']}", "  ```"]
+    lines += ["", "## Output quantization (model_quant.tflite)", "", "| output | kind | stride | scale | zero point | representable | FP32 on calibration | note |", "|---|---|---|---|---|---|---|---|"]
+    for o in report["ranges"]["outputs"]:
+        lo, hi = o["representable"]
+        clo, chi = o["fp32_calibration"]
+        lines.append(f"| {o['output']} | {o['kind']} | {o['stride']} | {o['scale']:.4g} | {o['zero_point']} | {lo:.2f} … {hi:.2f} | {clo:.2f} … {chi:.2f} | {o['note']} |")
+    lines += ["", "Stage timings (s): " + ", ".join(f"{k}: {t}" for k, t in report.get("timings_s", {}).items()), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    v = report["variants"]
+    names = list(v)
+    labels = [VARIANT_LABELS.get(k, k).split(" (")[0] for k in names]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    maps = [v[k].get("map50_95") or 0.0 for k in names]
+    axes[0].bar(labels, maps, color="#4c72b0")
+    axes[0].set_title("mAP50-95 (validation)")
+    axes[0].set_ylim(0, max(maps + [0.01]) * 1.15)
+    for i, m in enumerate(maps):
+        axes[0].text(i, m, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
+    lats = [v[k].get("latency_ms") or 0.0 for k in names]
+    axes[1].bar(labels, lats, color="#dd8452")
+    axes[1].set_title(f"CPU latency, ms ({report['threads']} threads)")
+    sizes = [(v[k].get("size_bytes") or 0) / 1e6 for k in names]
+    axes[2].bar(labels, sizes, color="#55a868")
+    axes[2].set_title("file size, MB")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=35, labelsize=8)
+    fig.suptitle(f"{report['name']} v{report['version']}: {report['architecture']} at {report['imgsz']} px")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out_dir / "report.md").write_text(markdown(report))
+    plot(report, out_dir / "report.png")
