@@ -500,8 +500,8 @@ class Updater:
         self.store.save_state(snapshot)
 
     # -- verify -------------------------------------------------------------------------------
-    def verify(self, payload: bytes) -> tuple[Announcement, Manifest]:
-        """Check an announcement; raise UpdateRejected with the reason. Signature before parsing."""
+    def authenticate(self, payload: bytes) -> tuple[Announcement, Manifest]:
+        """Signature by a pinned key over the exact manifest bytes, then (only then) parse them."""
         try:
             ann = Announcement.model_validate_json(payload)
             data, sig = ann.manifest_bytes(), ann.signature()
@@ -512,9 +512,12 @@ class Updater:
         except SignatureError as exc:
             raise UpdateRejected(str(exc)) from None
         try:
-            m = parse_manifest(data)
+            return ann, parse_manifest(data)
         except BundleError as exc:
             raise UpdateRejected(str(exc)) from None
+
+    def check(self, m: Manifest) -> None:
+        """The policy checks on an authenticated manifest; raise UpdateRejected with the reason."""
         if not m.target.matches(self.node, self.groups):
             raise UpdateRejected(f"manifest targets {m.target}, not this node ({self.node}, groups {self.groups})")
         if m.is_expired():
@@ -532,25 +535,30 @@ class Updater:
             raise UpdateRejected(f"{what} declares {size} bytes, over the limit of {self.cfg.max_bundle_bytes}")
         if self.state.pinned is not None:
             raise UpdateRejected(f"node is pinned to v{self.state.pinned}; send `pin` without a version to unpin")
+
+    def verify(self, payload: bytes) -> tuple[Announcement, Manifest]:
+        ann, m = self.authenticate(payload)
+        self.check(m)
         return ann, m
 
     # -- the update path ----------------------------------------------------------------------
     def _handle_announcement(self, payload: bytes, topic: str) -> None:
-        t_announce = time.monotonic()
-        self.timings = {"announce": t_announce}
-        # Quietly skip the retained announcement of the model we already run (every reconnect resends it).
+        self.timings = {"announce": time.monotonic()}
         try:
-            quick = parse_manifest(Announcement.model_validate_json(payload).manifest_bytes())
-            if self.state.current and quick.version == self.state.current.version and quick.name == self.state.current.name:
-                log.debug("announcement of running v%d ignored", quick.version)
-                return
-        except (ValidationError, ValueError, BundleError):
-            pass
-        self._status(UpdateState.VERIFYING)
-        try:
-            ann, m = self.verify(payload)
+            ann, m = self.authenticate(payload)
         except UpdateRejected as exc:
             self._status(UpdateState.REJECTED, reason=str(exc), persist=True)
+            return
+        cur = self.state.current
+        if cur is not None and (m.name, m.version) == (cur.name, cur.version):
+            # The retained announcement of the model we run comes back on every reconnect: nothing to do.
+            log.debug("announcement of the running %s v%d ignored", m.name, m.version)
+            return
+        self._status(UpdateState.VERIFYING, name=m.name, version=m.version)
+        try:
+            self.check(m)
+        except UpdateRejected as exc:
+            self._status(UpdateState.REJECTED, name=m.name, version=m.version, reason=str(exc), persist=True)
             return
         try:
             self._download(ann, m)
