@@ -158,8 +158,9 @@ def test_training_hooks_exist() -> None:
 
 def test_construct_from_scratch_without_network() -> None:
     """`LibreYOLONAS(None, ...)` builds a fresh network with no download attempt."""
-    from builder.train import no_network
     from libreyolo import LibreYOLONAS
+
+    from builder.train import no_network
 
     with no_network() as attempts:
         w = LibreYOLONAS(None, size="s", nb_classes=NC, device="cpu")
