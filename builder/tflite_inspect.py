@@ -217,7 +217,7 @@ def op_problems(op: dict[str, Any]) -> list[str]:
     if maxv is not None and op["version"] is not None and op["version"] > maxv:
         probs.append(f"version {op['version']} above {maxv} (not known to be accepted by compiler 16)")
     for t in op["inputs"] + op["outputs"]:
-        if t["dtype"] in ("float32", "float16") and not (name == "QUANTIZE" and t in op["inputs"]):
+        if t["dtype"] in ("float32", "float16"):
             probs.append(f"float tensor ({t['dtype']})")
             break
     for t in op["inputs"] + op["outputs"]:
@@ -236,18 +236,20 @@ def readiness(path: Path | str, info: dict[str, Any] | None = None) -> dict[str,
         return {"compiled": True, "summary": f"already compiled: {info['tpu_ops']} Edge TPU op(s), CPU ops {info['cpu_ops']}",
                 "tpu_ops": info["tpu_ops"], "cpu_ops": len(info["cpu_ops"] or [])}
     rows = []
-    first_bad = None
     for op in info["ops"]:
-        probs = op_problems(op)
-        if probs and first_bad is None:
-            first_bad = op["index"]
-        rows.append({"index": op["index"], "op": op["op"], "version": op["version"], "problems": probs,
+        rows.append({"index": op["index"], "op": op["op"], "version": op["version"], "problems": op_problems(op),
                      "dtypes": sorted({t["dtype"] for t in op["inputs"] + op["outputs"] if t["dtype"]}),
                      "output_shapes": [t["shape"] for t in op["outputs"]]})
     n = len(rows)
-    n_tpu = n if first_bad is None else first_bad
+    # One Edge TPU partition: unsupported ops at the very start (e.g. a float input's CAST/QUANTIZE)
+    # stay on the CPU in front of it; the partition then runs until the first unsupported op, and
+    # that op and everything after it run on the CPU.
+    start = next((r["index"] for r in rows if not r["problems"]), n)
+    end = next((r["index"] for r in rows[start:] if r["problems"]), n)
+    first_bad = end if end < n else (0 if start > 0 else None)
+    n_tpu = end - start
     for r in rows:
-        r["predicted"] = "tpu" if r["index"] < n_tpu else "cpu"
+        r["predicted"] = "tpu" if start <= r["index"] < end else "cpu"
     unsupported = sorted({r["op"] for r in rows if r["problems"]})
     float_tensors = sum(1 for op in info["ops"] for t in op["inputs"] + op["outputs"] if t["dtype"] in ("float32", "float16"))
     io_ok = all(t["dtype"] in ("uint8", "int8") for t in info["inputs"] + info["outputs"])
@@ -255,7 +257,8 @@ def readiness(path: Path | str, info: dict[str, Any] | None = None) -> dict[str,
     pct = 100.0 * n_tpu / n if n else 0.0
     summary = (
         f"{n_tpu}/{n} ops predicted on the Edge TPU ({pct:.0f}%)"
-        + (f"; first CPU op #{first_bad} {rows[first_bad]['op']}: {'; '.join(rows[first_bad]['problems'])}" if first_bad is not None else "")
+        + (f"; {start} leading op(s) on the CPU" if start else "")
+        + (f"; CPU from op #{end} {rows[end]['op']}: {'; '.join(rows[end]['problems'])}" if end < n else "")
         + f"; parameters {params / 2**20:.1f} MiB "
         + ("(fit the ~8 MB on-chip cache)" if params <= ON_CHIP_BYTES else "(above the ~8 MB on-chip cache: the rest streams from host memory each inference)")
     )
