@@ -24,6 +24,7 @@ train_config.json, data/ (the YOLO view), libreyolo/ (libreyolo's run directory:
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import json
 import logging
@@ -125,9 +126,10 @@ class TrainConfig(BaseModel):
 
 
 def _is_loopback(host: Any) -> bool:
+    """Loopback, or the torch.distributed master (MASTER_ADDR) of a multi-node torchrun job."""
     if not isinstance(host, str):
         return False
-    if host in ("localhost", ""):
+    if host in ("localhost", "") or host == os.environ.get("MASTER_ADDR"):
         return True
     try:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
@@ -474,7 +476,7 @@ def run_training(cfg: TrainConfig, out: TextIO | None = None, progress: bool = T
         out.write(f"dataset: {len(report.warnings)} warnings (first: {report.warnings[0]})\n")
     ds = load_dataset(cfg.dataset_path)
     exp.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite and not cfg.resume:
+    if cfg.overwrite and not cfg.resume and _rank() == 0:
         for name in (BEST_NAME, LATEST_NAME, "history.json", "curves.png"):
             (exp / name).unlink(missing_ok=True)
     # One view per rank under torchrun, so ranks never race on the same symlinks.
@@ -527,6 +529,8 @@ def run_training(cfg: TrainConfig, out: TextIO | None = None, progress: bool = T
     libreyolo_dir = exp / "libreyolo"
     try:
         with _quiet_libreyolo(cfg.verbose, exp / "eval.log") as real_out, no_network(attempts):
+            if _rank() != 0:  # under torchrun only rank 0 reports
+                real_out = io.StringIO()
             run.out = real_out
             from libreyolo import LibreYOLONAS
 
@@ -560,6 +564,7 @@ def run_training(cfg: TrainConfig, out: TextIO | None = None, progress: bool = T
                 eval_interval=cfg.eval_interval,
                 save_period=cfg.save_period,
                 faster_coco_eval=False,  # not installed; avoids a warning per epoch
+                sync_bn=device.startswith("cuda"),  # SyncBatchNorm is CUDA-only; CPU (gloo) DDP needs plain BN
             )
             if cfg.lr0 is not None:
                 kwargs["lr0"] = cfg.lr0
