@@ -359,7 +359,7 @@ class NodeHarness:
     def publish_state(self) -> None:
         engine = self.loop.engine if hasattr(self, "loop") else None
         running = ModelRef(name=engine.model_name, version=engine.model_version) if engine else None
-        st = NodeState(node=self.node, status="running", agent_version="test", backend="cpu",
+        st = NodeState(node=self.node, status="running", agent_version="test", backend="cpu", reason=f"pid {os.getpid()}",
                        model=running, previous_model=self.updater.previous_model(),
                        last_update=self.updater.last_result(), groups=self.groups)
         self.client.publish(self.topics.state(self.node), st.model_dump_json(), qos=1, retain=True)

@@ -45,9 +45,9 @@ def _start(tmp: Path, broker: Any, trusted: Path, video: Path, v1: Path, kill_at
                             stderr=(tmp / "agent.log").open("ab"))
 
 
-def _check_committed(store: ModelStore, ring: Keyring, watcher: Watcher, since: float) -> int:
+def _check_committed(store: ModelStore, ring: Keyring, watcher: Watcher, proc: subprocess.Popen[bytes]) -> int:
     """The restarted agent runs frames on a version that the store says is committed and that verifies."""
-    st = watcher.wait_state(lambda s: s.get("_t", 0) > since and s.get("model"), timeout=20)
+    st = watcher.wait_state(lambda s: s.get("reason") == f"pid {proc.pid}" and s.get("model"), timeout=20)
     running = st["model"]["version"]
     state = store.load_state()
     assert state.pending is None, "an uncommitted update survived the restart"
@@ -76,16 +76,15 @@ def test_sigkill_at_every_update_state(tmp_path: Path, mqtt_broker: Any, http_se
     proc = _start(tmp_path, mqtt_broker, trusted, video, v1, None)
     t0 = time.monotonic()
     try:
-        running = _check_committed(store, ring, watcher, 0)
+        running = _check_committed(store, ring, watcher, proc)
         for i, (kill_at, kind) in enumerate(PLAN):
             version = i + 2
             # Restart with this trial's kill point (the previous process is still running or just died).
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            since = time.monotonic()
             proc = _start(tmp_path, mqtt_broker, trusted, video, v1, None if kill_at == "random" else kill_at)
-            running = _check_committed(store, ring, watcher, since)
+            running = _check_committed(store, ring, watcher, proc)
             assert running in good
             bundle = make_bundle(tmp_path / f"v{version}", key, version, golden="bad" if kind == "bad" else "ok")
             res = publish(bundle, mqtt_broker.url, key_path, http_server.root, http_server.base_url)
@@ -108,7 +107,7 @@ def test_sigkill_at_every_update_state(tmp_path: Path, mqtt_broker: Any, http_se
             mqtt_publish(mqtt_broker.url, "edgefleet/announce/all", b"")
         # The final restart also runs a committed model.
         proc = _start(tmp_path, mqtt_broker, trusted, video, v1, None)
-        running = _check_committed(store, ring, watcher, time.monotonic() - 0.5)
+        running = _check_committed(store, ring, watcher, proc)
         assert running in good
     finally:
         if proc.poll() is None:
