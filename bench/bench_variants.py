@@ -1,0 +1,100 @@
+"""CPU latency and size of every TFLite variant as ratios to the FP32 TFLite model, measured side by side.
+
+    python bench/bench_variants.py [--model_path CKPT] [--calibration_dir DIR] [--imgsz 320] [--threads 2]
+
+Without a checkpoint it converts a from-scratch yolo_nas_s (latency and size do not depend on the weight
+values); with one, it converts that. The variants are timed in interleaved rounds (one invoke of each per
+round) on the same letterboxed frame and thread count, so background load affects all alike.
+Writes bench/results/variants.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = [("fp32", "model_fp32.tflite"), ("cpu", "model_cpu.tflite"), ("dynamic", "model_dynamic.tflite"),
+            ("quant", "model_quant.tflite")]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_path", type=Path, default=None)
+    ap.add_argument("--calibration_dir", type=Path, default=None, help="default: a few synthetic images")
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "variants.json")
+    args = ap.parse_args()
+
+    from builder.calibration import load_calibration
+    from builder.convert import run_tf_convert
+    from builder.evaluate import TFLiteRunner
+    from builder.export import export_onnx
+
+    if args.model_path:
+        from builder.convert import load_model
+
+        lm = load_model(args.model_path)
+        model, arch = lm.model, lm.architecture
+    else:
+        from builder.checkpoint import build_model
+
+        model, arch = build_model("yolo_nas_s", 3).eval(), "yolo_nas_s (untrained)"
+    with tempfile.TemporaryDirectory() as td:
+        work = Path(td)
+        if args.calibration_dir:
+            calib, _ = load_calibration(args.calibration_dir, args.imgsz, n=100, warn=lambda m: None)
+        else:
+            from builder.synth import render_image
+            from agent.preprocess import letterbox
+
+            calib = np.stack([letterbox(render_image(i, args.imgsz, args.imgsz, ["circle", "square", "triangle"])[0],
+                                        args.imgsz)[0] for i in range(16)])
+        np.save(work / "calib.npy", calib)
+        print(f"converting {arch} at {args.imgsz} px ...", flush=True)
+        onnx_path = export_onnx(model, args.imgsz, work / "body.onnx")
+        run_tf_convert(onnx_path, work / "calib.npy", work, work, [v for v, _ in VARIANTS], False, lambda m: print(m, flush=True))
+        runners = {v: TFLiteRunner(work / f, args.threads, v) for v, f in VARIANTS}
+        frame = calib[0]
+        for r in runners.values():
+            for _ in range(3):
+                r(frame)
+        times: dict[str, list[float]] = {v: [] for v in runners}
+        for _ in range(args.runs):
+            for v, r in runners.items():
+                t0 = time.perf_counter()
+                r(frame)
+                times[v].append(time.perf_counter() - t0)
+        sizes = {v: (work / f).stat().st_size for v, f in VARIANTS}
+    med = {v: statistics.median(t) * 1000 for v, t in times.items()}
+    rows = {
+        v: {"latency_ms": med[v], "latency_ratio": med[v] / med["fp32"], "size_bytes": sizes[v],
+            "size_ratio": sizes[v] / sizes["fp32"]}
+        for v in runners
+    }
+    print(f"\n{arch}, {args.imgsz} px, {args.threads} threads, median of {args.runs} interleaved runs")
+    print(f"{'variant':<10} {'latency ms':>11} {'× FP32':>8} {'size MB':>9} {'× FP32':>8}")
+    for v, r in rows.items():
+        print(f"{v:<10} {r['latency_ms']:>11.2f} {r['latency_ratio']:>8.2f} {r['size_bytes'] / 1e6:>9.2f} {r['size_ratio']:>8.2f}")
+    result = {"benchmark": "variants", "model": arch, "imgsz": args.imgsz, "threads": args.threads, "runs": args.runs,
+              "machine": platform.machine(), "python": platform.python_version(), "reference": "fp32", "variants": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
