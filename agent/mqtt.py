@@ -92,6 +92,7 @@ class MqttClient:
         c.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s)))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         self._client = c
@@ -256,6 +257,9 @@ class MqttClient:
                 hook()
             except Exception:  # a faulty hook must not kill paho's thread
                 log.exception("mqtt on_connect hook failed")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = f"cannot connect to {self.cfg.url} (refused or unreachable); retrying"
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None

@@ -27,7 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import logging
+
     from agent.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.ERROR)  # the probes' own retry warnings would repeat the report
 
     try:
         cfg = load_config(args.config, **({"bundle": args.bundle} if args.bundle else {}))
