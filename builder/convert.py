@@ -397,6 +397,18 @@ def convert(
     _check_output_dir(out)
     log(f"      {lm.architecture}, {lm.num_classes} classes {lm.class_names}, input {size}x{size} → {out}")
     preprocess = lm.preprocess if isinstance(lm.preprocess, Preprocess) else Preprocess()
+    items: list[Any] = []
+    if dataset_path is not None:  # validate the dataset before any heavy work
+        from builder.evaluate import EvaluateError
+
+        try:
+            ds_names, items = load_dataset_items(Path(dataset_path), "val")
+        except EvaluateError as exc:
+            raise ConvertError(str(exc)) from exc
+        if len(ds_names) != lm.num_classes:
+            raise ConvertError(f"dataset {dataset_path} has {len(ds_names)} classes, the checkpoint {lm.num_classes}")
+        if not items:
+            raise ConvertError(f"dataset {dataset_path} has no validation images")
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     work = Path(tempfile.mkdtemp(prefix="edge-convert-"))
@@ -441,13 +453,9 @@ def convert(
                 raise ConvertError(f"model_{v}.tflite does not run in the TFLite runtime: {exc}") from exc
             variant_runners[v] = r
 
-        items: list[Any] = []
         class_names = lm.class_names
         val_canvases = None
-        if dataset_path is not None:
-            ds_names, items = load_dataset_items(Path(dataset_path), "val")
-            if len(ds_names) != lm.num_classes:
-                raise ConvertError(f"dataset has {len(ds_names)} classes, checkpoint {lm.num_classes}")
+        if items:
             from agent.preprocess import letterbox, load_image
 
             val_canvases = np.stack([letterbox(load_image(str(it.image)), size, preprocess.pad_value)[0] for it in items[:64]]) if items else None
@@ -536,8 +544,9 @@ def convert(
             metrics[k] = VariantMetrics(map50_95=e.get("map50_95"), map50=e.get("map50"), latency_ms=e.get("latency_ms"),
                                         size_bytes=e.get("size_bytes"), images=e.get("images"))
         files = [*BUNDLE_FILES, "golden_input.npy", "golden_expected.npy", "report.json", "report.md"]
-        if (staging / "report.png").exists():
-            files.append("report.png")
+        for extra in ("report.png", "edgetpu_compiler.log"):
+            if (staging / extra).exists():
+                files.append(extra)
         edgetpu_file = None
         if (staging / "model_edgetpu.tflite").exists():
             files.append("model_edgetpu.tflite")

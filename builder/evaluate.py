@@ -48,10 +48,16 @@ def load_dataset_items(path: Path, split: str = "val") -> tuple[list[str], list[
         from builder.dataset import load_dataset
     except ImportError:  # pragma: no cover - builder.dataset is another module's job; keep working without it
         return _load_yolo_minimal(Path(path), split)
-    ds = load_dataset(Path(path))
+    from builder.dataset import DatasetError
+
+    try:
+        ds = load_dataset(Path(path))
+        raw = ds.items(split)
+    except (DatasetError, OSError, KeyError) as exc:
+        raise EvaluateError(f"dataset {path}: {exc}") from exc
     items = [
         EvalItem(Path(it.image), np.asarray(it.boxes, np.float32).reshape(-1, 4), np.asarray(it.classes, np.int64).reshape(-1))
-        for it in ds.items(split)
+        for it in raw
     ]
     return list(ds.class_names), items
 

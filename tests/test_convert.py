@@ -106,6 +106,23 @@ def test_unwritable_output_dir(untrained_ckpt: Path, tmp_path: Path) -> None:
     assert (other / "precious.txt").read_text() == "keep me"
 
 
+def test_default_output_and_atomic_install(tmp_path: Path) -> None:
+    from builder.convert import _default_name, _install, default_out_dir
+
+    ckpt = Path("output/checkpoints/wildfire_model/ckpt_best.pth")
+    assert _default_name(ckpt) == "wildfire_model"
+    assert default_out_dir(ckpt, "wildfire_model") == Path("output/models/wildfire_model")
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("{old}")
+    staging = tmp_path / ".bundle.partial-1"
+    staging.mkdir()
+    (staging / "manifest.json").write_text("{new}")
+    _install(staging, out)
+    assert (out / "manifest.json").read_text() == "{new}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
 # ------------------------------------------------------------------------------- the trained bundle
 
 
