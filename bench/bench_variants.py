@@ -57,8 +57,8 @@ def main() -> int:
         if args.calibration_dir:
             calib, _ = load_calibration(args.calibration_dir, args.imgsz, n=100, warn=lambda m: None)
         else:
-            from builder.synth import render_image
             from agent.preprocess import letterbox
+            from builder.synth import render_image
 
             calib = np.stack([letterbox(render_image(i, args.imgsz, args.imgsz, ["circle", "square", "triangle"])[0],
                                         args.imgsz)[0] for i in range(16)])
