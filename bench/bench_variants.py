@@ -86,8 +86,9 @@ def main() -> int:
     }
     print(f"\n{arch}, {args.imgsz} px, {args.threads} threads, median of {args.runs} interleaved runs")
     print(f"{'variant':<10} {'latency ms':>11} {'× FP32':>8} {'size MB':>9} {'× FP32':>8}")
-    for v, r in rows.items():
-        print(f"{v:<10} {r['latency_ms']:>11.2f} {r['latency_ratio']:>8.2f} {r['size_bytes'] / 1e6:>9.2f} {r['size_ratio']:>8.2f}")
+    for v, row in rows.items():
+        print(f"{v:<10} {row['latency_ms']:>11.2f} {row['latency_ratio']:>8.2f} {row['size_bytes'] / 1e6:>9.2f} "
+              f"{row['size_ratio']:>8.2f}")
     result = {"benchmark": "variants", "model": arch, "imgsz": args.imgsz, "threads": args.threads, "runs": args.runs,
               "machine": platform.machine(), "python": platform.python_version(), "reference": "fp32", "variants": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
