@@ -33,6 +33,7 @@ from agent.protocol.messages import ModelRef, NodeState
 from agent.protocol.topics import Topics
 from agent.signing import Keyring, SignatureError
 from agent.store import ModelStore, StoreError  # [updater]
+from agent.telemetry import TelemetryRuntime
 from agent.updater import FrameReport, Updater  # [updater]
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class AgentService:
         self.pipeline.add_frame_hook(self._on_frame)
         self.pipeline.add_tick_hook(self._on_tick)
         self.mqtt.add_on_connect(self._on_connect)
+        # [telemetry] issue 7: telemetry thread, power/thermal, HA discovery, sd_notify READY/STATUS/WATCHDOG
+        self.telemetry = TelemetryRuntime(cfg, self.mqtt, self.topics, __version__, camera=self.camera)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -79,7 +82,7 @@ class AgentService:
             self.pipeline.swap_engine(engine)
         self.pipeline.start()
         self._start_updater()  # [updater] worker thread, announcement and command subscriptions
-        # [telemetry] start the telemetry publisher thread here (it reads self.stats()).
+        self.telemetry.start()  # [telemetry]
         self.publish_state(force=True)
         return self
 
@@ -92,7 +95,7 @@ class AgentService:
             _safe(fn)
         if self.updater is not None:  # [updater]
             self.updater.stop()
-        # [telemetry] stop the telemetry thread here.
+        self.telemetry.stop()  # [telemetry] STOPPING=1, publisher thread
         self.pipeline.stop()
         self.camera.stop()
         self.publish_state(status="stopped", force=True)
@@ -290,6 +293,7 @@ class AgentService:
             if not force and key == self._last_state_key and now - self._last_state_at < self.cfg.state_interval_s:
                 return st
             self._last_state_key, self._last_state_at = key, now
+        self.telemetry.update_status(st)  # [telemetry] STATUS= line for systemctl status, telemetry fields
         self.mqtt.publish(self.topics.state(self.node), st.model_dump_json(), qos=1, retain=True)
         return st
 
@@ -297,7 +301,7 @@ class AgentService:
         if self.ready.is_set() or not self.mqtt.connected or self.pipeline.engine is None:
             return
         self.ready.set()
-        # [telemetry] sd_notify READY=1 belongs here: broker connected and model loaded.
+        self.telemetry.ready(self.node_state())  # [telemetry] sd_notify READY=1: broker connected, model loaded
         for fn in self.on_ready:
             _safe(fn)
 
@@ -323,14 +327,12 @@ class AgentService:
     def _on_frame(self, result: FrameResult) -> None:
         # Runs on the inference thread: a backend change (fallback/recovery) is published from the
         # service loop within 0.5 s; nothing slow here.
-        # [telemetry] record result.stats (capture wait, preprocess, invoke, postprocess, end to end).
+        self.telemetry.on_frame(result)  # [telemetry] per-stage latency histograms, rates
         self._feed_updater(result)  # [updater] trial monitor (errors, NaN/degenerate outputs, latency)
-        pass
 
     def _on_tick(self) -> None:
         # Every inference-loop turn, frames or not.
-        # [telemetry] systemd WATCHDOG=1 ping (rate-limited) belongs here.
-        pass
+        self.telemetry.on_tick()  # [telemetry] WATCHDOG=1 (rate-limited): a hung invoke stops the pings
 
     def _on_connect(self) -> None:
         # paho's thread: only flag; the service loop publishes (retained state is replayed by MqttClient).
