@@ -63,3 +63,29 @@ class TfliteClassifierEngine:
         _ = self.it.get_tensor(self.out_index)
         t3 = time.perf_counter()
         return [], Timings(t1 - t0, t2 - t1, t3 - t2)
+
+
+def run_agent(config: str, model: str) -> int:
+    """`python helpers_telemetry.py CONFIG MODEL`: the real daemon (AgentService.run, signal handlers and all)
+    with the TFLite adapter as its model, installed once the pipeline runs (what the updater would do)."""
+    import logging
+
+    from agent.config import load_config
+    from agent.service import AgentService
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    svc = AgentService(load_config(config))
+
+    def install() -> None:
+        while not svc.pipeline.running:
+            time.sleep(0.05)
+        svc.install_engine(TfliteClassifierEngine(Path(model)))
+
+    threading.Thread(target=install, daemon=True).start()
+    return svc.run()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(run_agent(sys.argv[1], sys.argv[2]))
