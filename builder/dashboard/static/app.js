@@ -204,6 +204,7 @@ const snapshots = new Map();  // id -> {img, ts}
 
 function renderDetections() {
   const box = document.getElementById("detections");
+  document.getElementById("no-detections").style.display = box.children.length ? "none" : "";
   const cards = new Map([...box.children].map(c => [c.getAttribute("data-node"), c]));
   for (const id of [...nodes.keys()].sort()) {
     const n = nodes.get(id);
