@@ -119,8 +119,8 @@ def start_real_agents(request: pytest.FixtureRequest, broker: LocalBroker, www: 
     v2 = www / f"{m.name}-v{m.version + 1}"
     shutil.copytree(bundle, v2)
     write_manifest(v2, m.model_copy(update={"version": m.version + 1}), SigningKey.load(key))
-    video = tmp / "camera.mp4"
-    make_video(video, n_frames=40, size=(320, 240), fps=10, write_json=False)
+    video = tmp / "camera.avi"
+    make_video(video, n_frames=40, size=(320, 240), fps=10, classes=list(m.class_names), seed=3, write_json=False)
     fleet = Fleet("real edge-agent", v2, m.version + 1, m.version, key)
     for node in NODES:
         cfg = tmp / f"{node}.toml"
@@ -135,9 +135,16 @@ def start_real_agents(request: pytest.FixtureRequest, broker: LocalBroker, www: 
             url = "{broker.url}"
             [camera]
             source = "{video}"
+            [backend]
+            prefer = "cpu"
             [telemetry]
             interval_s = 1.0
             hass_discovery = false
+            [updates]
+            trial_frames = 20
+            trial_seconds = 10
+            read_timeout_s = 5
+            connect_timeout_s = 2
             """))
         _spawn([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], tmp / f"{node}.log", fleet)
     return fleet
@@ -289,6 +296,8 @@ def test_dashboard_in_chromium_shows_nodes_and_rolls_out_to_both(
         if fleet.mode.startswith("real"):  # real agents keep sending telemetry: the page keeps updating
             assert drv.execute_script("return window.dashboard.eventCount") > events
         assert "interval_s" in drv.find_element(By.CSS_SELECTOR, 'tr[data-node="node-b"] .fault').text
+        errors = [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, f"the page logged errors: {errors}"
         drv.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.3)
     finally:

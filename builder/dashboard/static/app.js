@@ -204,7 +204,6 @@ const snapshots = new Map();  // id -> {img, ts}
 
 function renderDetections() {
   const box = document.getElementById("detections");
-  document.getElementById("no-detections").style.display = box.children.length ? "none" : "";
   const cards = new Map([...box.children].map(c => [c.getAttribute("data-node"), c]));
   for (const id of [...nodes.keys()].sort()) {
     const n = nodes.get(id);
@@ -225,6 +224,7 @@ function renderDetections() {
       h("li", {}, h("span", { style: `color:hsl(${hue(d.class_name)},70%,38%)` }, d.class_name), h("span", {}, num(d.score, 2))))
       : [h("li", { class: "muted" }, "nothing detected")]));
   }
+  document.getElementById("no-detections").style.display = box.children.length ? "none" : "";
 }
 
 function loadSnapshot(n, cv) {
