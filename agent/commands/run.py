@@ -32,6 +32,9 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
+    from agent.journal import setup_logging
     from agent.service import AgentService
 
+    # under systemd: structured journal entries (NODE_ID, CODE_*, …); elsewhere stderr as above
+    setup_logging(args.log_level, {"NODE_ID": cfg.node_id})
     return AgentService(cfg).run()
