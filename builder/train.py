@@ -11,9 +11,10 @@ What we do around it:
 - construct the model from scratch (`LibreYOLONAS(None, size, nb_classes)`), never a named checkpoint, and
   block every non-loopback network connection while training (libreyolo's named models fetch Deci's
   weights, which are non-commercial and need the network);
-- after each epoch (a libreyolo epoch callback): turn `best.pt` into our lean `ckpt_best.pth` (EMA weights
-  + CheckpointMeta, no optimizer) and move `last.pt` to `ckpt_latest.pth` (the resumable full state with
-  our metadata inside), so disk use stays bounded at one full + one lean checkpoint per experiment;
+- our checkpoint policy (a subclass of libreyolo's trainer, see `_edge_trainer_class`): the best epoch's EMA
+  weights go into the lean `ckpt_best.pth` (+ CheckpointMeta, no optimizer), and libreyolo's full state
+  (`last.pt`, our metadata inside) becomes `ckpt_latest.pth`, so disk use stays bounded at one full + one
+  lean checkpoint per experiment;
 - print a per-epoch table, keep history.json and draw training curves (curves.png);
 - resume from ckpt_latest.pth; optional warm start from a local checkpoint (`--pretrained PATH`).
 
@@ -92,6 +93,7 @@ class TrainConfig(BaseModel):
     save_period: int = Field(default=0, ge=0, description="also keep libreyolo's full epoch_N.pt every N epochs")
     patience: int = Field(default=0, ge=0, description="early stop after N epochs without improvement (0: off)")
     curves_every: int = Field(default=10, ge=1)
+    latest_every_s: float = Field(default=30.0, ge=0, description="full resumable checkpoint at most this often")
     verbose: bool = False
 
     @field_validator("model")
@@ -301,6 +303,7 @@ class _Run:
         self.last_val: dict[str, float] = {}
         self.last_loss: float | None = None
         self.best_meta: CheckpointMeta | None = None
+        self.last_full_save = time.monotonic()
 
     @property
     def exp(self) -> Path:
@@ -327,7 +330,7 @@ class _Run:
         (self.exp / "history.json").write_text(json.dumps([h.model_dump() for h in self.history], indent=1))
 
     def on_epoch(self, ev: Any) -> None:
-        """libreyolo TrainEpochEvent (1-based epoch), fired after it saved last.pt (and best.pt)."""
+        """libreyolo TrainEpochEvent (1-based epoch), fired after _save_checkpoint: table, history, curves."""
         vm = {k: float(v) for k, v in dict(ev.val_metrics or {}).items() if isinstance(v, int | float)}
         items = {k: float(v) for k, v in dict(ev.train_loss_items or {}).items()}
         lrs = list(dict(ev.lr or {}).values())
@@ -345,22 +348,6 @@ class _Run:
         )
         self.history.append(rec)
         self.save_history()
-        best_pt = self.weights_dir / "best.pt"
-        last_pt = self.weights_dir / "last.pt"
-        if ev.is_best and best_pt.exists():
-            state, _, raw = read_checkpoint(best_pt)
-            if not isinstance(raw.get(META_KEY_IN_LIBREYOLO), dict):
-                raise TrainError(
-                    "libreyolo wrote a checkpoint without our metadata: its trainer internals changed "
-                    "(see tests/test_libreyolo_contract.py)"
-                )
-            meta = self.meta_for(rec.epoch, vm, rec.train_loss, rec.epoch, items)
-            save_checkpoint(self.exp / BEST_NAME, state, meta)
-            self.best_meta = meta
-            del state, raw
-            best_pt.unlink()  # bounded disk: the lean copy is what we keep
-        if last_pt.exists():
-            os.replace(last_pt, self.exp / LATEST_NAME)
         _print_row(self.out, rec, self.cfg.epochs)
         if self.bar is not None:
             self.bar.update(1)
@@ -370,19 +357,55 @@ class _Run:
             plot_curves(self.history, self.exp / "curves.png")
 
 
+def _flat_metrics(val_metrics: Any) -> dict[str, float]:
+    vm = dict(val_metrics or {})
+    if isinstance(vm.get("metrics"), dict):  # libreyolo nests the scalars under "metrics"
+        vm = dict(vm["metrics"])
+    return {k: float(v) for k, v in vm.items() if isinstance(v, int | float)}
+
+
 def _edge_trainer_class(run: _Run) -> type:
-    """libreyolo's YOLO-NAS trainer with our metadata written into every checkpoint it saves."""
+    """libreyolo's YOLO-NAS trainer with our checkpoint policy.
+
+    - best epoch: the EMA weights go straight into our lean ckpt_best.pth (no 256 MB best.pt round trip);
+    - full resumable state (libreyolo's last.pt, with our metadata added through its
+      `_checkpoint_extra_metadata` hook, moved to ckpt_latest.pth): after the last epoch, on --save_period
+      epochs, and otherwise at most every `latest_every_s` seconds. On CPU-sized runs an epoch takes a few
+      seconds and a full save ~0.7 s, so saving every epoch would cost a quarter of the time; an interrupted
+      run loses at most `latest_every_s` of training.
+    """
     from libreyolo.models.yolonas.trainer import YOLONASTrainer
+    from libreyolo.training.distributed import is_main_process, unwrap_model
 
     class EdgeYOLONASTrainer(YOLONASTrainer):  # type: ignore[misc, valid-type]
         def _save_checkpoint(self, epoch: int, loss: float, val_metrics: Any = None, is_best: Any = None) -> Any:
-            vm = dict(val_metrics or {})
-            if isinstance(vm.get("metrics"), dict):  # libreyolo nests the scalars under "metrics"
-                vm = dict(vm["metrics"])
-            run.last_val = {k: float(v) for k, v in vm.items() if isinstance(v, int | float)}
+            if is_best is None:
+                is_best = self._update_best_state(epoch, val_metrics)
+            run.last_val = _flat_metrics(val_metrics)
             run.last_loss = float(loss)
             self._edge_epoch = epoch
-            return super()._save_checkpoint(epoch, loss, val_metrics, is_best=is_best)
+            if not is_main_process():
+                return None
+            if is_best:
+                ema = getattr(self, "ema_model", None)
+                module = ema.ema if ema is not None else unwrap_model(self.model)
+                meta = run.meta_for(epoch + 1, run.last_val, run.last_loss, epoch + 1)
+                save_checkpoint(run.exp / BEST_NAME, module.state_dict(), meta)
+                run.best_meta = meta
+            done = epoch + 1
+            period = int(getattr(self.config, "save_period", 0) or 0)
+            due = (
+                done >= int(self.config.epochs)
+                or (period > 0 and done % period == 0)
+                or time.monotonic() - run.last_full_save >= run.cfg.latest_every_s
+            )
+            if due:
+                super()._save_checkpoint(epoch, loss, val_metrics, is_best=False)
+                last_pt = run.weights_dir / "last.pt"
+                if last_pt.exists():
+                    os.replace(last_pt, run.exp / LATEST_NAME)
+                run.last_full_save = time.monotonic()
+            return None
 
         def _checkpoint_extra_metadata(self) -> dict[str, Any]:
             extra = dict(super()._checkpoint_extra_metadata())

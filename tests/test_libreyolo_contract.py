@@ -138,11 +138,18 @@ def test_training_hooks_exist() -> None:
     # builder.train swaps this module attribute; .train() must still import it at call time.
     assert "from .trainer import YOLONASTrainer" in inspect.getsource(LibreYOLONAS.train)
     assert issubclass(trainer_mod.YOLONASTrainer, BaseTrainer)
-    for hook in ("_save_checkpoint", "_checkpoint_extra_metadata"):
+    for hook in ("_save_checkpoint", "_checkpoint_extra_metadata", "_update_best_state"):
         assert hook in vars(BaseTrainer), f"BaseTrainer.{hook} moved"
     save_src = inspect.getsource(BaseTrainer._save_checkpoint)
     assert "self._checkpoint_extra_metadata()" in save_src and '"last.pt"' in save_src and '"best.pt"' in save_src
     assert 'self.ema_model.ema if self.ema_model' in save_src  # "model" = EMA weights
+    assert "if is_best is None:" in save_src and "save_period" in save_src
+    assert list(inspect.signature(BaseTrainer._save_checkpoint).parameters) == [
+        "self", "epoch", "loss", "val_metrics", "is_best"]
+    from libreyolo.training.distributed import is_main_process, unwrap_model  # noqa: F401  (used by builder.train)
+    from libreyolo.training.ema import ModelEMA
+
+    assert "ema" in inspect.getsource(ModelEMA.__init__)  # trainer.ema_model.ema is the EMA module
     fields = {f.name for f in dataclasses.fields(TrainEpochEvent)}
     assert {"epoch", "train_loss", "train_loss_items", "lr", "val_metrics", "validated", "is_best",
             "epoch_seconds"} <= fields
