@@ -181,7 +181,7 @@ def test_train_refuses_bad_dataset(broken: Path, tmp_path: Path, capsys: pytest.
     assert rc == 2
     assert "refusing to train" in err and "train_00000.txt:2" in err and "class id 7" in err
     assert not (tmp_path / "out/checkpoints/bad/ckpt_best.pth").exists()
-    rc = _train_cli(["train", "--dataset-path", str(broken), "--experiment-name", "bad", "--validate-only"])
+    rc = _train_cli(["train", "--dataset-path", str(broken), "--validate-only"])
     assert rc == 2
 
 

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _flag(p, "dataset_path", type=Path, required=True,
           help="YOLO dataset dir (images/{train,val}+labels, or train/images variant, with data.yaml names) "
           "or COCO JSON dataset")
-    _flag(p, "experiment_name", required=True, help="run name: output/checkpoints/NAME/")
+    _flag(p, "experiment_name", help="run name: output/checkpoints/NAME/ (required unless --validate_only)")
     _flag(p, "no_pretrained", action="store_true",
           help="accepted for the guide's sake: training always starts from scratch unless --pretrained PATH")
     _flag(p, "pretrained", type=Path, default=None,
@@ -66,6 +66,10 @@ def _run(args: argparse.Namespace) -> int:
         report = validate_dataset(args.dataset_path)
         print(report.format_text())
         return 0 if report.usable else 2
+
+    if not args.experiment_name:
+        print("error: --experiment_name is required", file=sys.stderr)
+        return 1
 
     from builder.checkpoint import CheckpointError
     from builder.train import DatasetRejected, TrainConfig, TrainError, run_training
