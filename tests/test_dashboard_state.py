@@ -224,3 +224,15 @@ def test_find_bundles_lists_good_and_broken_bundles(tmp_path: Path) -> None:
     assert found[0].error and "invalid" in found[0].error
     assert found[1].signed and found[1].key_id and found[1].models["cpu"] == "model_cpu.tflite"
     assert [b.rel for b in find_bundles([tmp_path / "shapes-v1"])] == ["."]
+
+
+def test_dashboard_imports_no_ml_framework() -> None:
+    """The dashboard runs from the builder venv but must start fast: no torch, TensorFlow or onnx."""
+    import subprocess
+    import sys
+
+    code = ("import sys, builder.commands.dashboard, builder.commands.fleet, builder.dashboard.server, "
+            "builder.dashboard.rollout, builder.publish; "
+            "print(','.join(m for m in ('torch', 'tensorflow', 'onnx', 'libreyolo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
