@@ -392,6 +392,7 @@ class TelemetryRuntime:
         self.notifier = notifier if notifier is not None else SdNotifier()
         self.watchdog = WatchdogPinger(self.notifier, self.tcfg.watchdog_interval_s)
         self._last_status: str | None = None
+        self._discovery_sent = False
         if self.tcfg.hass_discovery:
             mqtt.add_on_connect(self.publish_discovery)
 
@@ -407,6 +408,11 @@ class TelemetryRuntime:
 
     def publish_discovery(self) -> None:
         from agent.hass import publish_discovery
+
+        # once: the MQTT client remembers retained messages and replays them after every reconnect
+        if self._discovery_sent:
+            return
+        self._discovery_sent = True
 
         n = publish_discovery(lambda t, p, r: self.mqtt.publish(t, p, qos=1, retain=r), self.topics, self.node,
                               self.agent_version, self.tcfg.hass_prefix)
