@@ -49,6 +49,10 @@ class TfliteClassifierEngine:
         self.hang = threading.Event()  # set → the next invoke blocks until release is set
         self.release = threading.Event()
         self.invokes = 0
+        #: extra seconds added inside invoke, cycled frame by frame (induced latencies for telemetry tests)
+        self.extra_invoke_s: list[float] = []
+        #: every invoke time this engine reported, in order
+        self.invoke_times: list[float] = []
 
     def infer_timed(self, frame_bgr: np.ndarray) -> tuple[list[Any], Timings]:
         t0 = time.perf_counter()
@@ -58,8 +62,11 @@ class TfliteClassifierEngine:
         if self.hang.is_set():
             self.release.wait()  # a stuck accelerator: invoke never returns
         self.it.invoke()
+        if self.extra_invoke_s:
+            time.sleep(self.extra_invoke_s[self.invokes % len(self.extra_invoke_s)])
         self.invokes += 1
         t2 = time.perf_counter()
+        self.invoke_times.append(t2 - t1)
         _ = self.it.get_tensor(self.out_index)
         t3 = time.perf_counter()
         return [], Timings(t1 - t0, t2 - t1, t3 - t2)

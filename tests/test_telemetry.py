@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -130,3 +131,54 @@ def test_publisher_thread_publishes_periodically() -> None:
     p.stop()
     assert not p.is_alive()
     assert all(Telemetry.model_validate_json(b).node == "n1" for b in got)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients missing")
+def test_daemon_telemetry_percentiles_match_induced_invoke_latencies(mqtt_broker, coral_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Through the whole daemon: pipeline frame hook → histograms → publisher → Mosquitto → mosquitto_sub."""
+    import sys
+
+    from agent.config import AgentConfig
+    from agent.service import AgentService
+    from builder.synth import make_video
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers_telemetry import TfliteClassifierEngine
+
+    video = tmp_path / "cam.avi"
+    make_video(video, n_frames=20, size=(160, 120), fps=30, classes=["a"], seed=4)
+    cfg = AgentConfig(node_id="tel-1", topic_prefix="tel", broker={"url": mqtt_broker.url},
+                      camera={"source": str(video), "loop": True, "realtime": False},
+                      backend={"prefer": "cpu"}, state_dir=tmp_path / "state", trusted_keys_dir=tmp_path / "k",
+                      telemetry={"interval_s": 1.5, "power_source": "estimated", "hass_discovery": False})
+    topic = Topics("tel").telemetry("tel-1")
+    sub = subprocess.Popen(["mosquitto_sub", "-h", mqtt_broker.host, "-p", str(mqtt_broker.port), "-t", topic,
+                            "-C", "3", "-W", "30"], stdout=subprocess.PIPE, text=True)
+    svc = AgentService(cfg)
+    svc.start()
+    try:
+        engine = TfliteClassifierEngine(coral_data / "mobilenet_v1_0.25_128_quant.tflite")
+        engine.extra_invoke_s = [0.004] * 16 + [0.015] * 3 + [0.030]  # a 20-frame cycle
+        svc.install_engine(engine)  # every frame is inferred after the telemetry window opened
+        out, _ = sub.communicate(timeout=40)
+    finally:
+        svc.stop()
+        if sub.poll() is None:
+            sub.kill()
+    msgs = [Telemetry.model_validate_json(line) for line in out.strip().splitlines()]
+    assert len(msgs) == 3
+    offset = 0
+    checked = 0
+    for m in msgs:
+        lat = m.latency["invoke"]
+        window = [t * 1000 for t in engine.invoke_times[offset:offset + lat.count]]
+        offset += lat.count
+        if lat.count < 20:
+            continue
+        for q, got in ((50, lat.p50_ms), (95, lat.p95_ms), (99, lat.p99_ms)):
+            assert got == pytest.approx(nearest_rank(window, q), rel=0.01), (q, lat)
+        assert 4.0 <= lat.p50_ms < 10.0 and lat.p99_ms >= 14.8  # type: ignore[operator]
+        assert m.rates.inference_fps > 0 and m.counters.frames_inferred >= offset
+        assert m.model_name == "mobilenet_v1_0.25_128_quant" and m.power is not None and m.power.estimated
+        checked += 1
+    assert checked >= 2
