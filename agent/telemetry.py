@@ -261,7 +261,7 @@ class TelemetryCollector:
         power = _safe(self.power)
         if power is not None and power.watts is not None and rates.inference_fps > 0:
             # energy per inference = average power / inference rate (J → mJ)
-            power.energy_per_inference_mj = round(power.watts / rates.inference_fps * 1000.0, 2)
+            power.energy_per_inference_mj = round(power.watts / rates.inference_fps * 1000.0, 3)
         temps = _safe(self.temperatures) or Temperatures()
         info = self.info
         return Telemetry(
