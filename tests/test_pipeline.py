@@ -94,8 +94,9 @@ def test_frames_flow_with_stats_and_hooks(bundle: Bundle, clip: Path, tmp_path: 
     assert s.backend == "cpu" and s.model_version == bundle.manifest.version and s.error is None
     assert res[-1].engine is eng
     assert len(ticks) >= len(res)
-    # The camera decodes faster than the model infers: stale frames were dropped and counted.
-    assert cam.dropped > 0 and cam.frames >= cam.dropped + len(res)
+    # Every captured frame was either inferred or dropped as stale (and counted), never queued.
+    assert cam.frames >= cam.dropped + len(res)
+    assert cam.frames - cam.dropped - len(res) <= 2  # at most the frame in the slot / in flight
 
 
 def test_swap_engine_between_frames_without_losing_one(bundle: Bundle, clip: Path, tmp_path: Path) -> None:
