@@ -59,7 +59,7 @@ def test_pmic_read_adc_parse_and_sum_of_rails() -> None:
     p = VcgencmdPmicPower(_runner({"pmic_read_adc": "pmic_read_adc-pi5.txt"})).read()
     assert p.source == "vcgencmd_pmic" and not p.estimated
     assert p.watts == pytest.approx(expected, abs=1e-3)
-    assert 1.0 < p.watts < 2.0
+    assert p.watts is not None and 1.0 < p.watts < 2.0
     assert p.detail["input_v"] == pytest.approx(5.1552)
 
 
