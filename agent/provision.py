@@ -254,7 +254,7 @@ def user_data(spec: ProvisionSpec) -> dict[str, Any]:
         ["/opt/edge-agent/venv/bin/pip", "install", "--upgrade", "pip"],
         ["/opt/edge-agent/venv/bin/pip", "install", spec.agent_spec],
         ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", "--now", "edge-agent.service"],
+        ["systemctl", "enable", "--now", "--no-block", "edge-agent.service"],
     ]
     ud: dict[str, Any] = {
         "hostname": spec.hostname or f"edge-{spec.node_id}",

@@ -76,7 +76,7 @@ def test_generated_files_full_node(tmp_path: Path, pki: dict[str, Path], capsys:
     cmds = [" ".join(c) if isinstance(c, list) else c for c in ud["runcmd"]]
     assert any("libedgetpu1-std" in c for c in cmds)
     assert any(c.endswith("pip install edge-fleet[agent]") for c in cmds)
-    assert cmds[-1] == "systemctl enable --now edge-agent.service"
+    assert cmds[-1] == "systemctl enable --now --no-block edge-agent.service"  # READY may wait for a model
     assert ud["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3Nza test@host"] and ud["ssh_pwauth"] is False
 
     # the agent config it drops is valid for the agent and points at the systemd credentials
