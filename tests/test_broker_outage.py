@@ -193,6 +193,8 @@ def test_outage_agent_survives_buffers_telemetry_and_availability_follows(
         assert wait_for(watcher.c.is_connected, 15)
         assert wait_for(lambda: watcher.on(AVAIL, t_start)[-1:] == [b"online"], 30), "not online after restart"
         t_back = watcher.first(AVAIL, b"online", t_start)
+        # reconnect attempts are capped at reconnect_max_s (2 s): back within ~2 s of the relay reopening (t_stop+8)
+        assert t_back - t_stop < 8 + 2 + 3.5, t_back - t_stop
         assert wait_for(lambda: any(t.ts.timestamp() > t_back + 1 for t in watcher.telemetry(t_start)), 15)
         after = watcher.telemetry(t_start)
         during = [t for t in after if t_stop < t.ts.timestamp() < t_back]
