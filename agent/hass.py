@@ -132,7 +132,6 @@ def discovery_messages(
         cfg: dict[str, Any] = {
             "name": e.name,
             "unique_id": f"edgefleet_{oid}_{e.object_id}",
-            "object_id": f"edgefleet_{oid}_{e.object_id}",
             "state_topic": src[e.source],
             "value_template": e.value_template(),
             "availability": availability,
@@ -153,7 +152,6 @@ def discovery_messages(
     out.append((f"{prefix}/update/{oid}/model/config", {
         "name": "Detector model",
         "unique_id": f"edgefleet_{oid}_model",
-        "object_id": f"edgefleet_{oid}_model",
         "state_topic": src["state"],
         "value_template": "{{ value_json.model.version | string if value_json.model else 'none' }}",
         "latest_version_topic": src["update"],
