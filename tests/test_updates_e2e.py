@@ -140,6 +140,7 @@ def test_ota_hot_swap_and_automatic_rollbacks(service: Any, mqtt_broker: Any, ht
         mark = ship(make_variant(trained_bundle, tmp_path / "v4", trained_bundle_key, v2 + 2, garbage=True))
         st = watcher.wait_update({"committed", "rolled_back", "failed", "rejected"}, mark, version=v2 + 2, timeout=60)
         assert st["state"] == "rolled_back" and "trial failed" in st["reason"], st
+        print(f"v{v2 + 2}: {st['reason']}")
         assert _wait(lambda: service.frame_log[-1][2] == v2, 5)
         log = service.frame_log[n_before:]
         versions = [f[2] for f in log]
