@@ -194,8 +194,10 @@ class LocalBroker:
     def start(self, timeout: float = 10.0) -> LocalBroker:
         if self._proc and self._proc.poll() is None:
             return self
+        # Debian's mosquitto speaks sd_notify: keep it off a NOTIFY_SOCKET meant for the agent under test.
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         self._proc = subprocess.Popen([self.exe, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
+                                      stderr=subprocess.PIPE, env=env)
         try:
             for p in (self.port, self.tls_port, self.ws_port):
                 if p:
