@@ -152,6 +152,28 @@ def make_bundle(
     return dst
 
 
+def make_variant(src: Path, dst: Path, key_path: Path, version: int, *, golden_bad: bool = False,
+                 garbage: bool = False) -> Path:
+    """A copy of a real bundle as version `version`, optionally broken, re-signed with the fleet key."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    m = Bundle.load(dst, check=False).manifest
+    assert m.golden is not None
+    if garbage:
+        model = dst / m.models.cpu
+        corrupt_weights(src / m.models.cpu, model)
+        # Its own golden data agrees with it: only the trial on real frames can tell it is garbage.
+        outs = run(make_interpreter(str(model), num_threads=1), np.load(dst / m.golden.input))
+        np.save(dst / m.golden.expected, np.concatenate([o.reshape(-1) for o in outs]))
+    if golden_bad:
+        exp = np.load(dst / m.golden.expected)
+        np.save(dst / m.golden.expected, ((exp.astype(np.int32) + 90) % 256).astype(exp.dtype))
+    files = [file_entry(dst, f.path) for f in m.files]
+    write_manifest(dst, m.model_copy(update={"version": version, "files": files}), SigningKey.load(key_path))
+    return dst
+
+
 # -- engine and frame loop -------------------------------------------------------------------------
 class TfliteEngine:
     """A real TFLite interpreter behind the two calls the updater and the frame loop make."""

@@ -116,3 +116,100 @@ def test_sigkill_at_every_update_state(tmp_path: Path, mqtt_broker: Any, http_se
         watcher.close()
     assert kills >= 20
     print(f"\n{kills} SIGKILL trials in {time.monotonic() - t0:.0f} s; committed versions seen {sorted(good)}")
+
+
+# -- the real daemon: `edge-agent run`, killed from outside as each state is observed on MQTT ---------
+DAEMON_PLAN: list[tuple[str, str]] = [
+    ("verifying", "ok"), ("downloading", "slow"), ("activating", "ok"), ("trial", "ok"), ("committed", "ok"),
+    ("rolled_back", "bad"), ("failed", "404"), ("random", "ok"), ("random", "slow"), ("random", "ok"),
+]
+
+
+def _daemon(tmp: Path, broker: Any, bundle: Path, keys: Path, video: Path) -> subprocess.Popen[bytes]:
+    cfg = tmp / "agent.toml"
+    cfg.write_text(f"""
+node_id = "cam-k"
+topic_prefix = "edgefleet"
+state_dir = "{tmp / 'state'}"
+trusted_keys_dir = "{keys}"
+bundle = "{bundle}"
+[broker]
+url = "{broker.url}"
+reconnect_min_s = 0.5
+reconnect_max_s = 1.0
+[camera]
+source = "{video}"
+loop = true
+realtime = true
+[backend]
+prefer = "cpu"
+[updates]
+trial_frames = 15
+trial_seconds = 5.0
+read_timeout_s = 2.0
+connect_timeout_s = 1.0
+""")
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=(tmp / "daemon.log").open("ab"))
+
+
+def test_sigkill_real_daemon_at_update_states(tmp_path: Path, mqtt_broker: Any, http_server: Any,
+                                              trained_bundle: Path, trained_bundle_key: Path,
+                                              trained_bundle_keys: Path) -> None:
+    from datetime import UTC, datetime
+
+    from helpers_updates import make_variant
+
+    from builder.synth import make_video
+
+    m1 = Bundle.load(trained_bundle).manifest
+    video = tmp_path / "scene.avi"
+    make_video(video, n_frames=30, size=(320, 240), fps=15, classes=m1.class_names, seed=9)
+    ring = Keyring.load(trained_bundle_keys)
+    store = ModelStore(tmp_path / "state" / "models")
+    watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
+    http_server.set_slow_seconds(0.1)
+    rng = random.Random(7)
+    good = {m1.version}
+    proc: subprocess.Popen[bytes] | None = None
+
+    def restart_and_check() -> subprocess.Popen[bytes]:
+        started = datetime.now(UTC)
+        p = _daemon(tmp_path, mqtt_broker, trained_bundle, trained_bundle_keys, video)
+        st = watcher.wait_state(lambda s: s.get("node") == "cam-k" and s.get("model")
+                                and datetime.fromisoformat(s["ts"]) > started and s["status"] == "running",
+                                timeout=30)
+        state = store.load_state()
+        assert state.pending is None, "an uncommitted update survived the restart"
+        assert state.current is not None and state.current.version == st["model"]["version"]
+        assert state.current.version in good and state.current.version in [r.version for r in state.committed]
+        Bundle.load(store.version_dir(state.current.version), ring)
+        return p
+
+    try:
+        for i, (kill_at, kind) in enumerate(DAEMON_PLAN):
+            proc = restart_and_check()
+            version = m1.version + 1 + i
+            b = make_variant(trained_bundle, tmp_path / f"v{version}", trained_bundle_key, version,
+                             golden_bad=kind == "bad")
+            if kind in ("slow", "404"):
+                http_server.faults[f"{m1.name}/{version}/{m1.models.cpu}"] = kind
+            mark = watcher.mark()
+            publish(b, mqtt_broker.url, trained_bundle_key, http_server.root, http_server.base_url)
+            if kill_at == "random":
+                time.sleep(rng.uniform(0.0, 2.0))
+            else:
+                watcher.wait_update({kill_at}, mark, version=version, timeout=60)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+            state = store.load_state()
+            if state.current is not None:
+                good.add(state.current.version)
+            mqtt_publish(mqtt_broker.url, "edgefleet/announce/all", b"")
+        proc = restart_and_check()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        watcher.close()
+    print(f"\n{len(DAEMON_PLAN)} SIGKILLs of edge-agent run; committed versions seen {sorted(good)}")

@@ -10,7 +10,6 @@ measured here for information and asserted in bench/bench_update.py.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 from collections.abc import Iterator
@@ -19,36 +18,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers_updates import Watcher, corrupt_weights
+from helpers_updates import Watcher, make_variant
 
-from agent.bundle import Bundle, file_entry, write_manifest
-from agent.signing import SigningKey
+from agent.bundle import Bundle
 
 pytestmark = pytest.mark.slow
-
-
-def make_variant(src: Path, dst: Path, key_path: Path, version: int, *, golden_bad: bool = False,
-                 garbage: bool = False) -> Path:
-    """A copy of a real bundle as version `version`, optionally broken, re-signed with the fleet key."""
-    from agent.tflite import make_interpreter, run
-
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
-    m = Bundle.load(dst, check=False).manifest
-    assert m.golden is not None
-    if garbage:
-        model = dst / m.models.cpu
-        corrupt_weights(src / m.models.cpu, model)
-        # Its own golden data agrees with it: only the trial on real frames can tell it is garbage.
-        outs = run(make_interpreter(str(model), num_threads=1), np.load(dst / m.golden.input))
-        np.save(dst / m.golden.expected, np.concatenate([o.reshape(-1) for o in outs]))
-    if golden_bad:
-        exp = np.load(dst / m.golden.expected)
-        np.save(dst / m.golden.expected, ((exp.astype(np.int32) + 90) % 256).astype(exp.dtype))
-    files = [file_entry(dst, f.path) for f in m.files]
-    write_manifest(dst, m.model_copy(update={"version": version, "files": files}), SigningKey.load(key_path))
-    return dst
 
 
 @pytest.fixture
