@@ -151,9 +151,9 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     t = (xx * np.cos(a) + yy * np.sin(a)) / max(w, h)
     t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
     img = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]
-    img += _texture(rng, w, h, np.zeros(3, np.float32), rng.uniform(0.1, 0.6))
+    img += _texture(rng, w, h, np.zeros(3, np.float32), rng.uniform(0.05, 0.4))
     # Thin clutter lines and small blobs: distractors that are not any class.
-    for _ in range(int(rng.integers(0, 6))):
+    for _ in range(int(rng.integers(0, 4))):
         p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         cv2.line(img, p0, p1, _random_color(rng).tolist(), int(rng.integers(1, 3)), cv2.LINE_AA)
@@ -204,14 +204,17 @@ def _paint(canvas: np.ndarray, obj: _Obj, mask: np.ndarray) -> None:
     if len(xs) == 0:
         return
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    tex = _texture(rng, int(x1 - x0), int(y1 - y0), obj.color, rng.uniform(0.1, 0.5))
     alpha = (mask[y0:y1, x0:x1].astype(np.float32) / 255.0)[..., None]
     region = canvas[y0:y1, x0:x1]
+    # Keep the silhouette visible: an object as dark/bright as what it covers becomes its complement.
+    under = region[mask[y0:y1, x0:x1] > 127].mean(axis=0)
+    color = obj.color if np.abs(obj.color - under).sum() >= 120 else np.clip(255.0 - under, 0, 255)
+    tex = _texture(rng, int(x1 - x0), int(y1 - y0), color.astype(np.float32), rng.uniform(0.05, 0.3))
     canvas[y0:y1, x0:x1] = region * (1 - alpha) + tex * alpha
     # A darker outline on some objects, as real objects have edges of varying contrast.
     if rng.random() < 0.5:
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(canvas, contours, -1, (obj.color * 0.4).tolist(), 1, cv2.LINE_AA)
+        cv2.drawContours(canvas, contours, -1, (color * 0.4).tolist(), 1, cv2.LINE_AA)
 
 
 def _render(
