@@ -317,6 +317,7 @@ class Updater:
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._trial: TrialMonitor | None = None
         self._baseline: deque[float] = deque(maxlen=120)
         self.last_status: UpdateStatus | None = None
@@ -374,9 +375,10 @@ class Updater:
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is not None:
+            self._stopping.set()
             self._queue.put(None)
             if self._trial:
-                self._trial.done.set()
+                self._trial.done.set()  # end the wait; an unfinished trial is not committed (see _switch_to)
             self._thread.join(timeout)
             self._thread = None
 
@@ -685,6 +687,10 @@ class Updater:
         else:
             verdict = None
         self._trial = None
+        if self._stopping.is_set() and verdict is None and run_trial and monitor.frames < self.cfg.trial_frames:
+            # Shutting down mid-trial: leave `pending` persisted; the next start rolls it back (crash rule).
+            log.info("stopping during the trial of v%d: not committed", version)
+            return "stopped during trial"
         if verdict is not None:
             back = old if old is not None else prev_engine
             if back is not None:

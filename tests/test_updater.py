@@ -409,3 +409,20 @@ def test_golden_accepts_flat_concatenation_of_outputs(tmp_path: Path) -> None:
     assert got is not None and np.array_equal(got, flat)
     assert _match_outputs(outs, np.zeros(3)) is None
     assert ActivationFailed  # the error type run_golden raises
+
+
+def test_stop_during_trial_does_not_commit(tmp_path: Path, mqtt_broker: Any, http_server: Any,
+                                           coral_data: Path) -> None:
+    """Shutting down mid-trial leaves the update uncommitted; the next start rolls it back."""
+    cfg = UpdatesConfig(trial_frames=10_000, trial_seconds=60, read_timeout_s=1, connect_timeout_s=1)
+    f = make_fleet(tmp_path, mqtt_broker, http_server, cfg)
+    try:
+        f.watcher.wait_update({"trial"}, f.publish(f.bundle(2)), version=2)
+    finally:
+        f.node.stop()
+        f.watcher.close()
+    st = f.node.store.load_state()
+    assert st.pending is not None and st.pending.phase == "trial" and st.current and st.current.version == 1
+    again = f.node.store.recover("node-1")
+    assert again.current and again.current.version == 1 and again.pending is None
+    assert f.node.store.installed_versions() == [1]
