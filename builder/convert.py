@@ -495,7 +495,7 @@ def convert(
         evals: dict[str, Any] = {}
         for key_name, runner in runners:
             entry: dict[str, Any] = {}
-            if items:
+            if items and key_name != "fp32":  # FP32 TFLite = PyTorch (parity checked): latency/size reference only
                 ev = evaluate_runner(runner, items, lm.num_classes, bar(key_name))
                 evals[key_name] = ev
                 entry.update(map50_95=ev.result.map50_95, map50=ev.result.map50, images=ev.result.images,
