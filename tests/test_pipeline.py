@@ -28,7 +28,7 @@ from builder.synth import make_video
 
 def agent_cfg(tmp_path: Path, **kw: Any) -> AgentConfig:
     base: dict[str, Any] = dict(state_dir=tmp_path / "state", trusted_keys_dir=tmp_path / "keys",
-                                backend={"prefer": "cpu"}, detect={"score_threshold": 0.4})
+                                backend={"prefer": "cpu"}, detect={"score_threshold": 0.3})
     return AgentConfig(**{**base, **kw})
 
 
@@ -76,7 +76,7 @@ def test_frames_flow_with_stats_and_hooks(bundle: Bundle, clip: Path, tmp_path: 
     eng = Engine.load(bundle, agent_cfg(tmp_path))
     cam = camera(clip, realtime=False).start()
     rec, ticks = Recorder(), []
-    p = Pipeline(cam, eng, DetectConfig(score_threshold=0.4))
+    p = Pipeline(cam, eng, DetectConfig(score_threshold=0.3))
     p.add_frame_hook(rec)
     p.add_tick_hook(lambda: ticks.append(1))
     p.start()
