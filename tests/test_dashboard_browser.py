@@ -120,7 +120,8 @@ def start_real_agents(request: pytest.FixtureRequest, broker: LocalBroker, www: 
     shutil.copytree(bundle, v2)
     write_manifest(v2, m.model_copy(update={"version": m.version + 1}), SigningKey.load(key))
     video = tmp / "camera.avi"
-    make_video(video, n_frames=40, size=(320, 240), fps=10, classes=list(m.class_names), seed=3, write_json=False)
+    # The scene and threshold the agent's detection-quality tests use with this bundle (tests/test_engine.py).
+    make_video(video, n_frames=40, size=(320, 240), fps=10, classes=list(m.class_names), seed=5, write_json=False)
     fleet = Fleet("real edge-agent", v2, m.version + 1, m.version, key)
     for node in NODES:
         cfg = tmp / f"{node}.toml"
@@ -137,6 +138,8 @@ def start_real_agents(request: pytest.FixtureRequest, broker: LocalBroker, www: 
             source = "{video}"
             [backend]
             prefer = "cpu"
+            [detect]
+            score_threshold = 0.3
             [telemetry]
             interval_s = 1.0
             hass_discovery = false
