@@ -216,7 +216,7 @@ def test_noise_calibration_is_caught(trained_bundle_dir: Path, synth_dataset: Pa
     with pytest.raises(ConvertError, match="clipped the class outputs"):
         convert(ckpts[0], noise, out, dataset_path=synth_dataset, log=logs.append)
     text = "\n".join(logs)
-    assert "zero point 255" in text and "error:" in text and "FP32 reaches logit" in text
+    assert "zero point 255" in text and "error:" in text
     assert not out.exists() and list((tmp_path / "models").iterdir()) == []
 
 
