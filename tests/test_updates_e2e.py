@@ -127,5 +127,14 @@ def test_ota_hot_swap_and_automatic_rollbacks(service: Any, mqtt_broker: Any, ht
         assert state["previous_model"]["version"] == v1
         assert state["last_update"]["state"] == "rolled_back"
         assert service.updater.store.installed_versions() == [v1, v2]
+
+        # MQTT v5 commands through the daemon's own client (response topic + correlation data).
+        inv = watcher.command("cam-1", {"command": "inventory"})
+        assert inv["ok"] and [v["version"] for v in inv["result"]["versions"]] == [v1, v2]
+        rb = watcher.command("cam-1", {"command": "rollback"})
+        assert rb["ok"] and rb["result"]["running"]["version"] == v1, rb
+        assert _wait(lambda: service.frame_log[-1][2] == v1, 5)
+        state = watcher.wait_state(lambda s: s["model"] and s["model"]["version"] == v1)
+        assert state["previous_model"]["version"] == v2
     finally:
         watcher.close()
