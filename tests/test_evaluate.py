@@ -28,6 +28,7 @@ def test_tflite_matches_the_report(trained_bundle: Path, synth_dataset: Path) ->
     assert set(out["per_class"]) == set(rep["class_names"])
 
 
+@pytest.mark.slow
 def test_checkpoint_matches_the_report(trained_bundle_dir: Path, trained_bundle: Path, synth_dataset: Path) -> None:
     ckpts = sorted(trained_bundle_dir.rglob("ckpt_best.pth"))
     if not ckpts:
