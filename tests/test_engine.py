@@ -264,3 +264,42 @@ def test_broken_cpu_model_is_an_engine_error(trained_bundle: Path, trained_bundl
     write_manifest(root, m.model_copy(update={"files": files}), SigningKey.load(trained_bundle_key))
     with pytest.raises(EngineError, match=m.name):
         Engine.load(Bundle.load(root, Keyring.load(trained_bundle_keys)), agent_cfg(tmp_path))
+
+
+def test_tpu_lost_and_cpu_model_broken_raises_without_reload_storm(
+        bundle: Bundle, clip: tuple[Path, list[FrameTruth]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = bundle.manifest
+    root = tmp_path / "b"
+    root.mkdir()
+    shutil.copy(bundle.path(m.models.cpu), root / "tpu.tflite")
+    (root / "cpu.tflite").write_bytes(b"\0" * 64)  # the fallback cannot load
+    opened: list[str] = []
+    real_open = CpuBackend.open.__func__  # type: ignore[attr-defined]
+
+    def counting_open(cls: type, model_path: Path | str, cfg: Any = None) -> CpuBackend:
+        opened.append(Path(model_path).name)
+        return real_open(cls, model_path, cfg)
+
+    def fake_tpu(cls: type, model_path: Path | str, cfg: Any = None) -> StandInTpu:
+        cpu = real_open(CpuBackend, model_path, None)
+        return StandInTpu(cpu._interp, "usb:0", str(model_path))
+
+    monkeypatch.setattr(engine_mod.EdgeTpuBackend, "open", classmethod(fake_tpu))
+    monkeypatch.setattr(engine_mod.CpuBackend, "open", classmethod(counting_open))
+    man = m.model_copy(update={"models": m.models.model_copy(update={"cpu": "cpu.tflite", "edgetpu": "tpu.tflite"})})
+    StandInTpu.plugged = True
+    backend = no_tpu(tmp_path)
+    backend["edgetpu"]["reprobe_interval_s"] = 30.0
+    eng = Engine.load(Bundle(root, man, b""), agent_cfg(tmp_path, backend=backend))
+    frame = read_frames(clip[0])[0]
+    assert eng.backend_name == "edgetpu" and len(eng.infer(frame)) > 0
+    StandInTpu.plugged = False
+    try:
+        with pytest.raises(EngineError, match="CPU model failed too"):
+            eng.infer(frame)
+        for _ in range(5):
+            with pytest.raises(EngineError):
+                eng.infer(frame)
+        assert opened.count("cpu.tflite") == 1  # one attempt per reprobe interval, not one per frame
+    finally:
+        StandInTpu.plugged = True

@@ -84,6 +84,8 @@ class Engine:
         self.fallbacks = 0
         self.recoveries = 0
         self.last_probe_error: str | None = None
+        self._fallback_failed: str | None = None
+        self._next_fallback = 0.0
         m = bundle.manifest
         self.class_names = list(m.class_names)
         wanted = cfg.detect.classes
@@ -166,12 +168,20 @@ class Engine:
             if self._closed:
                 raise EngineError("engine is closed")
             self._maybe_recover()
+            if self._fallback_failed and time.monotonic() < self._next_fallback:
+                raise EngineError(self._fallback_failed)  # don't reload a broken CPU model every frame
             try:
                 return self._infer(frame_bgr)
             except BackendError as exc:
                 if self._backend.name != "edgetpu":
                     raise EngineError(str(exc)) from exc
-                self._fall_back(f"Edge TPU lost at run time: {exc}")
+                try:
+                    self._fall_back(f"Edge TPU lost at run time: {exc}")
+                except EngineError as fexc:
+                    self._fallback_failed = str(fexc)
+                    self._next_fallback = time.monotonic() + self.cfg.backend.edgetpu.reprobe_interval_s
+                    raise
+                self._fallback_failed = None
                 return self._infer(frame_bgr)
 
     def _infer(self, frame: np.ndarray) -> tuple[list[Detection], StageTimes]:
