@@ -223,3 +223,45 @@ def test_publisher_rate_limit_and_snapshot_over_real_broker(bundle: Bundle, clip
 
     img = cv2.imdecode(np.frombuffer(snaps[0], np.uint8), cv2.IMREAD_COLOR)
     assert img is not None and img.shape[1] == 160
+
+
+def test_publisher_marks_objects_leaving_and_skips_empty_frames(mqtt_broker: Any) -> None:
+    import numpy as np
+
+    from agent.camera import Frame
+    from agent.pipeline import FrameStats
+    from agent.protocol.messages import Detection
+
+    topics = Topics("p")
+    got: list[bytes] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect(mqtt_broker.host, mqtt_broker.port)
+    sub.subscribe(topics.detections("n"))
+    sub.loop_start()
+    client = MqttClient(BrokerConfig(url=mqtt_broker.url), "pub-empty")
+    client.start()
+    assert client.wait_connected(5)
+    pub = DetectionPublisher(client, topics, "n", PublishConfig(max_rate_hz=1000))
+
+    def result(i: int, n: int) -> FrameResult:
+        dets = [Detection(box=(0.1, 0.1, 0.2, 0.2), class_id=0, class_name="circle", score=0.9)] * n
+        st = FrameStats(i, time.time(), 0, 0, 0, 0, 0, n, "cpu", 3)
+        return FrameResult(Frame(np.zeros((4, 4, 3), np.uint8), time.time(), time.monotonic(), i), dets, st,
+                           "m", 3, "cpu")
+
+    try:
+        for i, n in enumerate([0, 1, 1, 0, 0, 0, 2], start=1):
+            pub(result(i, n))
+            time.sleep(0.01)
+        assert wait_for(lambda: len(got) >= 4, 5)
+        time.sleep(0.2)
+    finally:
+        client.stop()
+        sub.loop_stop()
+        sub.disconnect()
+    msgs = [DetectionsMessage.model_validate_json(p) for p in got]
+    # frames 2, 3 (objects), 4 (they left: one empty message), 7 (objects again); 1, 5, 6 are not sent
+    assert [m.frame_index for m in msgs] == [2, 3, 4, 7]
+    assert [len(m.detections) for m in msgs] == [1, 1, 0, 2]
+    assert msgs[0].model_version == 3 and msgs[0].backend == "cpu"
