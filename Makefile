@@ -11,7 +11,7 @@ VENV := .venv
 AVENV := .venv-agent
 PYTEST_ARGS ?=
 
-.PHONY: help install install-agent test test-builder test-agent lint demo bench clean
+.PHONY: help install install-agent test test-bundle test-builder test-agent lint demo bench clean
 
 help:
 	@echo "make demo   - set up, then train → quantize → sign → publish → a node detects, over a real broker"
@@ -40,7 +40,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check agent builder tests bench
 	$(VENV)/bin/mypy agent builder
 
-test-builder: $(VENV)/.installed
+# The trained bundle many tests share: built (or found in .cache/) before pytest, outside any test timeout.
+test-bundle: $(VENV)/.installed
+	$(VENV)/bin/python tests/fixtures/build_test_bundle.py --ensure .cache/test-bundle
+
+test-builder: $(VENV)/.installed test-bundle
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The Pi's view: only .[agent] installed on 3.11; builder-only tests skip themselves.

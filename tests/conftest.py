@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -96,15 +95,10 @@ def trained_bundle_dir() -> Path:
         return out
     if not _builder_stack_available():
         pytest.skip("no cached test bundle and no builder stack in this venv (run the 3.12 suite first)")
-    BUNDLE_CACHE.mkdir(parents=True, exist_ok=True)
-    # Several pytest processes may want it at once: one builds, the others wait for it.
-    with open(BUNDLE_CACHE / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "ok").exists():
-            proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(
-                    f"building the test bundle failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    proc = subprocess.run([sys.executable, str(script), "--ensure", str(BUNDLE_CACHE)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the test bundle failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return out
 
 
