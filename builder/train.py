@@ -551,9 +551,9 @@ def run_training(cfg: TrainConfig, out: TextIO | None = None, progress: bool = T
     size = cfg.model.rsplit("_", 1)[-1]
     libreyolo_dir = exp / "libreyolo"
     try:
-        with _quiet_libreyolo(cfg.verbose, exp / "eval.log") as real_out, no_network(attempts):
-            if _rank() != 0:  # under torchrun only rank 0 reports
-                real_out = io.StringIO()
+        with _quiet_libreyolo(cfg.verbose, exp / "eval.log"), no_network(attempts):
+            # `out` was resolved before stdout was redirected; under torchrun only rank 0 reports.
+            real_out = out if _rank() == 0 else io.StringIO()
             run.out = real_out
             from libreyolo import LibreYOLONAS
 
