@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             print(report.read_text())
 
         _step(5, "A node: edge-agent on a generated video, CPU backend, waiting for a model")
-        _run([builder_cli, "synth", "video", out / "camera.mp4", "--frames", 200, "--size", "640x480", "--fps", 10])
+        _run([builder_cli, "synth", "video", out / "camera.mp4", "--frames", 200, "--size", "320x240", "--fps", 10])
         config = out / "agent.toml"
         config.write_text(
             f'node_id = "demo-node-1"\ngroups = ["demo"]\nstate_dir = "{out / "node-state"}"\n'
             f'trusted_keys_dir = "{out / "trusted"}"\n\n'
             f'[broker]\nurl = "{broker.url}"\n\n'
             f'[camera]\nsource = "{out / "camera.mp4"}"\nkind = "file"\nloop = true\nrealtime = true\n\n'
-            '[backend]\nprefer = "edgetpu"\n\n[detect]\nscore_threshold = 0.4\n\n'
+            '[backend]\nprefer = "edgetpu"\n\n[detect]\nscore_threshold = 0.35\n\n'
             '[publish]\nmax_rate_hz = 2.0\n\n[telemetry]\ninterval_s = 5.0\n'
         )
         log = open(out / "agent.log", "wb")  # noqa: SIM115 - closed with the process below
