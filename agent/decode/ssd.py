@@ -21,17 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.decode.yolo_nas import DecodeError, Detections
+from agent.decode.yolo_nas import DecodeError, Detections, Quant, dequantize
 from agent.preprocess import LetterboxInfo, unletterbox_boxes
 
-Quant = tuple[float, int] | None
 _ROLES = ("boxes", "classes", "scores", "count")
-
-
-def _dequant(a: np.ndarray, q: Quant) -> np.ndarray:
-    if q is None or a.dtype.kind == "f":
-        return a.astype(np.float32, copy=False)
-    return (a.astype(np.float32) - np.float32(q[1])) * np.float32(q[0])
 
 
 class SsdDecoder:
@@ -130,7 +123,7 @@ class SsdDecoder:
         postprocess op has already suppressed overlaps."""
         if len(outputs) != 4:
             raise DecodeError(f"expected 4 outputs, got {len(outputs)}")
-        get = {r: _dequant(np.asarray(outputs[i]), self.quant[i]) for r, i in self.index.items()}
+        get = {r: dequantize(np.asarray(outputs[i]), self.quant[i]) for r, i in self.index.items()}
         boxes: np.ndarray = get["boxes"].reshape(-1, 4)
         cls_, scores = self._resolve_pair(get["classes"].reshape(-1), get["scores"].reshape(-1))
         count = int(np.clip(round(float(get["count"].reshape(-1)[0])), 0, len(boxes)))

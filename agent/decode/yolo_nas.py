@@ -78,7 +78,8 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _dequant(a: np.ndarray, q: Quant) -> np.ndarray:
+def dequantize(a: np.ndarray, q: Quant) -> np.ndarray:
+    """Real values of a tensor from its own (scale, zero_point); float tensors pass through."""
     if q is None or a.dtype.kind == "f":
         return a.astype(np.float32, copy=False)
     scale, zp = q
@@ -185,7 +186,7 @@ class YoloNasDecoder:
                 keep = np.nonzero(best_raw.astype(np.float32) > np.float32(thr))[0]
             if keep.size == 0:
                 continue
-            logits = _dequant(cls_raw[keep], q)
+            logits = dequantize(cls_raw[keep], q)
             cls_id = logits.argmax(axis=1)
             score = 1.0 / (1.0 + np.exp(-logits[np.arange(keep.size), cls_id]))
             score_ok = score > conf  # exact test on the float score (as libreyolo)
@@ -193,7 +194,7 @@ class YoloNasDecoder:
             if keep.size == 0:
                 continue
             reg_raw = self._flat(np.asarray(outputs[lv.reg_index]), lv.reg_nhwc, self.reg_channels)[keep]
-            reg = _dequant(reg_raw, self.quant[lv.reg_index]).reshape(-1, 4, self.reg_max + 1)
+            reg = dequantize(reg_raw, self.quant[lv.reg_index]).reshape(-1, 4, self.reg_max + 1)
             dist = _softmax(reg, axis=2) @ self._proj  # (k, 4): left, top, right, bottom in grid cells
             ap = self._anchors[lv.stride][keep]
             boxes = np.concatenate([ap - dist[:, :2], ap + dist[:, 2:]], axis=1) * np.float32(lv.stride)
