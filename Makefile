@@ -44,7 +44,7 @@ lint: $(VENV)/.installed
 test-bundle: $(VENV)/.installed
 	$(VENV)/bin/python tests/fixtures/build_test_bundle.py --ensure .cache/test-bundle
 
-test-builder: $(VENV)/.installed test-bundle
+test-builder: $(VENV)/.installed $(AVENV)/.installed test-bundle
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The Pi's view: only .[agent] installed on 3.11; builder-only tests skip themselves.
