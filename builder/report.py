@@ -85,18 +85,19 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     names = list(v)
     labels = [VARIANT_LABELS.get(k, k).split(" (")[0] for k in names]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    maps = [v[k].get("map50_95") or 0.0 for k in names]
-    axes[0].bar(labels, maps, color="#4c72b0")
-    axes[0].set_title("mAP50-95 (validation)")
-    axes[0].set_ylim(0, max(maps + [0.01]) * 1.15)
-    for i, m in enumerate(maps):
-        axes[0].text(i, m, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
-    lats = [v[k].get("latency_ms") or 0.0 for k in names]
-    axes[1].bar(labels, lats, color="#dd8452")
-    axes[1].set_title(f"CPU latency, ms ({report['threads']} threads)")
-    sizes = [(v[k].get("size_bytes") or 0) / 1e6 for k in names]
-    axes[2].bar(labels, sizes, color="#55a868")
-    axes[2].set_title("file size, MB")
+    # A variant without a measurement gets no bar and says so: never draw an unmeasured value as 0.
+    for ax, key, title, color, fmt, div in (
+        (axes[0], "map50_95", "mAP50-95 (validation)", "#4c72b0", "{:.3f}", 1.0),
+        (axes[1], "latency_ms", f"CPU latency, ms ({report['threads']} threads)", "#dd8452", "{:.1f}", 1.0),
+        (axes[2], "size_bytes", "file size, MB", "#55a868", "{:.1f}", 1e6),
+    ):
+        vals = [v[k].get(key) for k in names]
+        heights = [0.0 if x is None else x / div for x in vals]
+        ax.bar(labels, heights, color=color)
+        ax.set_title(title)
+        ax.set_ylim(0, max(heights + [0.01]) * 1.15)
+        for i, (x, h) in enumerate(zip(vals, heights, strict=True)):
+            ax.text(i, h, "not measured" if x is None else fmt.format(h), ha="center", va="bottom", fontsize=7)
     for ax in axes:
         ax.tick_params(axis="x", rotation=35, labelsize=8)
     fig.suptitle(f"{report['name']} v{report['version']}: {report['architecture']} at {report['imgsz']} px")
