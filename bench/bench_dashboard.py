@@ -42,13 +42,8 @@ TARGET_STALENESS_S = 2.0
 
 
 def dashboard_cmd() -> list[str]:
-    probe = subprocess.run([sys.executable, "-m", "builder.cli", "--help"], cwd=ROOT, capture_output=True)
-    if probe.returncode == 0:
-        return [sys.executable, "-m", "builder.cli", "dashboard"]
-    # Another subcommand of builder.cli is missing in this checkout: register only the dashboard.
-    return [sys.executable, "-c", "import argparse,sys; from builder.commands import dashboard; "
-            "p=argparse.ArgumentParser(); s=p.add_subparsers(); dashboard.register(s); "
-            "a=p.parse_args(sys.argv[1:]); sys.exit(a.func(a))", "dashboard"]
+    """`edge-builder dashboard`, run with this interpreter."""
+    return [sys.executable, "-m", "builder.cli", "dashboard"]
 
 
 class SSEProbe(threading.Thread):

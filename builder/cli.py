@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from agent import __version__
+from agent.cli import dispatch
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
@@ -40,16 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":
