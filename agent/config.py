@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from agent.protocol.topics import DEFAULT_PREFIX, check_segment
-from agent.store import UpdatesConfig  # [updater] the [updates] section lives beside the model store
+from agent.updates.store import UpdatesConfig  # [updater] the [updates] section lives beside the model store
 
 _TPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
 # The TOML path for the settings source of the current load (settings classes are static).
@@ -136,7 +136,7 @@ class EdgeTpuConfig(_Section):
     device: str = ""
     library: str = "libedgetpu.so.1"
     reprobe_interval_s: float = Field(default=30.0, gt=0, description="while degraded, retry the TPU this often")
-    # Where enumeration looks (agent.backends.edgetpu); changed only by tests and containers.
+    # Where enumeration looks (agent.inference.backends.edgetpu); changed only by tests and containers.
     sysfs_root: Path = Path("/sys")
     dev_root: Path = Path("/dev")
 

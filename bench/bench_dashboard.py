@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.protocol.topics import Topics  # noqa: E402
 from builder.dashboard.loadgen import SimFleet  # noqa: E402
-from builder.devservices import LocalBroker, free_port, wait_port  # noqa: E402
+from builder.fleet.devservices import LocalBroker, free_port, wait_port  # noqa: E402
 
 TARGET_STALENESS_S = 2.0
 

@@ -4,7 +4,7 @@ run on the same frames and the same model (issue 5). Measured, never estimated:
 - invoke only: the interpreter alone on one prepared input, N invokes → median invoke time; 1 / median is
   the most any loop can reach.
 - naive loop: capture → preprocess → invoke → postprocess, one after the other, as fast as it goes.
-- agent pipeline: agent.camera.Camera (capture thread, freshest frame) + agent.pipeline.Pipeline
+- agent pipeline: agent.camera.sources.Camera (capture thread, freshest frame) + agent.inference.pipeline.Pipeline
   (inference thread, letterbox straight into the input tensor) + a publisher thread building the
   DetectionsMessage JSON for every frame (no broker: the MQTT client's cost is its own benchmark). The
   camera plays the video at 1.25 × the measured invoke rate, like a camera slightly faster than the
@@ -42,12 +42,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.backends.engine import Engine  # noqa: E402
-from agent.bundle import Bundle  # noqa: E402
-from agent.camera import Camera  # noqa: E402
+from agent.camera.sources import Camera  # noqa: E402
 from agent.config import AgentConfig, CameraConfig, DetectConfig  # noqa: E402
-from agent.pipeline import FrameResult, Pipeline  # noqa: E402
+from agent.inference.engine import Engine  # noqa: E402
+from agent.inference.pipeline import FrameResult, Pipeline  # noqa: E402
 from agent.protocol.messages import DetectionsMessage  # noqa: E402
+from agent.security.bundle import Bundle  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
 CACHE = ROOT / "bench" / ".cache"
@@ -100,7 +100,7 @@ def find_bundle(imgsz: int) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     # In a subprocess: the builder's torch/TensorFlow must not inflate this process's RSS (the agent's).
     code = (
-        "import sys; from pathlib import Path; from builder.convert import convert\n"
+        "import sys; from pathlib import Path; from builder.convert.pipeline import convert\n"
         "convert(model_path=Path(sys.argv[1]), calibration_dir=Path(sys.argv[2]), out_dir=Path(sys.argv[3]),\n"
         "        imgsz=int(sys.argv[4]), n_calib=64, latency_runs=3, compile_edgetpu=False, name='bench',\n"
         "        dataset_path=Path(sys.argv[5]))\n"
@@ -220,7 +220,7 @@ def main() -> int:
     in_dtype = str(np.dtype(engine.backend.input.dtype))
     w, h = (int(x) for x in args.size.split("x"))
 
-    from builder.synth import make_video
+    from builder.data.synth import make_video
 
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.avi"

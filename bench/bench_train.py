@@ -1,4 +1,4 @@
-"""Training throughput on CPU (images/s), measured with the real trainer (builder.train -> libreyolo).
+"""Training throughput on CPU (images/s), measured with the real trainer (builder.train.trainer -> libreyolo).
 
 For each configuration, trains 3 epochs on the synthetic dataset with validation only after the last one,
 and takes the median of epochs 2..3 (epoch 1 carries warm-up: allocator, dataloader start). Throughput =
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builder.synth import make_dataset  # noqa: E402
+from builder.data.synth import make_dataset  # noqa: E402
 
 # Measured by the issue on this class of machine (2 cores): 64 train + 16 val images at 160 px,
 # yolo_nas_s, 4.3 s per epoch including validation.
@@ -35,7 +35,7 @@ REFERENCE_S_PER_EPOCH = 4.3
 def measure(model: str, imgsz: int, images: int, batch: int, workers: int, work: Path) -> dict[str, object]:
     import torch
 
-    from builder.train import train
+    from builder.train.trainer import train
 
     data = work / f"ds_{imgsz}_{images}"
     if not data.exists():

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from agent.bundle import Bundle, file_entry, write_manifest  # noqa: E402
 from agent.protocol.manifest import Target  # noqa: E402
-from agent.signing import SigningKey  # noqa: E402
-from builder.devservices import FileServer, LocalBroker  # noqa: E402
+from agent.security.bundle import Bundle, file_entry, write_manifest  # noqa: E402
+from agent.security.signing import SigningKey  # noqa: E402
+from builder.fleet.devservices import FileServer, LocalBroker  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "update.json"
 TARGET_ACTIVE_S = 2.0
@@ -82,9 +82,9 @@ def main() -> int:
     from helpers_updates import Watcher
 
     from agent.config import AgentConfig
-    from agent.service import AgentService
-    from builder.publish import publish_bundle
-    from builder.synth import make_video
+    from agent.service.daemon import AgentService
+    from builder.data.synth import make_video
+    from builder.fleet.publish import publish_bundle
 
     work = Path(tempfile.mkdtemp(prefix="bench-update-"))
     broker = LocalBroker(work / "mosquitto").start()

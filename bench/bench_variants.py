@@ -38,18 +38,18 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "variants.json")
     args = ap.parse_args()
 
-    from builder.calibration import load_calibration
-    from builder.convert import run_tf_convert
-    from builder.evaluate import TFLiteRunner
-    from builder.export import export_onnx
+    from builder.convert.pipeline import run_tf_convert
+    from builder.data.calibration import load_calibration
+    from builder.evaluate.evaluator import TFLiteRunner
+    from builder.export.onnx_body import export_onnx
 
     if args.model_path:
-        from builder.convert import load_model
+        from builder.convert.pipeline import load_model
 
         lm = load_model(args.model_path)
         model, arch = lm.model, lm.architecture
     else:
-        from builder.checkpoint import build_model
+        from builder.train.checkpoint import build_model
 
         model, arch = build_model("yolo_nas_s", 3).eval(), "yolo_nas_s (untrained)"
     with tempfile.TemporaryDirectory() as td:
@@ -57,8 +57,8 @@ def main() -> int:
         if args.calibration_dir:
             calib, _ = load_calibration(args.calibration_dir, args.imgsz, n=100, warn=lambda m: None)
         else:
-            from agent.preprocess import letterbox
-            from builder.synth import render_image
+            from agent.inference.preprocess import letterbox
+            from builder.data.synth import render_image
 
             calib = np.stack([letterbox(render_image(i, args.imgsz, args.imgsz, ["circle", "square", "triangle"])[0],
                                         args.imgsz)[0] for i in range(16)])

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from builder.devservices import FileServer, LocalBroker, ServiceError
+from builder.fleet.devservices import FileServer, LocalBroker, ServiceError
 
 
 def _step(n: int, text: str) -> None:

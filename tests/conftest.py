@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.devservices import FileServer, LocalBroker, find_mosquitto
+from builder.fleet.devservices import FileServer, LocalBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 CORAL_DATA = Path(os.environ.get("CORAL_TEST_DATA", ROOT.parent / "shared" / "coral-test-data"))
@@ -87,6 +87,9 @@ def trained_bundle_dir() -> Path:
     Built once (tests/fixtures/build_test_bundle.py, about a few minutes on 2 cores) and cached under
     .cache/test-bundle keyed by the builder's source. The agent-only venv reuses the cache or skips.
     """
+    pinned = os.environ.get("EDGE_TEST_BUNDLE_DIR")  # development only: reuse one build while refactoring
+    if pinned:
+        return Path(pinned)
     script = ROOT / "tests" / "fixtures" / "build_test_bundle.py"
     key = subprocess.run([sys.executable, str(script), "--print-key"], capture_output=True, text=True,
                          check=True).stdout.strip()

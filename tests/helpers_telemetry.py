@@ -78,7 +78,7 @@ def run_agent(config: str, model: str) -> int:
     import logging
 
     from agent.config import load_config
-    from agent.service import AgentService
+    from agent.service.daemon import AgentService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     svc = AgentService(load_config(config))

@@ -1,8 +1,8 @@
 """Helpers for the OTA update tests: real bundles from Google's Coral models, a real TFLite engine,
 a frame loop on a real video file, and a node harness (real paho client, real store, real updater).
 
-The engine here is a thin wrapper over a real TFLite interpreter (agent.tflite), because Google's
-classification models are not detectors agent.backends.engine can decode; the update machinery under
+The engine here is a thin wrapper over a real TFLite interpreter (agent.inference.tflite), because Google's
+classification models are not detectors agent.inference.engine can decode; the update machinery under
 test (verify, download, store, golden self-test, swap, trial, commit, rollback) is the real one.
 
 Run as a script it is the agent process for the SIGKILL fault test:
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from agent.bundle import Bundle, file_entry, write_manifest  # noqa: E402
+from agent.inference.tflite import make_interpreter, run  # noqa: E402
 from agent.protocol.manifest import (  # noqa: E402
     GoldenTest,
     Manifest,
@@ -41,10 +41,10 @@ from agent.protocol.manifest import (  # noqa: E402
 )
 from agent.protocol.messages import ModelRef, NodeState, UpdateState  # noqa: E402
 from agent.protocol.topics import Topics  # noqa: E402
-from agent.signing import Keyring, SigningKey  # noqa: E402
-from agent.store import ModelStore, UpdatesConfig  # noqa: E402
-from agent.tflite import make_interpreter, run  # noqa: E402
-from agent.updater import FrameReport, Updater  # noqa: E402
+from agent.security.bundle import Bundle, file_entry, write_manifest  # noqa: E402
+from agent.security.signing import Keyring, SigningKey  # noqa: E402
+from agent.updates.store import ModelStore, UpdatesConfig  # noqa: E402
+from agent.updates.updater import FrameReport, Updater  # noqa: E402
 
 CORAL = Path(os.environ.get("CORAL_TEST_DATA", ROOT.parent / "shared" / "coral-test-data"))
 MOBILENET = CORAL / "mobilenet_v1_0.25_128_quant.tflite"
@@ -62,7 +62,7 @@ def golden_input(size: int) -> np.ndarray:
 def corrupt_weights(src: Path, dst: Path) -> None:
     """A real TFLite file whose weights are all set to their zero point: it loads, runs, and answers the
     same thing for every input (garbage). Weight bytes are located by their content in the flatbuffer."""
-    from agent.tflite import Interpreter
+    from agent.inference.tflite import Interpreter
 
     data = bytearray(src.read_bytes())
     it = Interpreter(model_path=str(src))
@@ -323,7 +323,7 @@ class NodeHarness:
     def start(self) -> NodeHarness:
         import paho.mqtt.client as mqtt
 
-        from agent.commands_handler import CommandsHandler, paho_responder
+        from agent.service.commands import CommandsHandler, paho_responder
 
         self.topics = Topics(self.prefix)
         self.store = ModelStore(self.state_dir / "models", keep=self.config.keep_versions)
@@ -526,6 +526,6 @@ class Watcher:
 
 def publish(bundle: Path, broker_url: str, key_path: Path, www: Path, base_url: str, target: str = "all") -> Any:
     """edge-builder publish, as a library call (the CLI is tested separately)."""
-    from builder.publish import publish_bundle
+    from builder.fleet.publish import publish_bundle
 
     return publish_bundle(bundle, broker_url, Target.parse(target), key_path, http_base=base_url, upload_dir=www)

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError, load_config
 from agent.protocol.messages import NodeState
-from builder.synth import make_video
+from builder.data.synth import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,8 +242,8 @@ prefer = "cpu"
 
 def test_agent_runtime_imports_no_ml_frameworks() -> None:
     code = (
-        "import sys, agent.cli, agent.service, agent.backends.engine, agent.camera, agent.pipeline, agent.mqtt\n"
-        "import agent.commands.run, agent.commands.check, agent.commands.infer, agent.decode.ssd\n"
+        "import sys, agent.cli, agent.service.daemon, agent.inference.engine, agent.camera.sources, agent.inference.pipeline, agent.service.mqtt\n"
+        "import agent.commands.run, agent.commands.check, agent.commands.infer, agent.inference.decode.ssd\n"
         "agent.cli.build_parser()\n"
         "bad = [m for m in ('torch', 'tensorflow', 'onnx', 'onnxruntime', 'libreyolo') if m in sys.modules]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"

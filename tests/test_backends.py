@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.backends.base import BackendError, TensorInfo
-from agent.backends.cpu import CpuBackend
-from agent.backends.edgetpu import EdgeTpuBackend, enumerate_tpus, select_device
 from agent.config import CpuConfig, EdgeTpuConfig
-from agent.preprocess import letterbox
+from agent.inference.backends.base import BackendError, TensorInfo
+from agent.inference.backends.cpu import CpuBackend
+from agent.inference.backends.edgetpu import EdgeTpuBackend, enumerate_tpus, select_device
+from agent.inference.preprocess import letterbox
 
 
 def _usb(root: Path, port: str, vid: str, pid: str, extra: dict[str, str] | None = None) -> None:

@@ -145,7 +145,7 @@ def wait_for(cond: Any, timeout: float) -> bool:
 
 def test_outage_agent_survives_buffers_telemetry_and_availability_follows(
         broker_factory: Any, coral_data: Path, tmp_path: Path) -> None:
-    from builder.synth import make_video
+    from builder.data.synth import make_video
 
     broker = broker_factory(users=USERS, acl=ACL, tls=True)
     relay = Relay(broker.tls_port)

@@ -17,8 +17,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import BrokerConfig
-from agent.mqtt import MqttClient
 from agent.protocol.topics import Topics
+from agent.service.mqtt import MqttClient
 
 ROOT = Path(__file__).resolve().parents[1]
 ACL = (ROOT / "docs" / "mosquitto" / "edge-fleet.acl").read_text()
@@ -77,7 +77,7 @@ def test_node_cannot_publish_on_other_nodes_or_announcements(secure_broker, capl
     watcher = Watcher(secure_broker)
     a = _node(secure_broker, "node-a")
     try:
-        caplog.set_level(logging.WARNING, logger="agent.mqtt")
+        caplog.set_level(logging.WARNING, logger="agent.service.mqtt")
         assert a.publish(T.telemetry("node-a"), b'{"ok":1}', qos=1)
         assert a.publish(T.telemetry("node-b"), b'{"spoof":1}', qos=1)
         assert a.publish(T.state("node-b"), b'{"spoof":1}', qos=1, retain=True)
@@ -125,7 +125,7 @@ def test_node_reads_announcements_but_not_other_nodes(secure_broker) -> None:  #
 
 
 def test_wrong_password_and_untrusted_server_are_refused(secure_broker, caplog) -> None:  # type: ignore[no-untyped-def]
-    caplog.set_level(logging.WARNING, logger="agent.mqtt")
+    caplog.set_level(logging.WARNING, logger="agent.service.mqtt")
     cfg = BrokerConfig(url=secure_broker.tls_url, username="node-a", password="wrong", ca_file=secure_broker.ca_path)
     c = MqttClient(cfg, client_id="edge-agent-node-a-bad", availability_topic=T.availability("node-a"))
     c.start()
@@ -150,7 +150,7 @@ def test_shipped_mosquitto_config_starts_and_enforces(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
-    from builder.devservices import find_mosquitto, free_port, make_test_pki, wait_port
+    from builder.fleet.devservices import find_mosquitto, free_port, make_test_pki, wait_port
 
     exe = find_mosquitto()
     if exe is None or shutil.which("mosquitto_passwd") is None:

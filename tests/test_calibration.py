@@ -1,4 +1,4 @@
-"""builder.calibration: image discovery (folders, .tar.gz), deterministic sampling, warnings, class balance."""
+"""builder.data.calibration: image discovery (folders, .tar.gz), deterministic sampling, warnings, class balance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from builder.calibration import CalibrationError, find_images, load_calibration, sample_images
+from builder.data.calibration import CalibrationError, find_images, load_calibration, sample_images
 
 
 def _img(path: Path, value: int, size: tuple[int, int] = (40, 60)) -> None:
@@ -71,8 +71,8 @@ def test_empty_and_imageless_sources_fail_clearly(tmp_path: Path) -> None:
 
 def test_build_is_class_balanced(tmp_path: Path) -> None:
     pytest.importorskip("yaml")
-    from builder.calibration import build_calibration_set
-    from builder.synth import make_dataset
+    from builder.data.calibration import build_calibration_set
+    from builder.data.synth import make_dataset
 
     ds = make_dataset(tmp_path / "ds", n_train=24, n_val=2, imgsz=64, seed=3)
     info = build_calibration_set(ds, tmp_path / "calib", n=9)

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.camera import Camera, CameraState, LatestFrame
+from agent.camera.sources import Camera, CameraState, LatestFrame
 from agent.config import CameraConfig
-from builder.synth import make_video
+from builder.data.synth import make_video
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
@@ -117,7 +117,7 @@ def mjpeg() -> Iterator[Callable[..., MjpegServer]]:
 
 
 def test_latest_frame_slot_keeps_freshest_and_counts_drops() -> None:
-    from agent.camera import Frame
+    from agent.camera.sources import Frame
 
     slot = LatestFrame()
     for i in range(1, 6):

@@ -1,7 +1,7 @@
-"""builder.convert: the bundle `edge-builder convert` writes, its checks, and bad input.
+"""builder.convert.pipeline: the bundle `edge-builder convert` writes, its checks, and bad input.
 
 The heavy checks reuse the session's trained-and-converted bundle (tests/conftest.py `trained_bundle`,
-built by tests/fixtures/build_test_bundle.py through builder.convert.convert), so no extra conversion
+built by tests/fixtures/build_test_bundle.py through builder.convert.pipeline.convert), so no extra conversion
 runs for them. Bad-input tests fail before any conversion work.
 """
 
@@ -19,9 +19,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("libreyolo")
 
-from agent.bundle import Bundle  # noqa: E402
-from agent.signing import Keyring  # noqa: E402
-from builder.convert import ConvertError, convert  # noqa: E402
+from agent.security.bundle import Bundle  # noqa: E402
+from agent.security.signing import Keyring  # noqa: E402
+from builder.convert.pipeline import ConvertError, convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_PY = ROOT / ".venv-agent" / "bin" / "python"
@@ -29,7 +29,7 @@ AGENT_PY = ROOT / ".venv-agent" / "bin" / "python"
 
 @pytest.fixture(scope="module")
 def untrained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from builder.checkpoint import CheckpointMeta, build_model, save_checkpoint
+    from builder.train.checkpoint import CheckpointMeta, build_model, save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "output" / "checkpoints" / "demo" / "ckpt_best.pth"
     path.parent.mkdir(parents=True)
@@ -107,7 +107,7 @@ def test_unwritable_output_dir(untrained_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_default_output_and_atomic_install(tmp_path: Path) -> None:
-    from builder.convert import _default_name, _install, default_out_dir
+    from builder.convert.pipeline import _default_name, _install, default_out_dir
 
     ckpt = Path("output/checkpoints/wildfire_model/ckpt_best.pth")
     assert _default_name(ckpt) == "wildfire_model"
@@ -140,7 +140,7 @@ def test_bundle_is_signed_and_complete(trained_bundle: Path, trained_bundle_keys
 
 
 def test_int8_model_is_edgetpu_ready(trained_bundle: Path) -> None:
-    from builder.tflite_inspect import EDGETPU_OPS, inspect_model, readiness
+    from builder.edgetpu.tflite_inspect import EDGETPU_OPS, inspect_model, readiness
 
     info = inspect_model(trained_bundle / "model_quant.tflite")
     assert set(info["op_counts"]) <= EDGETPU_OPS
@@ -150,7 +150,7 @@ def test_int8_model_is_edgetpu_ready(trained_bundle: Path) -> None:
 
 
 def test_golden_self_test_reproduces(trained_bundle: Path) -> None:
-    from agent.tflite import make_interpreter
+    from agent.inference.tflite import make_interpreter
 
     it = make_interpreter(str(trained_bundle / "model_quant.tflite"))
     x = np.load(trained_bundle / "golden_input.npy")
@@ -166,7 +166,7 @@ def test_golden_self_test_reproduces(trained_bundle: Path) -> None:
 def test_every_variant_runs_in_the_agent_runtime(trained_bundle: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from agent.tflite import make_interpreter, RUNTIME\n"
+        "from agent.inference.tflite import make_interpreter, RUNTIME\n"
         "for f in sys.argv[1:]:\n"
         "    it = make_interpreter(f, num_threads=1)\n"
         "    d = it.get_input_details()[0]\n"
@@ -223,10 +223,10 @@ def test_noise_calibration_is_caught(trained_bundle_dir: Path, synth_dataset: Pa
 @pytest.mark.slow
 def test_yolo_nas_s_at_320_is_fully_edgetpu_ready(tmp_path: Path) -> None:
     """Acceptance: the readiness report predicts 100% of ops on the Edge TPU for yolo_nas_s at 320."""
-    from builder.checkpoint import build_model
-    from builder.convert import run_tf_convert
-    from builder.export import export_onnx
-    from builder.tflite_inspect import readiness
+    from builder.convert.pipeline import run_tf_convert
+    from builder.edgetpu.tflite_inspect import readiness
+    from builder.export.onnx_body import export_onnx
+    from builder.train.checkpoint import build_model
 
     model = build_model("yolo_nas_s", 3).eval()
     onnx_path = export_onnx(model, 320, tmp_path / "body.onnx")

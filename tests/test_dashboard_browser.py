@@ -4,7 +4,7 @@ The page must show both nodes with their model versions; a rollout published fro
 nodes (each node's update followed to `committed`, both rows at the new version); malformed telemetry from
 one node must mark only that node faulty. The screenshot goes to test-artifacts/dashboard.png.
 
-The agents are the real daemon (`edge-agent run`, with the trained test bundle) once agent.service runs the
+The agents are the real daemon (`edge-agent run`, with the trained test bundle) once agent.service.daemon runs the
 OTA updater. Until then they are tests/helpers_updates.NodeHarness processes: the REAL updater, model
 store, download and TFLite interpreter on Google's Coral MobileNet, over real MQTT and HTTP, but without the
 daemon's camera pipeline and telemetry (INTERIM, labelled as such in the test id).
@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from agent.protocol.topics import Topics
-from builder.devservices import FileServer, LocalBroker, free_port, wait_port
+from builder.fleet.devservices import FileServer, LocalBroker, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -47,7 +47,7 @@ def real_agent_missing() -> str | None:
         return "forced by EDGE_DASHBOARD_E2E=harness"
     service = ROOT / "agent" / "service.py"
     if not service.exists() or "Updater(" not in service.read_text():
-        return "agent.service does not run the OTA updater yet"
+        return "agent.service.daemon does not run the OTA updater yet"
     if not (ROOT / "builder" / "train.py").exists() or not (ROOT / "builder" / "convert.py").exists():
         return "the builder cannot make the trained_bundle fixture yet"
     return None
@@ -108,9 +108,9 @@ def _spawn(cmd: list[str], log: Path, fleet: Fleet, env: dict[str, str] | None =
 
 def start_real_agents(request: pytest.FixtureRequest, broker: LocalBroker, www: Path, tmp: Path) -> Fleet:
     """Two `edge-agent run` daemons on the trained test bundle; v+1 of it is put where the HTTP server serves."""
-    from agent.bundle import Bundle, write_manifest
-    from agent.signing import SigningKey
-    from builder.synth import make_video
+    from agent.security.bundle import Bundle, write_manifest
+    from agent.security.signing import SigningKey
+    from builder.data.synth import make_video
 
     bundle: Path = request.getfixturevalue("trained_bundle")
     key: Path = request.getfixturevalue("trained_bundle_key")
@@ -160,7 +160,7 @@ def start_harness_agents(broker: LocalBroker, www: Path, tmp: Path) -> Fleet:
 
     if not hu.MOBILENET.exists():
         pytest.skip(f"Coral test data not found at {hu.CORAL}")
-    from agent.signing import SigningKey
+    from agent.security.signing import SigningKey
 
     keys = tmp / "keys"
     keys.mkdir()

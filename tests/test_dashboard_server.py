@@ -21,13 +21,13 @@ from test_dashboard_state import tiny_bundle
 from agent.protocol.manifest import Manifest, Target
 from agent.protocol.messages import Announcement
 from agent.protocol.topics import Topics
-from agent.signing import Keyring, SigningKey
+from agent.security.signing import Keyring, SigningKey
 from builder.dashboard.link import FleetLink, LinkError
 from builder.dashboard.loadgen import SimNode
 from builder.dashboard.rollout import PublishConfig
 from builder.dashboard.server import Dashboard, wait_until
 from builder.dashboard.state import FleetState
-from builder.devservices import LocalBroker
+from builder.fleet.devservices import LocalBroker
 
 T = Topics("edgefleet")
 
@@ -198,7 +198,7 @@ def test_rollout_refuses_bad_requests_with_clear_errors(dash: Dashboard, tmp_pat
     c.request("POST", "/api/rollout", body="bundle=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert c.getresponse().status == 415
     c.close()
-    # A bundle whose file no longer matches its manifest is refused by builder.publish, not announced.
+    # A bundle whose file no longer matches its manifest is refused by builder.fleet.publish, not announced.
     (root / "shapes-v2" / "model_cpu.tflite").write_bytes(b"tampered")
     status, out = post(dash, {"bundle": bid, "target": "all"})
     assert status == 400 and "model_cpu.tflite" in out["error"]
@@ -240,7 +240,7 @@ def test_page_and_routes(dash: Dashboard) -> None:
 
 
 def test_link_reports_an_unreachable_broker() -> None:
-    from builder.devservices import free_port
+    from builder.fleet.devservices import free_port
 
     with pytest.raises(LinkError, match="cannot reach broker|did not accept"):
         FleetLink(f"mqtt://127.0.0.1:{free_port()}", FleetState(T)).start(timeout=3)

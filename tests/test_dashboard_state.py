@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.bundle import file_entry, write_manifest
 from agent.protocol.manifest import Manifest, ModelFiles, OutputLayout, Target, TensorSpec
 from agent.protocol.messages import (
     Detection,
@@ -20,7 +19,8 @@ from agent.protocol.messages import (
 )
 from agent.protocol.telemetry import PowerInfo, StageLatency, Telemetry, Temperatures
 from agent.protocol.topics import Topics
-from agent.signing import SigningKey
+from agent.security.bundle import file_entry, write_manifest
+from agent.security.signing import SigningKey
 from builder.dashboard.bundles import find_bundles
 from builder.dashboard.state import FleetState, dumps
 from builder.dashboard.table import changes, format_table
@@ -232,7 +232,7 @@ def test_dashboard_imports_no_ml_framework() -> None:
     import sys
 
     code = ("import sys, builder.commands.dashboard, builder.commands.fleet, builder.dashboard.server, "
-            "builder.dashboard.rollout, builder.publish; "
+            "builder.dashboard.rollout, builder.fleet.publish; "
             "print(','.join(m for m in ('torch', 'tensorflow', 'onnx', 'libreyolo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

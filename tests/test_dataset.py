@@ -1,4 +1,4 @@
-"""builder.dataset: YOLO (both layouts) and COCO loading, validation report, and the train command's refusal."""
+"""builder.data.dataset: YOLO (both layouts) and COCO loading, validation report, and the train command's refusal."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("yaml")
 
-from builder.dataset import load_dataset, validate_dataset, write_yolo_view  # noqa: E402
-from builder.synth import make_dataset  # noqa: E402
+from builder.data.dataset import load_dataset, validate_dataset, write_yolo_view  # noqa: E402
+from builder.data.synth import make_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""agent.decode: the YOLO-NAS raw-head decoder and NMS.
+"""agent.inference.decode: the YOLO-NAS raw-head decoder and NMS.
 
 The numpy tests run in the agent venv; the last test checks, with torch and libreyolo, that the decoder
 reproduces libreyolo's own decode + postprocess on the same network outputs.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.decode import DecodeError, YoloNasDecoder, batched_nms, nms
+from agent.inference.decode import DecodeError, YoloNasDecoder, batched_nms, nms
 
 IMGSZ, NC, REG = 64, 2, 16
 STRIDES = (8, 16, 32)
@@ -114,7 +114,7 @@ def test_matches_libreyolo_decode_and_postprocess() -> None:
     from libreyolo.models.yolonas.nn import LibreYOLONASModel
     from libreyolo.postprocess.yolonas import postprocess
 
-    from builder.export import body_outputs
+    from builder.export.onnx_body import body_outputs
 
     torch.manual_seed(0)
     model = LibreYOLONASModel(config="s", nb_classes=3).eval()
@@ -125,7 +125,7 @@ def test_matches_libreyolo_decode_and_postprocess() -> None:
         decoded, _ = model(x)
     ref = postprocess(decoded, conf_thres=0.3, iou_thres=0.6, input_size=160, original_size=(160, 160), max_det=300)
     outs = body_outputs(model, x.numpy())
-    from agent.preprocess import letterbox_params
+    from agent.inference.preprocess import letterbox_params
 
     det = YoloNasDecoder(3, 160, [o.shape for o in outs]).decode(
         outs, conf=0.3, iou=0.6, max_det=300, letterbox=letterbox_params(160, 160, 160)

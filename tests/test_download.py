@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from agent.download import DownloadError, DownloadLimits, download_bundle, download_file
 from agent.protocol.manifest import FileEntry
+from agent.updates.download import DownloadError, DownloadLimits, download_bundle, download_file
 
 LIMITS = DownloadLimits(connect_timeout_s=1, read_timeout_s=1, total_timeout_s=10, retries=1)
 
@@ -96,7 +96,7 @@ def test_hard_cap_at_declared_size(http_server: Any, tmp_path: Path) -> None:
 
 
 def test_connect_refused(tmp_path: Path) -> None:
-    from builder.devservices import free_port
+    from builder.fleet.devservices import free_port
 
     entry = FileEntry(path="m", sha256="0" * 64, size=1)
     with requests.Session() as s, pytest.raises(DownloadError, match="cannot connect"):

@@ -1,4 +1,4 @@
-"""builder.edgetpu: compiler command and log parser.
+"""builder.edgetpu.compiler: compiler command and log parser.
 
 The log below is the format edgetpu_compiler 16 prints with `-s` (the layout of Coral's documented
 output, coral.ai/docs/edgetpu/compiler); it is the only place a compiler log is not produced by the real
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.edgetpu import compile_command, find_compiler, parse_log
+from builder.edgetpu.compiler import compile_command, find_compiler, parse_log
 
 PARTIAL_LOG = """Edge TPU Compiler version 16.0.384591198
 Started a compilation timeout timer of 600 seconds.

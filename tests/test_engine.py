@@ -14,15 +14,15 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.backends import engine as engine_mod
-from agent.backends.base import BackendError
-from agent.backends.cpu import CpuBackend
-from agent.backends.edgetpu import EdgeTpuBackend
-from agent.backends.engine import Engine, EngineError
-from agent.bundle import Bundle, file_entry, write_manifest
 from agent.config import AgentConfig
-from agent.signing import Keyring, SigningKey
-from builder.synth import FrameTruth, make_video
+from agent.inference import engine as engine_mod
+from agent.inference.backends.base import BackendError
+from agent.inference.backends.cpu import CpuBackend
+from agent.inference.backends.edgetpu import EdgeTpuBackend
+from agent.inference.engine import Engine, EngineError
+from agent.security.bundle import Bundle, file_entry, write_manifest
+from agent.security.signing import Keyring, SigningKey
+from builder.data.synth import FrameTruth, make_video
 
 
 def iou(a: tuple[float, ...] | list[float], b: tuple[float, ...] | list[float]) -> float:

@@ -45,7 +45,7 @@ def test_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 1 and "does not exist" in r.stderr
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"garbage")
-    from builder.synth import make_dataset
+    from builder.data.synth import make_dataset
 
     ds = make_dataset(tmp_path / "ds", n_train=1, n_val=1, imgsz=64)
     r = _evaluate("--model_path", str(bad), "--dataset_path", str(ds))

@@ -1,4 +1,4 @@
-"""builder.export: the fused TPU body and the libreyolo module contract it relies on."""
+"""builder.export.onnx_body: the fused TPU body and the libreyolo module contract it relies on."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def model():  # type: ignore[no-untyped-def]
 
 
 def test_body_equals_the_unfused_heads(model) -> None:  # type: ignore[no-untyped-def]
-    from builder.export import body_outputs, make_body
+    from builder.export.onnx_body import body_outputs, make_body
 
     x = torch.rand(1, 3, 96, 96)
     outs = body_outputs(model, x.numpy())
@@ -46,7 +46,7 @@ def test_body_equals_the_unfused_heads(model) -> None:  # type: ignore[no-untype
 
 def test_onnx_is_plain_convs(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("onnx")
-    from builder.export import export_onnx, op_histogram
+    from builder.export.onnx_body import export_onnx, op_histogram
 
     p = export_onnx(model, 64, tmp_path / "body.onnx")
     hist = op_histogram(p)
@@ -55,7 +55,7 @@ def test_onnx_is_plain_convs(model, tmp_path: Path) -> None:  # type: ignore[no-
 
 
 def test_refuses_a_foreign_model() -> None:
-    from builder.export import ExportError, make_body
+    from builder.export.onnx_body import ExportError, make_body
 
     with pytest.raises(ExportError, match="backbone"):
         make_body(torch.nn.Conv2d(3, 3, 1))

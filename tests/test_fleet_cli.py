@@ -19,7 +19,7 @@ from agent.protocol.messages import UpdateState
 from agent.protocol.topics import Topics
 from builder.commands import dashboard, fleet
 from builder.dashboard.loadgen import SimNode
-from builder.devservices import LocalBroker, free_port
+from builder.fleet.devservices import LocalBroker, free_port
 
 T = Topics("edgefleet")
 

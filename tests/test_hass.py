@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig, BrokerConfig
-from agent.hass import ENTITIES, discovery_messages, entity_fields
-from agent.mqtt import MqttClient
-from agent.power import build_power_monitor
 from agent.protocol.messages import ModelRef, NodeState, UpdateState, UpdateStatus
 from agent.protocol.topics import Topics
-from agent.telemetry import TelemetryRuntime
+from agent.service.mqtt import MqttClient
+from agent.telemetry.collector import TelemetryRuntime
+from agent.telemetry.hass import ENTITIES, discovery_messages, entity_fields
+from agent.telemetry.power import build_power_monitor
 
 DATA = Path(__file__).parent / "data"
 T = Topics("edgefleet")

@@ -1,4 +1,4 @@
-"""builder.tflite_inspect / `edge-builder inspect` on Google's real Coral models and our own INT8 model."""
+"""builder.edgetpu.tflite_inspect / `edge-builder inspect` on Google's real Coral models and our own INT8 model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("flatbuffers")
-from builder.tflite_inspect import InspectError, inspect_model, readiness  # noqa: E402
+from builder.edgetpu.tflite_inspect import InspectError, inspect_model, readiness  # noqa: E402
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import JournalHandler, encode_fields, journal_available, journal_key, setup_logging
+from agent.service.journal import JournalHandler, encode_fields, journal_available, journal_key, setup_logging
 
 
 def decode(data: bytes) -> dict[str, str]:

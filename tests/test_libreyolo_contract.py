@@ -1,11 +1,11 @@
 """Pins what we use of libreyolo's internals, so an upgrade that moves any of it fails here, loudly.
 
 Users of the contract:
-- builder/export.py (the TPU body): `backbone`, `neck`, `heads.head{1,2,3}` each returning (reg, cls) raw
+- builder/export/onnx_body.py (the TPU body): `backbone`, `neck`, `heads.head{1,2,3}` each returning (reg, cls) raw
   convolution outputs, `heads.fpn_strides`, `heads.num_classes`, `heads.reg_max`,
   `prep_model_for_conversion(full_fusion=True)` and the QARepVGG `fully_fused` flag;
-- builder/checkpoint.py: `LibreYOLONASModel(config, nb_classes, reg_max)` and its state-dict keys;
-- builder/train.py: `LibreYOLONAS(None, size, nb_classes)`, `.train(...)` importing `YOLONASTrainer` from
+- builder/train/checkpoint.py: `LibreYOLONASModel(config, nb_classes, reg_max)` and its state-dict keys;
+- builder/train/trainer.py: `LibreYOLONAS(None, size, nb_classes)`, `.train(...)` importing `YOLONASTrainer` from
   `libreyolo.models.yolonas.trainer` at call time, the trainer's `_save_checkpoint` /
   `_checkpoint_extra_metadata` hooks, the epoch-callback event fields, and the checkpoint keys we read.
 """
@@ -118,7 +118,7 @@ def test_full_fusion_is_exact(model) -> None:  # type: ignore[no-untyped-def]
     ],
 )
 def test_parameter_counts(size: str, nc: int, total: float, fused: float | None, tol: float) -> None:
-    from builder.checkpoint import build_model
+    from builder.train.checkpoint import build_model
 
     m = build_model(f"yolo_nas_{size}", nc)
     n = sum(p.numel() for p in m.parameters())
@@ -135,7 +135,7 @@ def test_training_hooks_exist() -> None:
     from libreyolo.training.callbacks import TrainEpochEvent
     from libreyolo.training.trainer import BaseTrainer
 
-    # builder.train swaps this module attribute; .train() must still import it at call time.
+    # builder.train.trainer swaps this module attribute; .train() must still import it at call time.
     assert "from .trainer import YOLONASTrainer" in inspect.getsource(LibreYOLONAS.train)
     assert issubclass(trainer_mod.YOLONASTrainer, BaseTrainer)
     for hook in ("_save_checkpoint", "_checkpoint_extra_metadata", "_update_best_state"):
@@ -146,7 +146,7 @@ def test_training_hooks_exist() -> None:
     assert "if is_best is None:" in save_src and "save_period" in save_src
     assert list(inspect.signature(BaseTrainer._save_checkpoint).parameters) == [
         "self", "epoch", "loss", "val_metrics", "is_best"]
-    from libreyolo.training.distributed import is_main_process, unwrap_model  # noqa: F401  (used by builder.train)
+    from libreyolo.training.distributed import is_main_process, unwrap_model  # noqa: F401  (used by builder.train.trainer)
     from libreyolo.training.ema import ModelEMA
 
     assert "ema" in inspect.getsource(ModelEMA.__init__)  # trainer.ema_model.ema is the EMA module
@@ -167,7 +167,7 @@ def test_construct_from_scratch_without_network() -> None:
     """`LibreYOLONAS(None, ...)` builds a fresh network with no download attempt."""
     from libreyolo import LibreYOLONAS
 
-    from builder.train import no_network
+    from builder.train.trainer import no_network
 
     with no_network() as attempts:
         w = LibreYOLONAS(None, size="s", nb_classes=NC, device="cpu")

@@ -1,4 +1,4 @@
-"""builder.metrics: COCO mAP in numpy, cross-checked against pycocotools on the same boxes."""
+"""builder.evaluate.metrics: COCO mAP in numpy, cross-checked against pycocotools on the same boxes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from builder.metrics import ImageBoxes, coco_map, paired_bootstrap
+from builder.evaluate.metrics import ImageBoxes, coco_map, paired_bootstrap
 
 
 def _random_set(seed: int, n_img: int = 25, nc: int = 3) -> tuple[list[ImageBoxes], list[ImageBoxes]]:

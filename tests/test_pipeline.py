@@ -14,16 +14,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.backends.engine import Engine
-from agent.bundle import Bundle
-from agent.camera import Camera
+from agent.camera.sources import Camera
 from agent.config import AgentConfig, BrokerConfig, CameraConfig, DetectConfig, PublishConfig
-from agent.mqtt import MqttClient
-from agent.pipeline import DetectionPublisher, FrameResult, Pipeline
+from agent.inference.engine import Engine
+from agent.inference.pipeline import DetectionPublisher, FrameResult, Pipeline
 from agent.protocol.messages import DetectionsMessage
 from agent.protocol.topics import Topics
-from agent.signing import Keyring
-from builder.synth import make_video
+from agent.security.bundle import Bundle
+from agent.security.signing import Keyring
+from agent.service.mqtt import MqttClient
+from builder.data.synth import make_video
 
 
 def agent_cfg(tmp_path: Path, **kw: Any) -> AgentConfig:
@@ -228,8 +228,8 @@ def test_publisher_rate_limit_and_snapshot_over_real_broker(bundle: Bundle, clip
 def test_publisher_marks_objects_leaving_and_skips_empty_frames(mqtt_broker: Any) -> None:
     import numpy as np
 
-    from agent.camera import Frame
-    from agent.pipeline import FrameStats
+    from agent.camera.sources import Frame
+    from agent.inference.pipeline import FrameStats
     from agent.protocol.messages import Detection
 
     topics = Topics("p")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.power import (
+from agent.telemetry.power import (
     EstimatedPower,
     HwmonPower,
     VcgencmdPmicPower,
@@ -113,7 +113,7 @@ def test_source_failing_later_falls_back_to_labelled_estimate(tmp_path: Path) ->
 
 
 def test_energy_per_inference_from_power_and_rate() -> None:
-    from agent.telemetry import TelemetryCollector
+    from agent.telemetry.collector import TelemetryCollector
 
     mon = build_power_monitor(lambda: 0.0, source="hwmon", hwmon_root=SYSFS / "hwmon-ina219")
     c = TelemetryCollector("n1", "0.1.0", power=mon)

@@ -1,11 +1,11 @@
-"""agent.preprocess: the letterbox every model input goes through (agent venv compatible)."""
+"""agent.inference.preprocess: the letterbox every model input goes through (agent venv compatible)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agent.preprocess import (
+from agent.inference.preprocess import (
     letterbox,
     letterbox_boxes,
     letterbox_params,

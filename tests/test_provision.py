@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main as cli_main
-from agent.provision import ProvisionError, ProvisionSpec, to_yaml, wpa_psk, write_boot_files
+from agent.service.provision import ProvisionError, ProvisionSpec, to_yaml, wpa_psk, write_boot_files
 
 try:
     import yaml
@@ -22,7 +22,7 @@ needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML not installed")
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
-    from builder.devservices import make_test_pki
+    from builder.fleet.devservices import make_test_pki
 
     files = make_test_pki(tmp_path / "pki", ("server", "cam-7"))
     return {"ca": files["server"].ca, "cert": files["cam-7"].cert, "key": files["cam-7"].key}

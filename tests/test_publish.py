@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from helpers_updates import make_bundle
 
-from agent.bundle import parse_manifest
 from agent.protocol.messages import Announcement
-from agent.signing import Keyring, SigningKey
+from agent.security.bundle import parse_manifest
+from agent.security.signing import Keyring, SigningKey
 
 
 def _cli(argv: list[str]) -> int:
@@ -112,7 +112,7 @@ def test_publish_bad_arguments(signed: tuple[Path, Path, SigningKey], http_serve
 
 def test_publish_unreachable_broker(signed: tuple[Path, Path, SigningKey], http_server: Any,
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from builder.devservices import free_port
+    from builder.fleet.devservices import free_port
 
     bundle, key_path, _ = signed
     rc = _cli([str(bundle), "--broker", f"mqtt://127.0.0.1:{free_port()}", "--http-base", http_server.base_url,
@@ -122,7 +122,7 @@ def test_publish_unreachable_broker(signed: tuple[Path, Path, SigningKey], http_
 
 def test_signature_covers_target(signed: tuple[Path, Path, SigningKey]) -> None:
     """A manifest re-targeted by anyone without the key no longer verifies."""
-    from builder.publish import make_announcement
+    from builder.fleet.publish import make_announcement
 
     bundle, _, key = signed
     data = (bundle / "manifest.json").read_bytes()
@@ -132,7 +132,7 @@ def test_signature_covers_target(signed: tuple[Path, Path, SigningKey]) -> None:
     forged = ann.model_copy(update={"manifest_b64": base64.b64encode(json.dumps(moved).encode()).decode()})
     ring = Keyring()
     ring.add_pem(key.public_pem())
-    from agent.signing import SignatureError
+    from agent.security.signing import SignatureError
 
     with pytest.raises(SignatureError):
         ring.verify(forged.manifest_bytes(), forged.key_id, forged.signature())

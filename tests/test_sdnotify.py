@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import SdNotifier, WatchdogPinger, watchdog_interval_s
+from agent.service.sdnotify import SdNotifier, WatchdogPinger, watchdog_interval_s
 
 
 class NotifySocket:
@@ -104,8 +104,8 @@ def test_daemon_ready_only_after_connect_and_model_and_watchdog_follows_invoke(
     import threading
 
     from agent.config import AgentConfig
-    from agent.service import AgentService
-    from builder.synth import make_video
+    from agent.service.daemon import AgentService
+    from builder.data.synth import make_video
 
     sys.path.insert(0, str(Path(__file__).parent))
     from helpers_telemetry import TfliteClassifierEngine

@@ -17,14 +17,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.bundle import Bundle, write_manifest
-from agent.camera import CameraState
+from agent.camera.sources import CameraState
 from agent.config import AgentConfig
 from agent.protocol.messages import DetectionsMessage, NodeState
 from agent.protocol.topics import Topics
-from agent.service import AgentService
-from agent.signing import SigningKey
-from builder.synth import FrameTruth, make_video
+from agent.security.bundle import Bundle, write_manifest
+from agent.security.signing import SigningKey
+from agent.service.daemon import AgentService
+from builder.data.synth import FrameTruth, make_video
 
 
 def iou(a: Any, b: Any) -> float:
@@ -164,7 +164,7 @@ def test_degraded_when_edgetpu_model_cannot_load(mqtt_broker: Any, watch: Watche
                                                  trained_bundle_key: Path, trained_bundle_keys: Path,
                                                  coral_data: Path, scene: tuple[Path, list[FrameTruth]],
                                                  tmp_path: Path, service_factory: Any) -> None:
-    from agent.bundle import file_entry
+    from agent.security.bundle import file_entry
 
     root = tmp_path / "tpu-bundle"
     shutil.copytree(trained_bundle, root)

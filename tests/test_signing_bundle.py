@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.bundle import Bundle, BundleError, file_entry, write_manifest
 from agent.protocol import Manifest, ModelFiles, OutputLayout, Target, TensorSpec
-from agent.signing import Keyring, SignatureError, SigningKey
+from agent.security.bundle import Bundle, BundleError, file_entry, write_manifest
+from agent.security.signing import Keyring, SignatureError, SigningKey
 
 
 def make_bundle(root: Path, key: SigningKey | None, version: int = 1) -> Manifest:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.decode.ssd import SsdDecoder
-from agent.decode.yolo_nas import DecodeError
-from agent.preprocess import letterbox_params
+from agent.inference.decode.ssd import SsdDecoder
+from agent.inference.decode.yolo_nas import DecodeError
+from agent.inference.preprocess import letterbox_params
 
 NAMES = ["TFLite_Detection_PostProcess", "TFLite_Detection_PostProcess:1",
          "TFLite_Detection_PostProcess:2", "TFLite_Detection_PostProcess:3"]

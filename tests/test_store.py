@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.protocol.messages import UpdateState
-from agent.store import ModelRecord, ModelStore, PendingUpdate, StoreError, StoreState, atomic_write
+from agent.updates.store import ModelRecord, ModelStore, PendingUpdate, StoreError, StoreState, atomic_write
 
 
 def _install(store: ModelStore, version: int, name: str = "m") -> None:

@@ -1,4 +1,4 @@
-"""builder.synth: deterministic YOLO-format dataset and real OpenCV video with ground truth.
+"""builder.data.synth: deterministic YOLO-format dataset and real OpenCV video with ground truth.
 
 Runs in both venvs (numpy + cv2 only; no torch)."""
 
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from builder.synth import (
+from builder.data.synth import (
     FrameTruth,
     load_video_truth,
     make_dataset,
@@ -85,7 +85,7 @@ def test_boxes_are_where_the_shapes_are() -> None:
     assert len(truth) == 1
     cls, (x0, y0, x1, y1) = truth[0]
     # Re-render the same scene without the object: identical RNG stream up to the objects.
-    from builder.synth import _background, _lighting
+    from builder.data.synth import _background, _lighting
 
     rng = np.random.default_rng(11)
     bg = _background(rng, 160, 160)
@@ -179,6 +179,6 @@ def test_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_no_heavy_imports() -> None:
     import subprocess
 
-    code = "import sys, builder.synth; print(sorted(m for m in ('torch', 'tensorflow', 'onnx') if m in sys.modules))"
+    code = "import sys, builder.data.synth; print(sorted(m for m in ('torch', 'tensorflow', 'onnx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -15,7 +15,7 @@ import pytest
 
 from agent.protocol.telemetry import STAGES, Telemetry
 from agent.protocol.topics import Topics
-from agent.telemetry import LatencyHistogram, TelemetryCollector, TelemetryPublisher
+from agent.telemetry.collector import LatencyHistogram, TelemetryCollector, TelemetryPublisher
 
 
 def nearest_rank(values: list[float], q: float) -> float:
@@ -139,8 +139,8 @@ def test_daemon_telemetry_percentiles_match_induced_invoke_latencies(mqtt_broker
     import sys
 
     from agent.config import AgentConfig
-    from agent.service import AgentService
-    from builder.synth import make_video
+    from agent.service.daemon import AgentService
+    from builder.data.synth import make_video
 
     sys.path.insert(0, str(Path(__file__).parent))
     from helpers_telemetry import TfliteClassifierEngine

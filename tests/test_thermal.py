@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.thermal import (
+from agent.telemetry.thermal import (
     ThermalMonitor,
     parse_apex_temp,
     parse_get_throttled,

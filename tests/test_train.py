@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("libreyolo")
 
-from builder.checkpoint import CheckpointError, load_checkpoint, read_checkpoint  # noqa: E402
-from builder.synth import make_dataset  # noqa: E402
-from builder.train import BEST_NAME, LATEST_NAME, NetworkBlocked, no_network  # noqa: E402
+from builder.data.synth import make_dataset  # noqa: E402
+from builder.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint  # noqa: E402
+from builder.train.trainer import BEST_NAME, LATEST_NAME, NetworkBlocked, no_network  # noqa: E402
 
 pytestmark = pytest.mark.builder
 
@@ -114,7 +114,7 @@ def _independent_map50(model: torch.nn.Module, data: Path, imgsz: int) -> float:
     from pycocotools.cocoeval import COCOeval
     from torchvision.ops import batched_nms
 
-    from builder.dataset import load_dataset
+    from builder.data.dataset import load_dataset
 
     items = load_dataset(data).items("val")
     gt = {"images": [], "annotations": [], "categories": [{"id": i} for i in range(3)]}

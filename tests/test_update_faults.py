@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from helpers_updates import Watcher, make_bundle, publish, write_video
 
-from agent.bundle import Bundle
-from agent.signing import Keyring, SigningKey
-from agent.store import ModelStore
-from builder.publish import mqtt_publish
+from agent.security.bundle import Bundle
+from agent.security.signing import Keyring, SigningKey
+from agent.updates.store import ModelStore
+from builder.fleet.publish import mqtt_publish
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +160,7 @@ def test_sigkill_real_daemon_at_update_states(tmp_path: Path, mqtt_broker: Any, 
 
     from helpers_updates import make_variant
 
-    from builder.synth import make_video
+    from builder.data.synth import make_video
 
     m1 = Bundle.load(trained_bundle).manifest
     video = tmp_path / "scene.avi"

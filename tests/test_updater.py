@@ -27,9 +27,9 @@ from helpers_updates import (
 
 from agent.protocol.manifest import Target
 from agent.protocol.messages import Announcement
-from agent.signing import SigningKey
-from agent.store import UpdatesConfig
-from builder.publish import make_announcement, mqtt_publish
+from agent.security.signing import SigningKey
+from agent.updates.store import UpdatesConfig
+from builder.fleet.publish import make_announcement, mqtt_publish
 
 
 @dataclass
@@ -189,7 +189,7 @@ def test_replayed_or_older_version_rejected(fleet: Fleet) -> None:
 
 
 def _serve(f: Fleet, bundle: Path, fault: str | None = None, file: str = "model_quant.tflite") -> int:
-    from builder.publish import upload
+    from builder.fleet.publish import upload
 
     dst = upload(_load(bundle), (bundle / "manifest.json").read_bytes(), (bundle / "manifest.sig").read_bytes(),
                  f.http.root)
@@ -200,7 +200,7 @@ def _serve(f: Fleet, bundle: Path, fault: str | None = None, file: str = "model_
 
 
 def _load(bundle: Path) -> Any:
-    from agent.bundle import Bundle
+    from agent.security.bundle import Bundle
 
     return Bundle.load(bundle)
 
@@ -233,7 +233,7 @@ def test_download_failures(fleet: Fleet, case: str) -> None:
 def test_sha256_mismatch_and_oversize_file(fleet: Fleet) -> None:
     # The server holds different bytes of the same size: the digest computed while streaming catches it.
     b = fleet.bundle(2)
-    from builder.publish import upload
+    from builder.fleet.publish import upload
 
     dst = upload(_load(b), (b / "manifest.json").read_bytes(), (b / "manifest.sig").read_bytes(), fleet.http.root)
     model = dst / "model_quant.tflite"
@@ -345,7 +345,7 @@ def test_storage_faults_keep_old_model(tmp_path: Path, mqtt_broker: Any, http_se
 
 # -- the trial monitor and the golden comparison, on their own ------------------------------------
 def _monitor(**cfg: Any) -> Any:
-    from agent.updater import TrialMonitor
+    from agent.updates.updater import TrialMonitor
 
     eng = object()
     return eng, TrialMonitor(eng, 2, UpdatesConfig(trial_frames=10, **cfg), baseline_ms=10.0)
@@ -354,7 +354,7 @@ def _monitor(**cfg: Any) -> Any:
 def test_trial_nan_output_fails_at_once() -> None:
     import numpy as np
 
-    from agent.updater import FrameReport
+    from agent.updates.updater import FrameReport
 
     eng, mon = _monitor()
     mon.feed(FrameReport(latency_s=0.01, engine=eng, outputs=[np.array([0.1, 0.2], np.float32)]))
@@ -363,7 +363,7 @@ def test_trial_nan_output_fails_at_once() -> None:
 
 
 def test_trial_inference_error_fails() -> None:
-    from agent.updater import FrameReport
+    from agent.updates.updater import FrameReport
 
     eng, mon = _monitor(trial_max_error_frames=1)
     mon.feed(FrameReport(latency_s=0.01, engine=eng, error="EngineError: boom"))
@@ -375,7 +375,7 @@ def test_trial_inference_error_fails() -> None:
 def test_trial_latency_regression_and_pass() -> None:
     import numpy as np
 
-    from agent.updater import FrameReport
+    from agent.updates.updater import FrameReport
 
     rng = np.random.default_rng(0)
     eng, slow = _monitor()
@@ -390,7 +390,7 @@ def test_trial_latency_regression_and_pass() -> None:
 
 
 def test_trial_matches_by_engine_or_version() -> None:
-    from agent.updater import FrameReport
+    from agent.updates.updater import FrameReport
 
     eng, mon = _monitor()
     assert mon.matches(FrameReport(latency_s=0, engine=eng))
@@ -401,7 +401,7 @@ def test_trial_matches_by_engine_or_version() -> None:
 def test_golden_accepts_flat_concatenation_of_outputs(tmp_path: Path) -> None:
     import numpy as np
 
-    from agent.updater import ActivationFailed, _match_outputs
+    from agent.updates.updater import ActivationFailed, _match_outputs
 
     outs = [np.arange(6, dtype=np.uint8).reshape(1, 2, 3), np.arange(4, dtype=np.uint8).reshape(1, 4)]
     flat = np.concatenate([o.reshape(-1) for o in outs])

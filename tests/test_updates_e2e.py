@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from helpers_updates import Watcher, make_variant
 
-from agent.bundle import Bundle
+from agent.security.bundle import Bundle
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def scene_video(tmp_path: Path, trained_bundle: Path) -> Path:
-    from builder.synth import make_video
+    from builder.data.synth import make_video
 
     classes = json.loads((trained_bundle / "manifest.json").read_text())["class_names"]
     p = tmp_path / "scene.avi"
@@ -39,7 +39,7 @@ def scene_video(tmp_path: Path, trained_bundle: Path) -> Path:
 def service(tmp_path: Path, mqtt_broker: Any, trained_bundle: Path, trained_bundle_keys: Path,
             scene_video: Path) -> Iterator[Any]:
     from agent.config import AgentConfig
-    from agent.service import AgentService
+    from agent.service.daemon import AgentService
 
     cfg = AgentConfig(
         node_id="cam-1", groups=["garden"], topic_prefix="edgefleet",
@@ -72,7 +72,7 @@ def test_ota_hot_swap_and_automatic_rollbacks(service: Any, mqtt_broker: Any, ht
                                               trained_bundle: Path, trained_bundle_key: Path,
                                               tmp_path: Path) -> None:
     from agent.protocol.manifest import Target
-    from builder.publish import publish_bundle
+    from builder.fleet.publish import publish_bundle
 
     watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
     try:

@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.skip_camera:
         report(*_check_camera(cfg, args.timeout))
     if not args.skip_broker:
-        from agent.mqtt import probe_broker
+        from agent.service.mqtt import probe_broker
 
         err = probe_broker(cfg.broker, timeout=args.timeout)
         report("broker", "FAIL" if err else "OK", err or f"connected to {cfg.broker.url}")
@@ -70,8 +70,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _check_tpus(cfg: Any) -> tuple[str, str, str]:
-    from agent.backends.base import BackendError
-    from agent.backends.edgetpu import enumerate_tpus, select_device
+    from agent.inference.backends.base import BackendError
+    from agent.inference.backends.edgetpu import enumerate_tpus, select_device
 
     t = cfg.backend.edgetpu
     found = enumerate_tpus(t.sysfs_root, t.dev_root)
@@ -86,7 +86,7 @@ def _check_tpus(cfg: Any) -> tuple[str, str, str]:
 
 
 def _check_camera(cfg: Any, timeout: float) -> tuple[str, str, str]:
-    from agent.camera import Camera
+    from agent.camera.sources import Camera
 
     cam = Camera(cfg.camera).start()
     try:
@@ -101,7 +101,7 @@ def _check_camera(cfg: Any, timeout: float) -> tuple[str, str, str]:
 
 
 def _check_keys(cfg: Any) -> tuple[str, str, str]:
-    from agent.signing import Keyring, SignatureError
+    from agent.security.signing import Keyring, SignatureError
 
     d = cfg.trusted_keys_dir
     if not d.is_dir():
@@ -118,9 +118,9 @@ def _check_keys(cfg: Any) -> tuple[str, str, str]:
 def _check_bundle(cfg: Any) -> tuple[str, str, str]:
     import numpy as np
 
-    from agent.backends.engine import Engine, EngineError
-    from agent.bundle import Bundle, BundleError
-    from agent.signing import Keyring, SignatureError
+    from agent.inference.engine import Engine, EngineError
+    from agent.security.bundle import Bundle, BundleError
+    from agent.security.signing import Keyring, SignatureError
 
     try:
         ring = Keyring.load(cfg.trusted_keys_dir) if cfg.trusted_keys_dir.is_dir() else None

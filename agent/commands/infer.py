@@ -29,11 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.backends.engine import Engine, EngineError
-    from agent.bundle import Bundle, BundleError
     from agent.config import ConfigError, load_config
-    from agent.preprocess import load_image
-    from agent.signing import Keyring, SignatureError
+    from agent.inference.engine import Engine, EngineError
+    from agent.inference.preprocess import load_image
+    from agent.security.bundle import Bundle, BundleError
+    from agent.security.signing import Keyring, SignatureError
 
     try:
         cfg = load_config(args.config)

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from agent.protocol.topics import DEFAULT_PREFIX
-    from agent.provision import ProvisionError, ProvisionSpec, write_boot_files
+    from agent.service.provision import ProvisionError, ProvisionSpec, write_boot_files
 
     password = args.password if args.password is not None else os.environ.get("EDGE_PROVISION_PASSWORD")
     if password == "-":

@@ -32,8 +32,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
-    from agent.journal import setup_logging
-    from agent.service import AgentService
+    from agent.service.daemon import AgentService
+    from agent.service.journal import setup_logging
 
     # under systemd: structured journal entries (NODE_ID, CODE_*, …); elsewhere stderr as above
     setup_logging(args.log_level, {"NODE_ID": cfg.node_id})

@@ -50,7 +50,7 @@ class TensorSpec(_Strict):
 
 
 class Preprocess(_Strict):
-    """How a frame becomes the input tensor. The agent and the builder use agent.preprocess."""
+    """How a frame becomes the input tensor. The agent and the builder use agent.inference.preprocess."""
 
     letterbox: bool = True
     pad_value: int = Field(default=114, ge=0, le=255)
@@ -60,7 +60,7 @@ class Preprocess(_Strict):
 
 
 class OutputLayout(_Strict):
-    """Which decoder in agent.decode turns the raw outputs into boxes, with its parameters."""
+    """Which decoder in agent.inference.decode turns the raw outputs into boxes, with its parameters."""
 
     decoder: Literal["yolo_nas_raw", "ssd_postprocess"]
     num_classes: int = Field(ge=1)

@@ -1,6 +1,6 @@
 """The periodic, non-retained telemetry payload on `{prefix}/node/{node}/telemetry` (see docs/TELEMETRY.md).
 
-Field names are part of the contract: Home Assistant discovery (agent/hass.py) and the fleet dashboard read
+Field names are part of the contract: Home Assistant discovery (agent/telemetry/hass.py) and the fleet dashboard read
 them by path (e.g. `latency.invoke.p95_ms`, `power.watts`), so rename nothing without updating both.
 """
 

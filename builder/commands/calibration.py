@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from builder.calibration import CalibrationError, build_calibration_set
+    from builder.data.calibration import CalibrationError, build_calibration_set
 
     if args.out.exists() and any(args.out.iterdir()):
         print(f"error: {args.out} exists and is not empty", file=sys.stderr)

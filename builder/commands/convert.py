@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from builder.convert import ConvertError, convert
+    from builder.convert.pipeline import ConvertError, convert
 
     try:
         convert(

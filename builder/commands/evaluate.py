@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from builder.convert import ConvertError
-    from builder.evaluate import EvaluateError, evaluate_path
+    from builder.convert.pipeline import ConvertError
+    from builder.evaluate.evaluator import EvaluateError, evaluate_path
 
     try:
         res, names = evaluate_path(args.model_path, args.dataset_path, args.imgsz, args.threads, args.split,

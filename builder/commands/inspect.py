@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from builder.tflite_inspect import InspectError, inspect_model, readiness
+    from builder.edgetpu.tflite_inspect import InspectError, inspect_model, readiness
 
     try:
         info = inspect_model(args.model)

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from agent.signing import SigningKey
+    from agent.security.signing import SigningKey
 
     if args.key.exists():
         print(f"error: {args.key} exists; refusing to overwrite a signing key", file=sys.stderr)
@@ -32,8 +32,8 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from agent.bundle import Bundle, BundleError, sign_bundle
-    from agent.signing import SignatureError, SigningKey
+    from agent.security.bundle import Bundle, BundleError, sign_bundle
+    from agent.security.signing import SignatureError, SigningKey
 
     try:
         key = SigningKey.load(args.key)

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agent.protocol.manifest import Target
     from agent.protocol.topics import DEFAULT_PREFIX
-    from builder.publish import PublishError, publish_bundle
+    from builder.fleet.publish import PublishError, publish_bundle
 
     try:
         target = Target.parse(args.target)

@@ -53,7 +53,7 @@ def _classes(text: str) -> list[str]:
 def _dataset(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from builder.synth import make_dataset
+    from builder.data.synth import make_dataset
 
     try:
         classes = _classes(args.classes)
@@ -72,7 +72,7 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 def _video(args: argparse.Namespace) -> int:
-    from builder.synth import make_video, truth_path
+    from builder.data.synth import make_video, truth_path
 
     try:
         classes = _classes(args.classes)

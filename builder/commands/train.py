@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from builder.dataset import validate_dataset
+    from builder.data.dataset import validate_dataset
 
     if args.validate_only:
         report = validate_dataset(args.dataset_path)
@@ -71,8 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         print("error: --experiment_name is required", file=sys.stderr)
         return 1
 
-    from builder.checkpoint import CheckpointError
-    from builder.train import DatasetRejected, TrainConfig, TrainError, run_training
+    from builder.train.checkpoint import CheckpointError
+    from builder.train.trainer import DatasetRejected, TrainConfig, TrainError, run_training
 
     try:
         cfg = TrainConfig(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.bundle import BundleError, parse_manifest
 from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from agent.security.bundle import BundleError, parse_manifest
 
 
 class BundleInfo(BaseModel):

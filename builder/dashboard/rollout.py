@@ -1,6 +1,6 @@
 """Rollout from the dashboard: publish one listed bundle to a target (all | group:G | node:N).
 
-Publishing is builder.publish's job (check the files, re-target and sign the manifest with the fleet key,
+Publishing is builder.fleet.publish's job (check the files, re-target and sign the manifest with the fleet key,
 optionally copy the bundle where nodes fetch it, publish the retained Announcement); this module only maps
 the dashboard's settings onto it.
 """
@@ -39,7 +39,7 @@ class PublishConfig:
 
 def publish(info: BundleInfo, target: Target, cfg: PublishConfig) -> str:
     """Publish `info` to `target`; return the announce topic. Raises RolloutError."""
-    from builder.publish import PublishError, publish_bundle
+    from builder.fleet.publish import PublishError, publish_bundle
 
     if info.error:
         raise RolloutError(f"bundle {info.rel} is not publishable: {info.error}")

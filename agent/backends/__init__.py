@@ -1,2 +1,0 @@
-"""Inference backends behind one interface (agent.backends.base.Backend) and the Engine that
-runs a bundle on the best one available, falling back from the Edge TPU to the CPU."""

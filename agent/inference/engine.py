@@ -1,0 +1,365 @@
+"""The Engine: one bundle's model on the best backend available, with preprocessing and decoding.
+
+Backend choice: the bundle's Edge TPU model on the configured TPU when the config prefers it; if that
+cannot run (no TPU, delegate error, the TPU vanished mid-run — USB Corals re-enumerate), the bundle's CPU
+model, with `degraded_reason` saying why. While degraded, a background probe retries the TPU every
+`reprobe_interval_s` and the engine moves back between two frames when it works. No exception from a
+lost TPU escapes infer(): the frame is re-run on the CPU. Frigate crash-loops here; we don't.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.inference.backends.base import Backend, BackendError
+from agent.inference.backends.cpu import CpuBackend
+from agent.inference.backends.edgetpu import EdgeTpuBackend
+from agent.inference.decode.ssd import SsdDecoder
+from agent.inference.decode.yolo_nas import DecodeError, Detections, YoloNasDecoder
+from agent.inference.preprocess import LetterboxInfo, letterbox, to_input
+from agent.protocol.messages import Detection
+from agent.security.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(Exception):
+    """The bundle cannot run on any backend (e.g. its CPU model is broken)."""
+
+
+_Decoder = YoloNasDecoder | SsdDecoder
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds spent in each stage of one infer() call (wall clock, perf_counter)."""
+
+    preprocess_s: float
+    invoke_s: float
+    postprocess_s: float
+
+
+def make_decoder(bundle: Bundle, backend: Backend) -> _Decoder:
+    """The bundle's decoder bound to this backend's actual output tensors (their quantization)."""
+    m = bundle.manifest
+    details = [
+        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
+         "quantization": (t.scale, t.zero_point),
+         "quantization_parameters": {"scales": np.array([t.scale] if t.scale else [], np.float32),
+                                     "zero_points": np.array([t.zero_point] if t.scale else [], np.int32)}}
+        for t in backend.outputs
+    ]
+    h, w = backend.input.shape[1], backend.input.shape[2]
+    if m.layout.decoder == "yolo_nas_raw":
+        return YoloNasDecoder.from_details(
+            details, m.layout.num_classes, (h, w), strides=m.layout.strides, reg_max=m.layout.reg_max
+        )
+    if m.layout.decoder == "ssd_postprocess":
+        return SsdDecoder.from_details(details, m.layout.num_classes, (h, w))
+    raise EngineError(f"unknown decoder {m.layout.decoder!r}")
+
+
+class Engine:
+    """Thread-safe: infer() and invoke_raw() serialize on one lock (one interpreter)."""
+
+    def __init__(self, bundle: Bundle, cfg: AgentConfig, backend: Backend, degraded_reason: str | None = None):
+        self.bundle = bundle
+        self.cfg = cfg
+        self._backend = backend
+        self._decoder = make_decoder(bundle, backend)
+        self.degraded_reason = degraded_reason
+        self._lock = threading.RLock()
+        self._pending: Backend | None = None
+        self._probe: threading.Thread | None = None
+        self._next_probe = time.monotonic() + cfg.backend.edgetpu.reprobe_interval_s
+        self._closed = False
+        self.fallbacks = 0
+        self.recoveries = 0
+        self.last_probe_error: str | None = None
+        self._fallback_failed: str | None = None
+        self._next_fallback = 0.0
+        m = bundle.manifest
+        self.class_names = list(m.class_names)
+        wanted = cfg.detect.classes
+        unknown = sorted(set(wanted or []) - set(self.class_names))
+        if unknown:
+            log.warning("class filter names %s not in the model's classes %s", unknown, self.class_names)
+        self._class_ids: list[int] | None = (
+            [i for i, n in enumerate(self.class_names) if n in wanted] if wanted is not None else None
+        )
+        self._check_input(backend)
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, bundle: Bundle, cfg: AgentConfig) -> Engine:
+        """Open the bundle on the Edge TPU if preferred and possible, else on the CPU (degraded if the
+        TPU was wanted). Raises EngineError only when the CPU model cannot run either."""
+        m = bundle.manifest
+        tpu_cfg = cfg.backend.edgetpu
+        want_tpu = cfg.backend.prefer == "edgetpu" and tpu_cfg.enabled and m.models.edgetpu is not None
+        reason: str | None = None
+        if want_tpu:
+            assert m.models.edgetpu is not None
+            try:
+                backend: Backend = EdgeTpuBackend.open(bundle.path(m.models.edgetpu), tpu_cfg)
+                return cls(bundle, cfg, backend)
+            except BackendError as exc:
+                reason = str(exc)
+            except (DecodeError, EngineError) as exc:
+                reason = f"Edge TPU model unusable: {exc}"
+            log.warning("%s v%d: Edge TPU unavailable (%s); running the CPU model", m.name, m.version, reason)
+        try:
+            backend = CpuBackend.open(bundle.path(m.models.cpu), cfg.backend.cpu)
+            return cls(bundle, cfg, backend, degraded_reason=reason)
+        except (BackendError, DecodeError) as exc:
+            raise EngineError(f"{m.name} v{m.version}: {exc}") from exc
+
+    # ------------------------------------------------------------------------------------------ identity
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    @property
+    def device(self) -> str:
+        return self._backend.device
+
+    @property
+    def state(self) -> str:
+        """"running" or "degraded" (NodeState.status values)."""
+        return "degraded" if self.degraded_reason else "running"
+
+    @property
+    def model_name(self) -> str:
+        return self.bundle.manifest.name
+
+    @property
+    def model_version(self) -> int:
+        return self.bundle.manifest.version
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._backend.input.shape[1], self._backend.input.shape[2]
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    def infer(self, frame_bgr: np.ndarray) -> list[Detection]:
+        return self.infer_timed(frame_bgr)[0]
+
+    def infer_timed(self, frame_bgr: np.ndarray) -> tuple[list[Detection], StageTimes]:
+        """Detections (normalized xyxy in the frame) and per-stage times. Raises EngineError/DecodeError
+        for a frame the model cannot handle; a TPU failure is absorbed by falling back to the CPU."""
+        if frame_bgr is None or frame_bgr.ndim < 2 or frame_bgr.size == 0:
+            raise EngineError("empty frame")
+        with self._lock:
+            if self._closed:
+                raise EngineError("engine is closed")
+            self._maybe_recover()
+            if self._fallback_failed and time.monotonic() < self._next_fallback:
+                raise EngineError(self._fallback_failed)  # don't reload a broken CPU model every frame
+            try:
+                return self._infer(frame_bgr)
+            except BackendError as exc:
+                if self._backend.name != "edgetpu":
+                    raise EngineError(str(exc)) from exc
+                try:
+                    self._fall_back(f"Edge TPU lost at run time: {exc}")
+                except EngineError as fexc:
+                    self._fallback_failed = str(fexc)
+                    self._next_fallback = time.monotonic() + self.cfg.backend.edgetpu.reprobe_interval_s
+                    raise
+                self._fallback_failed = None
+                return self._infer(frame_bgr)
+
+    def _infer(self, frame: np.ndarray) -> tuple[list[Detection], StageTimes]:
+        b = self._backend
+        p = self.bundle.manifest.preprocess
+        t0 = time.perf_counter()
+        info = self._preprocess(frame, b, p.letterbox, p.pad_value, p.color == "RGB", p.scale)
+        t1 = time.perf_counter()
+        b.invoke()
+        t2 = time.perf_counter()
+        det = self._decoder.decode(
+            b.get_outputs(),
+            conf=self.cfg.detect.score_threshold,
+            iou=self.cfg.detect.iou_threshold,
+            max_det=self.cfg.detect.max_detections,
+            letterbox=info,
+            classes=self._class_ids,
+        )
+        if not isinstance(info, LetterboxInfo):  # stretched: canvas pixels → frame pixels
+            sy, sx = frame.shape[0] / self.input_size[0], frame.shape[1] / self.input_size[1]
+            det.boxes[:, 0::2] *= sx
+            det.boxes[:, 1::2] *= sy
+        out = self._to_messages(det, frame.shape[1], frame.shape[0])
+        t3 = time.perf_counter()
+        return out, StageTimes(t1 - t0, t2 - t1, t3 - t2)
+
+    @staticmethod
+    def _preprocess(
+        frame: np.ndarray, b: Backend, use_letterbox: bool, pad: int, to_rgb: bool, scale: str
+    ) -> LetterboxInfo | None:
+        """Write the frame into the input tensor. uint8 models fed raw pixels get the letterbox written
+        straight into the tensor's memory (no intermediate copy); the rest go through to_input()."""
+        t = b.input
+        size = t.shape[1]
+        direct = t.dtype == np.uint8 and (scale == "raw" or (abs(t.scale * 255.0 - 1.0) < 1e-6 and t.zero_point == 0))
+        if use_letterbox and direct:
+            b.fill_input(lambda buf: letterbox(frame, size, pad_value=pad, bgr_input=to_rgb, out=buf)[1])
+            return letterbox_info(frame, size)
+        info: LetterboxInfo | None
+        if use_letterbox:
+            canvas, info = letterbox(frame, size, pad_value=pad, bgr_input=to_rgb)
+        else:
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if to_rgb else frame
+            canvas, info = cv2.resize(rgb, (t.shape[2], t.shape[1]), interpolation=cv2.INTER_AREA), None
+        if direct or (scale == "raw" and t.dtype.kind == "f"):
+            data = canvas.astype(t.dtype, copy=False)
+        else:
+            data = to_input(canvas, t.dtype, t.scale or None, t.zero_point)[0]
+
+        def copy(buf: np.ndarray) -> None:
+            buf[...] = data
+
+        b.fill_input(copy)
+        return info
+
+    def _to_messages(self, det: Detections, w: int, h: int) -> list[Detection]:
+        out: list[Detection] = []
+        if len(det) == 0:
+            return out
+        if not np.all(np.isfinite(det.boxes)) or not np.all(np.isfinite(det.scores)):
+            raise DecodeError("non-finite boxes or scores (NaN/inf)")
+        scale = np.array([w, h, w, h], np.float32)
+        boxes = np.clip(det.boxes / scale, 0.0, 1.0)
+        for box, score, cls in zip(boxes.tolist(), det.scores.tolist(), det.classes.tolist(), strict=True):
+            cid = int(cls)
+            name = self.class_names[cid] if 0 <= cid < len(self.class_names) else str(cid)
+            out.append(Detection(box=(box[0], box[1], box[2], box[3]), class_id=cid, class_name=name,
+                                 score=float(score)))
+        return out
+
+    def invoke_raw(self, input: np.ndarray) -> list[np.ndarray]:
+        """Run a prepared input tensor (e.g. the bundle's golden input) and return the raw outputs."""
+        with self._lock:
+            if self._closed:
+                raise EngineError("engine is closed")
+            try:
+                return self._backend.run(input)
+            except BackendError as exc:
+                raise EngineError(str(exc)) from exc
+
+    # ------------------------------------------------------------------------------------------ fallback
+
+    def _fall_back(self, reason: str) -> None:
+        """Called with the lock held after the TPU failed: reopen on the CPU (raises EngineError if
+        even that fails)."""
+        log.warning("%s; falling back to the CPU model", reason)
+        old = self._backend
+        m = self.bundle.manifest
+        try:
+            cpu = CpuBackend.open(self.bundle.path(m.models.cpu), self.cfg.backend.cpu)
+            decoder = make_decoder(self.bundle, cpu)
+        except (BackendError, DecodeError) as exc:
+            raise EngineError(f"TPU lost and the CPU model failed too: {exc}") from exc
+        self._backend, self._decoder = cpu, decoder
+        self.degraded_reason = reason
+        self.fallbacks += 1
+        self._next_probe = time.monotonic() + self.cfg.backend.edgetpu.reprobe_interval_s
+        old.close()
+
+    def _can_use_tpu(self) -> bool:
+        m = self.bundle.manifest
+        tpu = self.cfg.backend.edgetpu
+        return self.cfg.backend.prefer == "edgetpu" and tpu.enabled and m.models.edgetpu is not None
+
+    def _maybe_recover(self) -> None:
+        """While degraded: swap in a TPU backend the probe thread opened; start a probe when due."""
+        if self._pending is not None:
+            new, self._pending = self._pending, None
+            try:
+                decoder = make_decoder(self.bundle, new)
+                self._check_input(new)
+            except (DecodeError, EngineError) as exc:
+                self.degraded_reason = f"Edge TPU model unusable: {exc}"
+                new.close()
+                return
+            old = self._backend
+            self._backend, self._decoder = new, decoder
+            self.degraded_reason = None
+            self.recoveries += 1
+            log.info("Edge TPU is back (%s); left the CPU model", new.device)
+            old.close()
+            return
+        if (
+            self.degraded_reason
+            and self._can_use_tpu()
+            and time.monotonic() >= self._next_probe
+            and (self._probe is None or not self._probe.is_alive())
+        ):
+            self._next_probe = time.monotonic() + self.cfg.backend.edgetpu.reprobe_interval_s
+            self._probe = threading.Thread(target=self._probe_tpu, name="tpu-probe", daemon=True)
+            self._probe.start()
+
+    def _probe_tpu(self) -> None:
+        # Opening the TPU (firmware load, model upload) takes up to seconds: never on the frame path.
+        m = self.bundle.manifest
+        assert m.models.edgetpu is not None
+        try:
+            backend = EdgeTpuBackend.open(self.bundle.path(m.models.edgetpu), self.cfg.backend.edgetpu)
+        except BackendError as exc:
+            log.debug("Edge TPU probe: %s", exc)
+            self.last_probe_error = str(exc)
+            return
+        self.last_probe_error = None
+        with self._lock:
+            if self._closed:
+                backend.close()
+            else:
+                self._pending = backend
+
+    def _check_input(self, b: Backend) -> None:
+        t = b.input
+        if len(t.shape) != 4 or t.shape[0] != 1 or t.shape[3] != 3:
+            raise EngineError(f"model input must be 1xHxWx3, got {list(t.shape)}")
+        if self.bundle.manifest.preprocess.letterbox and t.shape[1] != t.shape[2]:
+            raise EngineError(f"letterbox needs a square input, got {t.shape[1]}x{t.shape[2]}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._backend.close()
+            if self._pending is not None:
+                self._pending.close()
+                self._pending = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "version": self.model_version,
+            "backend": self.backend_name,
+            "device": self.device,
+            "state": self.state,
+            "degraded_reason": self.degraded_reason,
+            "last_probe_error": self.last_probe_error,
+            "input": list(self._backend.input.shape),
+        }
+
+
+def letterbox_info(frame: np.ndarray, size: int) -> LetterboxInfo:
+    from agent.inference.preprocess import letterbox_params
+
+    return letterbox_params(frame.shape[1], frame.shape[0], size)

@@ -1,0 +1,192 @@
+"""Calibration sets for INT8 post-training quantization.
+
+Calibration decides the outcome of PTQ (docs/CONVERSION.md): the converter records the range of every
+activation over these images, so they must be real images of the deployment domain, preprocessed
+exactly as at run time (agent.inference.preprocess.letterbox). Noise calibration clipped the stride-8 class
+output at zero point 255 and lost all accuracy in our measurements.
+
+- `find_images`: every image under a directory, recursively, or inside a .tar.gz / .tgz / .tar.
+- `sample_images`: deterministic choice of N (sorted paths, seeded permutation).
+- `load_calibration`: the (N, S, S, 3) uint8 RGB canvases handed to the converter.
+- `build_calibration_set`: `edge-builder calibration build`, a class-balanced set from a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from agent.inference.preprocess import letterbox, load_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+RECOMMENDED = 300  # the guide's "300+ calibration images"
+
+
+class CalibrationError(ValueError):
+    """No usable calibration images (missing, empty, image-less, unreadable archive)."""
+
+
+def is_archive(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and (name.endswith((".tar.gz", ".tgz", ".tar")))
+
+
+@contextmanager
+def open_source(src: Path) -> Iterator[Path]:
+    """A directory holding the calibration images: `src` itself, or a temp extraction of an archive."""
+    src = Path(src)
+    if not src.exists():
+        raise CalibrationError(f"calibration source {src} does not exist")
+    if src.is_dir():
+        yield src
+        return
+    if not is_archive(src):
+        raise CalibrationError(f"{src} is neither a directory nor a .tar.gz/.tgz/.tar archive")
+    tmp = Path(tempfile.mkdtemp(prefix="calib-"))
+    try:
+        try:
+            with tarfile.open(src) as tar:
+                # filter="data": no absolute paths, no "..", no links outside, no devices.
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise CalibrationError(f"cannot extract {src}: {exc}") from exc
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image file under `root` (recursing into subfolders), sorted; hidden files skipped."""
+    return sorted(
+        p
+        for p in Path(root).rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def sample_images(images: list[Path], n: int, seed: int = 0) -> list[Path]:
+    """Deterministic: the same files and seed always give the same sample, in sorted order."""
+    images = sorted(images)
+    if n <= 0 or len(images) <= n:
+        return images
+    idx = np.random.default_rng(seed).permutation(len(images))[:n]
+    return [images[i] for i in sorted(idx)]
+
+
+def load_calibration(
+    src: Path,
+    imgsz: int,
+    n: int = RECOMMENDED,
+    seed: int = 0,
+    pad_value: int = 114,
+    warn: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Letterboxed RGB uint8 canvases (N, imgsz, imgsz, 3) and the relative names of the images used."""
+    warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
+    with open_source(Path(src)) as root:
+        all_images = find_images(root)
+        if not all_images:
+            raise CalibrationError(
+                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {src} (searched subfolders too)"
+            )
+        chosen = sample_images(all_images, n, seed)
+        batch = np.empty((len(chosen), imgsz, imgsz, 3), dtype=np.uint8)
+        used: list[str] = []
+        bad: list[str] = []
+        for i, p in enumerate(chosen):
+            try:
+                letterbox(load_image(str(p)), imgsz, pad_value=pad_value, out=batch[len(used)])
+                used.append(str(p.relative_to(root)))
+            except ValueError:
+                bad.append(str(p.relative_to(root)))
+            if progress:
+                progress(i + 1, len(chosen))
+        if bad:
+            warn(f"{len(bad)} unreadable calibration image(s) skipped, e.g. {bad[0]}")
+        if not used:
+            raise CalibrationError(f"none of the {len(chosen)} images under {src} could be read")
+        if len(used) < RECOMMENDED:
+            warn(
+                f"only {len(used)} calibration images (300+ recommended): INT8 ranges may not cover "
+                "what the camera will see; add representative images"
+            )
+        return batch[: len(used)], used
+
+
+def build_calibration_set(
+    dataset_path: Path,
+    out: Path,
+    n: int = RECOMMENDED,
+    seed: int = 0,
+    split: str = "train",
+) -> dict[str, object]:
+    """Copy a class-balanced sample of a dataset's images into `out` (plus calibration.json).
+
+    Greedy: repeatedly take an image containing the class with the fewest picks so far (images
+    without objects fill the rest, at most 10%), so every class and every object scale the model has
+    to represent contributes to the ranges — the failure we measured was a head level that saw no
+    positives during calibration.
+    """
+    from builder.evaluate.evaluator import load_dataset_items
+
+    class_names, items = load_dataset_items(dataset_path, split)
+    if not items:
+        raise CalibrationError(f"dataset {dataset_path} has no {split} images")
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(len(items)))
+    by_class: dict[int, list[int]] = {k: [] for k in range(len(class_names))}
+    empty: list[int] = []
+    for i in order:
+        cls = sorted({int(c) for c in np.asarray(items[i].classes).reshape(-1)})
+        if not cls:
+            empty.append(int(i))
+        for c in cls:
+            by_class.setdefault(c, []).append(int(i))
+    picked: list[int] = []
+    taken: set[int] = set()
+    counts = dict.fromkeys(by_class, 0)
+    n = min(n, len(items))
+    max_empty = max(0, n // 10)
+    while len(picked) < n:
+        open_classes = [c for c in by_class if by_class[c]]
+        if not open_classes:
+            break
+        c = min(open_classes, key=lambda k: (counts[k], k))
+        i = by_class[c].pop(0)
+        if i in taken:
+            continue
+        taken.add(i)
+        picked.append(i)
+        for cc in {int(x) for x in np.asarray(items[i].classes).reshape(-1)}:
+            counts[cc] = counts.get(cc, 0) + 1
+    for i in empty[: max(0, min(max_empty, n - len(picked)))]:
+        picked.append(i)
+    if not picked:
+        raise CalibrationError(f"no usable images in {dataset_path}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    names = []
+    for j, i in enumerate(sorted(picked)):
+        src = Path(items[i].image)
+        dst = out / "images" / f"{j:05d}_{src.name}"
+        shutil.copy2(src, dst)
+        names.append(dst.name)
+    info: dict[str, object] = {
+        "dataset": str(dataset_path),
+        "split": split,
+        "seed": seed,
+        "images": len(names),
+        "images_per_class": {class_names[k] if k < len(class_names) else str(k): v for k, v in counts.items()},
+        "files": names,
+    }
+    (out / "calibration.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
