@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 from agent.camera.sources import Camera  # noqa: E402
 from agent.config import AgentConfig, CameraConfig, DetectConfig  # noqa: E402
 from agent.inference.engine import Engine  # noqa: E402
-from agent.inference.pipeline import FrameResult, Pipeline  # noqa: E402
+from agent.inference.frames import FrameResult  # noqa: E402
+from agent.inference.pipeline import Pipeline  # noqa: E402
 from agent.protocol.messages import DetectionsMessage  # noqa: E402
 from agent.security.bundle import Bundle  # noqa: E402
 

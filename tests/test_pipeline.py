@@ -17,7 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.camera.sources import Camera
 from agent.config import AgentConfig, BrokerConfig, CameraConfig, DetectConfig, PublishConfig
 from agent.inference.engine import Engine
-from agent.inference.pipeline import DetectionPublisher, FrameResult, Pipeline
+from agent.inference.frames import FrameResult
+from agent.inference.pipeline import DetectionPublisher, Pipeline
 from agent.protocol.messages import DetectionsMessage
 from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle
@@ -229,7 +230,7 @@ def test_publisher_marks_objects_leaving_and_skips_empty_frames(mqtt_broker: Any
     import numpy as np
 
     from agent.camera.sources import Frame
-    from agent.inference.pipeline import FrameStats
+    from agent.inference.frames import FrameStats
     from agent.protocol.messages import Detection
 
     topics = Topics("p")

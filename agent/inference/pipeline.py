@@ -23,60 +23,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from agent.camera.sources import Camera, Frame
 from agent.config import DetectConfig, PublishConfig
+from agent.inference.frames import EngineLike, FrameResult, FrameStats
 from agent.protocol.messages import Detection, DetectionsMessage
 from agent.protocol.topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-class EngineLike(Protocol):
-    """What the pipeline needs of agent.inference.engine.Engine."""
-
-    @property
-    def backend_name(self) -> str: ...
-
-    @property
-    def model_name(self) -> str: ...
-
-    @property
-    def model_version(self) -> int: ...
-
-    def infer_timed(self, frame_bgr: np.ndarray) -> tuple[list[Detection], Any]: ...
-
-
-@dataclass(frozen=True)
-class FrameStats:
-    """Per-frame timings (seconds) and outcome, for telemetry and the OTA trial."""
-
-    index: int  # the camera's frame index
-    frame_ts: float  # capture wall time
-    capture_wait_s: float  # inference thread waiting for a new frame
-    preprocess_s: float
-    invoke_s: float
-    postprocess_s: float
-    end_to_end_s: float  # capture → detections ready
-    detections: int
-    backend: str | None
-    model_version: int | None
-    error: str | None = None
-
-
-@dataclass
-class FrameResult:
-    frame: Frame
-    detections: list[Detection]
-    stats: FrameStats
-    model_name: str | None
-    model_version: int | None
-    backend: str | None
-    engine: Any = None  # the engine that ran this frame (the OTA trial tells old from new)
 
 
 @dataclass

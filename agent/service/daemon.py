@@ -26,7 +26,8 @@ from agent import __version__
 from agent.camera.sources import Camera, CameraState
 from agent.config import AgentConfig
 from agent.inference.engine import Engine, EngineError
-from agent.inference.pipeline import DetectionPublisher, FrameResult, Pipeline
+from agent.inference.frames import FrameResult
+from agent.inference.pipeline import DetectionPublisher, Pipeline
 from agent.protocol.messages import ModelRef, NodeState
 from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle, BundleError
