@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.atomic import atomic_write
 from agent.protocol.messages import UpdateState
-from agent.updates.store import ModelRecord, ModelStore, PendingUpdate, StoreError, StoreState, atomic_write
+from agent.updates.store import ModelRecord, ModelStore, PendingUpdate, StoreError, StoreState
 
 
 def _install(store: ModelStore, version: int, name: str = "m") -> None:

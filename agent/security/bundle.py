@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from agent.atomic import atomic_write
 from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from agent.security.signing import Keyring, SignatureError, SigningKey, read_signature_file
 
@@ -81,7 +81,7 @@ class Bundle:
 def write_manifest(root: Path, manifest: Manifest, key: SigningKey | None = None) -> bytes:
     """Write manifest.json (atomically) and, with a key, manifest.sig over the same bytes."""
     data = manifest.to_bytes()
-    _atomic_write(root / MANIFEST_NAME, data)
+    atomic_write(root / MANIFEST_NAME, data)
     if key is not None:
         sign_bundle(root, key)
     return data
@@ -89,16 +89,7 @@ def write_manifest(root: Path, manifest: Manifest, key: SigningKey | None = None
 
 def sign_bundle(root: Path, key: SigningKey) -> None:
     data = (Path(root) / MANIFEST_NAME).read_bytes()
-    _atomic_write(Path(root) / SIGNATURE_NAME, key.signature_file(data).model_dump_json(indent=2).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(Path(root) / SIGNATURE_NAME, key.signature_file(data).model_dump_json(indent=2).encode())
 
 
 __all__ = [

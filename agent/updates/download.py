@@ -18,8 +18,9 @@ from pathlib import Path
 
 import requests
 
+from agent.atomic import fsync_dir
 from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
-from agent.updates.store import describe_os_error, fsync_dir
+from agent.updates.store import describe_os_error
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.atomic import atomic_write, fsync_dir
 from agent.protocol.messages import UpdateState, UpdateStatus
 
 log = logging.getLogger(__name__)
@@ -88,29 +89,6 @@ class StoreState(BaseModel):
     pinned: int | None = None
     pending: PendingUpdate | None = None
     last_result: UpdateStatus | None = None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` so that after a crash `path` holds either the old or the new bytes, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def describe_os_error(exc: OSError, what: str) -> str:
@@ -304,7 +282,5 @@ __all__ = [
     "StoreError",
     "StoreState",
     "UpdatesConfig",
-    "atomic_write",
     "describe_os_error",
-    "fsync_dir",
 ]
