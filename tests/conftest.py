@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import CORAL_DATA, ROOT
 
 from builder.fleet.devservices import FileServer, LocalBroker, find_mosquitto
 
-ROOT = Path(__file__).resolve().parents[1]
-CORAL_DATA = Path(os.environ.get("CORAL_TEST_DATA", ROOT.parent / "shared" / "coral-test-data"))
 BUNDLE_CACHE = Path(os.environ.get("EDGE_TEST_CACHE", ROOT / ".cache" / "test-bundle"))
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -59,7 +58,7 @@ def http_server(tmp_path: Path) -> Iterator[FileServer]:
 
 @pytest.fixture(scope="session")
 def coral_data() -> Path:
-    """Google's Coral test models and photos (../shared/coral-test-data); skip where absent."""
+    """Google's Coral test models and photos, vendored in tests/data/coral (CORAL_TEST_DATA overrides)."""
     if not (CORAL_DATA / "mobilenet_v1_0.25_128_quant.tflite").exists():
         pytest.skip(f"Coral test data not found at {CORAL_DATA}")
     return CORAL_DATA

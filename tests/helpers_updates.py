@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from helpers import CORAL_DATA as CORAL  # noqa: E402
+
 from agent.inference.tflite import make_interpreter, run  # noqa: E402
 from agent.protocol.manifest import (  # noqa: E402
     GoldenTest,
@@ -46,7 +48,6 @@ from agent.security.signing import Keyring, SigningKey  # noqa: E402
 from agent.updates.store import ModelStore, UpdatesConfig  # noqa: E402
 from agent.updates.updater import FrameReport, Updater  # noqa: E402
 
-CORAL = Path(os.environ.get("CORAL_TEST_DATA", ROOT.parent / "shared" / "coral-test-data"))
 MOBILENET = CORAL / "mobilenet_v1_0.25_128_quant.tflite"
 MOBILENET_224 = CORAL / "mobilenet_v2_1.0_224_quant.tflite"
 
