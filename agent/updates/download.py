@@ -96,6 +96,22 @@ def _fetch_once(
     deadline: float,
     progress: Callable[[int], None] | None,
 ) -> None:
+    """One GET of `url` into `part`, from where a previous attempt left off."""
+    have, h = _resume_point(part, entry)
+    if have == entry.size:
+        _check_digest(part, entry, h)
+        return
+    resp = _request(session, url, entry, limits, deadline, have)
+    with resp:
+        mode, have, h = _accept_response(resp, url, part, entry, have, h)
+        got = _stream_to(part, mode, resp, entry, limits, deadline, have, h, progress)
+    if got < entry.size:
+        raise _Retryable(f"truncated download: got {got} of {entry.size} bytes")
+    _check_digest(part, entry, h)
+
+
+def _resume_point(part: Path, entry: FileEntry) -> tuple[int, hashlib._Hash]:
+    """Bytes already in `part` and their running sha256 (a `.part` longer than the file starts over)."""
     have = part.stat().st_size if part.exists() else 0
     if have > entry.size:
         part.unlink()
@@ -104,15 +120,18 @@ def _fetch_once(
         h, have = _hash_prefix(part)
     else:
         h = hashlib.sha256()
-    if have == entry.size:
-        _check_digest(part, entry, h)
-        return
+    return have, h
+
+
+def _request(
+    session: requests.Session, url: str, entry: FileEntry, limits: DownloadLimits, deadline: float, have: int
+) -> requests.Response:
     headers = {"Range": f"bytes={have}-"} if have else {}
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise DownloadError(f"{entry.path}: total download timeout ({limits.total_timeout_s:.0f} s) exceeded")
     try:
-        resp = session.get(
+        return session.get(
             url, headers=headers, stream=True,
             timeout=(min(limits.connect_timeout_s, remaining), min(limits.read_timeout_s, remaining)),
         )
@@ -122,56 +141,74 @@ def _fetch_once(
         raise DownloadError(f"{entry.path}: cannot connect to {url}: {_short(exc)}") from None
     except requests.RequestException as exc:
         raise DownloadError(f"{entry.path}: request failed: {_short(exc)}") from None
-    with resp:
-        if resp.status_code == 206 and have:
-            mode = "ab"
-        elif resp.status_code == 200:
-            if have:
-                log.info("%s: server ignored Range; downloading from the start", entry.path)
-            mode, have, h = "wb", 0, hashlib.sha256()
-        elif resp.status_code == 416 and have:
-            part.unlink(missing_ok=True)  # our partial file is not a prefix of theirs: start over
-            raise _Retryable("server refused the resume range")
-        else:
-            raise DownloadError(f"{entry.path}: HTTP {resp.status_code} {resp.reason or ''} from {url}".rstrip())
-        declared = resp.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and have + int(declared) > entry.size:
-            raise DownloadError(
-                f"{entry.path}: server offers {have + int(declared)} bytes, manifest declares {entry.size}"
-            )
-        got = have
-        try:
-            with open(part, mode) as f:
-                for chunk in resp.iter_content(CHUNK):
-                    if time.monotonic() > deadline:
-                        raise DownloadError(
-                            f"{entry.path}: total download timeout ({limits.total_timeout_s:.0f} s) exceeded "
-                            f"after {got} of {entry.size} bytes"
-                        )
-                    if got + len(chunk) > entry.size:
-                        # Hard cap: never store more than the signed manifest declares.
-                        raise DownloadError(f"{entry.path}: server sent more than the declared {entry.size} bytes")
-                    f.write(chunk)
-                    h.update(chunk)
-                    got += len(chunk)
-                    if progress:
-                        progress(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
-        except requests.exceptions.ConnectionError as exc:
-            # requests wraps urllib3's read timeout / protocol errors as ConnectionError mid-stream.
-            if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
-                raise _Retryable(f"read timeout ({limits.read_timeout_s:.0f} s) after {got} of {entry.size} bytes") from None
-            raise _Retryable(f"connection broken after {got} of {entry.size} bytes (truncated download)") from None
-        except requests.RequestException as exc:  # (a subclass of OSError: caught before it)
-            if "IncompleteRead" in str(exc) or "Connection broken" in str(exc):
-                raise _Retryable(f"truncated download: connection broken after {got} of {entry.size} bytes") from None
-            raise _Retryable(f"transfer failed after {got} of {entry.size} bytes: {_short(exc)}") from None
-        except OSError as exc:
-            raise DownloadError(f"{entry.path}: {describe_os_error(exc, 'writing the download')}") from None
-    if got < entry.size:
-        raise _Retryable(f"truncated download: got {got} of {entry.size} bytes")
-    _check_digest(part, entry, h)
+
+
+def _accept_response(
+    resp: requests.Response, url: str, part: Path, entry: FileEntry, have: int, h: hashlib._Hash
+) -> tuple[str, int, hashlib._Hash]:
+    """How to write the body (append to a resumed `.part` or start over), or why not to."""
+    if resp.status_code == 206 and have:
+        mode = "ab"
+    elif resp.status_code == 200:
+        if have:
+            log.info("%s: server ignored Range; downloading from the start", entry.path)
+        mode, have, h = "wb", 0, hashlib.sha256()
+    elif resp.status_code == 416 and have:
+        part.unlink(missing_ok=True)  # our partial file is not a prefix of theirs: start over
+        raise _Retryable("server refused the resume range")
+    else:
+        raise DownloadError(f"{entry.path}: HTTP {resp.status_code} {resp.reason or ''} from {url}".rstrip())
+    declared = resp.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and have + int(declared) > entry.size:
+        raise DownloadError(
+            f"{entry.path}: server offers {have + int(declared)} bytes, manifest declares {entry.size}"
+        )
+    return mode, have, h
+
+
+def _stream_to(
+    part: Path,
+    mode: str,
+    resp: requests.Response,
+    entry: FileEntry,
+    limits: DownloadLimits,
+    deadline: float,
+    have: int,
+    h: hashlib._Hash,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Write the body into `part`, hashing on the way; returns the bytes now in `part`."""
+    got = have
+    try:
+        with open(part, mode) as f:
+            for chunk in resp.iter_content(CHUNK):
+                if time.monotonic() > deadline:
+                    raise DownloadError(
+                        f"{entry.path}: total download timeout ({limits.total_timeout_s:.0f} s) exceeded "
+                        f"after {got} of {entry.size} bytes"
+                    )
+                if got + len(chunk) > entry.size:
+                    # Hard cap: never store more than the signed manifest declares.
+                    raise DownloadError(f"{entry.path}: server sent more than the declared {entry.size} bytes")
+                f.write(chunk)
+                h.update(chunk)
+                got += len(chunk)
+                if progress:
+                    progress(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+    except requests.exceptions.ConnectionError as exc:
+        # requests wraps urllib3's read timeout / protocol errors as ConnectionError mid-stream.
+        if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+            raise _Retryable(f"read timeout ({limits.read_timeout_s:.0f} s) after {got} of {entry.size} bytes") from None
+        raise _Retryable(f"connection broken after {got} of {entry.size} bytes (truncated download)") from None
+    except requests.RequestException as exc:  # (a subclass of OSError: caught before it)
+        if "IncompleteRead" in str(exc) or "Connection broken" in str(exc):
+            raise _Retryable(f"truncated download: connection broken after {got} of {entry.size} bytes") from None
+        raise _Retryable(f"transfer failed after {got} of {entry.size} bytes: {_short(exc)}") from None
+    except OSError as exc:
+        raise DownloadError(f"{entry.path}: {describe_os_error(exc, 'writing the download')}") from None
+    return got
 
 
 def _check_digest(part: Path, entry: FileEntry, h: hashlib._Hash) -> None:
