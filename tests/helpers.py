@@ -21,7 +21,7 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def wait_for(cond: Callable[[], object], timeout: float, step: float = 0.02) -> bool:
+def wait_for(cond: Callable[[], object], timeout: float = 10.0, step: float = 0.02) -> bool:
     """Poll `cond` until it is truthy or `timeout` seconds pass; one last look at the deadline."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:

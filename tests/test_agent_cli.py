@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import iou
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError, load_config
@@ -26,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def edge_agent(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
-
-
-def iou(a: Any, b: Any) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.protocol.telemetry import Telemetry
@@ -132,15 +133,6 @@ class Watcher:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
-
-
-def wait_for(cond: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
 
 
 def test_outage_agent_survives_buffers_telemetry_and_availability_follows(

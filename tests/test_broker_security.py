@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait_for as _wait
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import BrokerConfig
@@ -24,15 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ACL = (ROOT / "docs" / "mosquitto" / "edge-fleet.acl").read_text()
 USERS = {"node-a": "pw-a", "node-b": "pw-b", "fleet-admin": "pw-admin"}
 T = Topics("edgefleet")
-
-
-def _wait(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class Watcher:

@@ -15,19 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import wait_for
 
 from agent.camera.sources import Camera, CameraState, LatestFrame
 from agent.config import CameraConfig
 from builder.data.synth import make_video
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 @pytest.fixture(scope="module")

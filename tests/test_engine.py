@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from helpers import iou
 
 from agent.config import AgentConfig
 from agent.inference import engine as engine_mod
@@ -23,14 +24,6 @@ from agent.inference.engine import Engine, EngineError
 from agent.security.bundle import Bundle, file_entry, write_manifest
 from agent.security.signing import Keyring, SigningKey
 from builder.data.synth import FrameTruth, make_video
-
-
-def iou(a: tuple[float, ...] | list[float], b: tuple[float, ...] | list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match_rate(dets: list[Any], truth: FrameTruth, min_iou: float = 0.5) -> tuple[int, int]:

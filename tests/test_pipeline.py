@@ -12,6 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.camera.sources import Camera
@@ -31,15 +32,6 @@ def agent_cfg(tmp_path: Path, **kw: Any) -> AgentConfig:
     base: dict[str, Any] = dict(state_dir=tmp_path / "state", trusted_keys_dir=tmp_path / "keys",
                                 backend={"prefer": "cpu"}, detect={"score_threshold": 0.3})
     return AgentConfig(**{**base, **kw})
-
-
-def wait_for(cond: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 @pytest.fixture(scope="module")

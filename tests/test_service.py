@@ -15,6 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import iou, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.camera.sources import CameraState
@@ -25,23 +26,6 @@ from agent.security.bundle import Bundle, write_manifest
 from agent.security.signing import SigningKey
 from agent.service.daemon import AgentService
 from builder.data.synth import FrameTruth, make_video
-
-
-def iou(a: Any, b: Any) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def wait_for(cond: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
 
 
 class Watcher:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import wait_for as _wait
 from helpers_updates import Watcher, make_variant
 
 from agent.security.bundle import Bundle
@@ -57,15 +58,6 @@ def service(tmp_path: Path, mqtt_broker: Any, trained_bundle: Path, trained_bund
     svc.start()
     yield svc
     svc.stop()
-
-
-def _wait(cond: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_ota_hot_swap_and_automatic_rollbacks(service: Any, mqtt_broker: Any, http_server: Any,
