@@ -16,9 +16,9 @@ from agent.config import AgentConfig, BrokerConfig
 from agent.protocol.messages import ModelRef, NodeState, UpdateState, UpdateStatus
 from agent.protocol.topics import Topics
 from agent.service.mqtt import MqttClient
-from agent.telemetry.collector import TelemetryRuntime
 from agent.telemetry.hass import ENTITIES, discovery_messages, entity_fields
 from agent.telemetry.power import build_power_monitor
+from agent.telemetry.runtime import TelemetryRuntime
 
 DATA = Path(__file__).parent / "data"
 T = Topics("edgefleet")

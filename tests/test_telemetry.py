@@ -15,7 +15,9 @@ import pytest
 
 from agent.protocol.telemetry import STAGES, Telemetry
 from agent.protocol.topics import Topics
-from agent.telemetry.collector import LatencyHistogram, TelemetryCollector, TelemetryPublisher
+from agent.telemetry.collector import TelemetryCollector
+from agent.telemetry.histogram import LatencyHistogram
+from agent.telemetry.publisher import TelemetryPublisher
 
 
 def nearest_rank(values: list[float], q: float) -> float:

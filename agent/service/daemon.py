@@ -33,7 +33,7 @@ from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle, BundleError
 from agent.security.signing import Keyring, SignatureError
 from agent.service.mqtt import MqttClient
-from agent.telemetry.collector import TelemetryRuntime
+from agent.telemetry.runtime import TelemetryRuntime
 from agent.updates.store import ModelStore, StoreError  # [updater]
 from agent.updates.updater import FrameReport, Updater  # [updater]
 
