@@ -14,6 +14,7 @@ from agent import __version__
 COMMAND_MODULES = [
     "agent.commands.run",
     "agent.commands.check",
+    "agent.commands.doctor",
     "agent.commands.infer",
     "agent.commands.provision",
 ]
