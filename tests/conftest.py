@@ -10,12 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import skip_policy
 from helpers import CORAL_DATA, ROOT
 
 from builder.fleet.devservices import FileServer, LocalBroker, find_mosquitto
 
 BUNDLE_CACHE = Path(os.environ.get("EDGE_TEST_CACHE", ROOT / ".cache" / "test-bundle"))
 ARTIFACTS = ROOT / "test-artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("skip_policy"):
+        config.pluginmanager.register(skip_policy, "skip_policy")
 
 
 def _need_mosquitto() -> None:
