@@ -1,13 +1,16 @@
-"""Pins what we use of libreyolo's internals, so an upgrade that moves any of it fails here, loudly.
+"""Pins what we use of libreyolo, so an upgrade that moves any of it fails here, loudly.
 
 Users of the contract:
 - builder/export/onnx_body.py (the TPU body): `backbone`, `neck`, `heads.head{1,2,3}` each returning (reg, cls) raw
   convolution outputs, `heads.fpn_strides`, `heads.num_classes`, `heads.reg_max`,
   `prep_model_for_conversion(full_fusion=True)` and the QARepVGG `fully_fused` flag;
 - builder/train/checkpoint.py: `LibreYOLONASModel(config, nb_classes, reg_max)` and its state-dict keys;
-- builder/train/trainer.py: `LibreYOLONAS(None, size, nb_classes)`, `.train(...)` importing `YOLONASTrainer` from
-  `libreyolo.models.yolonas.trainer` at call time, the trainer's `_save_checkpoint` /
-  `_checkpoint_extra_metadata` hooks, the epoch-callback event fields, and the checkpoint keys we read.
+- builder/train/libreyolo_adapter.py, the only module using libreyolo's private training API:
+  `LibreYOLONAS(None, size, nb_classes)`, `.train(...)` importing `YOLONASTrainer` from
+  `libreyolo.models.yolonas.trainer` at call time (the module-level swap), the trainer's private
+  `_save_checkpoint` / `_update_best_state` / `_checkpoint_extra_metadata`, the epoch-callback event fields,
+  and the shape of the validation metrics. The adapter tests below drive the adapter's trainer subclass
+  against the installed libreyolo without training.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -37,7 +43,10 @@ def model():  # type: ignore[no-untyped-def]
 def test_version_pinned() -> None:
     import libreyolo
 
-    assert libreyolo.__version__ == "1.6.0", "re-run the contract and accuracy checks before moving libreyolo"
+    from builder.train.libreyolo_adapter import SUPPORTED_VERSION
+
+    assert SUPPORTED_VERSION == "1.6.0"
+    assert libreyolo.__version__ == SUPPORTED_VERSION, "re-run the contract and accuracy checks before moving libreyolo"
 
 
 def test_module_tree(model) -> None:  # type: ignore[no-untyped-def]
@@ -135,7 +144,7 @@ def test_training_hooks_exist() -> None:
     from libreyolo.training.callbacks import TrainEpochEvent
     from libreyolo.training.trainer import BaseTrainer
 
-    # builder.train.trainer swaps this module attribute; .train() must still import it at call time.
+    # builder.train.libreyolo_adapter swaps this module attribute; .train() must still import it at call time.
     assert "from .trainer import YOLONASTrainer" in inspect.getsource(LibreYOLONAS.train)
     assert issubclass(trainer_mod.YOLONASTrainer, BaseTrainer)
     for hook in ("_save_checkpoint", "_checkpoint_extra_metadata", "_update_best_state"):
@@ -146,7 +155,7 @@ def test_training_hooks_exist() -> None:
     assert "if is_best is None:" in save_src and "save_period" in save_src
     assert list(inspect.signature(BaseTrainer._save_checkpoint).parameters) == [
         "self", "epoch", "loss", "val_metrics", "is_best"]
-    from libreyolo.training.distributed import is_main_process, unwrap_model  # noqa: F401  (used by builder.train.trainer)
+    from libreyolo.training.distributed import is_main_process, unwrap_model  # noqa: F401  (used by builder.train.libreyolo_adapter)
     from libreyolo.training.ema import ModelEMA
 
     assert "ema" in inspect.getsource(ModelEMA.__init__)  # trainer.ema_model.ema is the EMA module
@@ -164,12 +173,153 @@ def test_training_hooks_exist() -> None:
 
 
 def test_construct_from_scratch_without_network() -> None:
-    """`LibreYOLONAS(None, ...)` builds a fresh network with no download attempt."""
-    from libreyolo import LibreYOLONAS
-
-    from builder.train.trainer import no_network
+    """`LibreYOLONAS(None, ...)` (the adapter's build_yolonas) builds a fresh network with no download attempt."""
+    from builder.train.libreyolo_adapter import build_yolonas
+    from builder.train.network_guard import no_network
 
     with no_network() as attempts:
-        w = LibreYOLONAS(None, size="s", nb_classes=NC, device="cpu")
+        w = build_yolonas("s", NC, "cpu")
     assert attempts == []
     assert w.model.heads.num_classes == NC
+    assert type(w).__name__ == "LibreYOLONAS" and w.size == "s"
+
+
+# ------------------------------------------------------------------- builder/train/libreyolo_adapter.py
+
+
+class _Hooks:
+    """Records what the adapter's trainer subclass reports (builder.train.libreyolo_adapter.TrainingHooks)."""
+
+    def __init__(self, due: bool = False) -> None:
+        self.due = due
+        self.calls: list[tuple[Any, ...]] = []
+
+    def on_checkpoint(self, epoch_done: int, loss: float, scores: Any) -> None:
+        self.calls.append(("checkpoint", epoch_done, loss, tuple(scores)))
+
+    def save_best(self, epoch_done: int, state_dict: dict[str, Any]) -> None:
+        self.calls.append(("best", epoch_done, sorted(state_dict)))
+
+    def full_save_due(self, epoch_done: int, epochs: int, save_period: int) -> bool:
+        self.calls.append(("due", epoch_done, epochs, save_period))
+        return self.due
+
+    def on_full_saved(self, last_pt: Path) -> None:
+        self.calls.append(("full", last_pt))
+
+    def extra_metadata(self, epoch_done: int, best_epoch: int) -> dict[str, Any]:
+        self.calls.append(("extra", epoch_done, best_epoch))
+        return {"edge_fleet_meta": {"epoch": epoch_done}}
+
+    def on_epoch(self, record: Any) -> None:
+        self.calls.append(("epoch", record))
+
+
+def _val_metrics(map50: float, map50_95: float) -> dict[str, Any]:
+    """What libreyolo's detection validation hands `_save_checkpoint` (BaseTrainer._validate_epoch)."""
+    return {"mAP50": map50, "mAP50_95": map50_95, "best_metric": map50_95, "best_metric_key": "metrics/mAP50-95",
+            "metrics": {"metrics/mAP50": map50, "metrics/mAP50-95": map50_95, "metrics/precision": 0.5}}
+
+
+def _bare_trainer(hooks: _Hooks, weights_dir: Path) -> Any:
+    """The adapter's trainer subclass without __init__: just the state the overridden hooks read."""
+    from builder.train.libreyolo_adapter import edge_trainer_class
+
+    cls = edge_trainer_class(hooks, weights_dir)
+    t = cls.__new__(cls)
+    t.best_epoch, t.best_mAP50_95, t.best_mAP50, t.patience_counter = 0, 0.0, 0.0, 0
+    t.model = torch.nn.Linear(2, 1)
+    t.ema_model = SimpleNamespace(ema=torch.nn.Linear(2, 3))
+    t.config = SimpleNamespace(epochs=10, save_period=0)
+    t.wrapper_model = None
+    return t
+
+
+def test_adapter_overrides_match_libreyolo_private_api(tmp_path: Path) -> None:
+    """Every private method the adapter overrides still exists in BaseTrainer with the same parameters."""
+    from libreyolo.models.yolonas.trainer import YOLONASTrainer
+    from libreyolo.training.trainer import BaseTrainer
+
+    from builder.train.libreyolo_adapter import edge_trainer_class
+
+    cls = edge_trainer_class(_Hooks(), tmp_path)
+    assert cls.__mro__[1] is YOLONASTrainer
+    overridden = sorted(n for n, v in vars(cls).items() if callable(v) and n.startswith("_") and not n.startswith("__"))
+    assert overridden == ["_checkpoint_extra_metadata", "_save_checkpoint"]
+    for name in overridden:
+        assert name in vars(BaseTrainer), f"BaseTrainer.{name} is gone: the adapter's override is dead code"
+        ours = list(inspect.signature(getattr(cls, name)).parameters)
+        theirs = list(inspect.signature(getattr(BaseTrainer, name)).parameters)
+        assert ours == theirs, f"BaseTrainer.{name}{theirs} changed; the adapter overrides {ours}"
+    assert list(inspect.signature(BaseTrainer._update_best_state).parameters) == ["self", "epoch", "val_metrics"]
+
+
+def test_adapter_checkpoint_hook_uses_libreyolo_best_state(tmp_path: Path) -> None:
+    """`_save_checkpoint` through the adapter: libreyolo's own best-state bookkeeping, EMA weights to save_best."""
+    hooks = _Hooks()
+    t = _bare_trainer(hooks, tmp_path)
+    t._save_checkpoint(0, 1.5, _val_metrics(0.6, 0.4))  # is_best=None: libreyolo's _update_best_state decides
+    assert (t.best_epoch, t.best_mAP50, t.best_mAP50_95, t.patience_counter) == (1, 0.6, 0.4, 0)
+    assert hooks.calls == [("checkpoint", 1, 1.5, (0.6, 0.4)), ("best", 1, ["bias", "weight"]), ("due", 1, 10, 0)]
+    hooks.calls.clear()
+    t._save_checkpoint(1, 1.2, _val_metrics(0.5, 0.3))  # worse: not best, patience counts
+    assert (t.best_epoch, t.patience_counter) == (1, 1)
+    assert hooks.calls == [("checkpoint", 2, 1.2, (0.5, 0.3)), ("due", 2, 10, 0)]
+    hooks.calls.clear()
+    t._save_checkpoint(2, 1.1, None, is_best=False)  # an epoch without validation
+    assert hooks.calls == [("checkpoint", 3, 1.1, (None, None)), ("due", 3, 10, 0)]
+
+
+def test_adapter_extra_metadata_extends_libreyolo(tmp_path: Path) -> None:
+    hooks = _Hooks()
+    t = _bare_trainer(hooks, tmp_path)
+    t._save_checkpoint(4, 1.0, _val_metrics(0.7, 0.5), is_best=True)
+    t.best_epoch = 5
+    extra = t._checkpoint_extra_metadata()  # libreyolo's own part is {} for a wrapper without input profile
+    assert extra == {"edge_fleet_meta": {"epoch": 5}}
+    assert hooks.calls[-1] == ("extra", 5, 5)
+
+
+def test_adapter_trainer_swap_is_scoped(tmp_path: Path) -> None:
+    import libreyolo.models.yolonas.trainer as trainer_mod
+
+    from builder.train.libreyolo_adapter import edge_trainer_class, use_trainer
+
+    orig = trainer_mod.YOLONASTrainer
+    cls = edge_trainer_class(_Hooks(), tmp_path)
+    with use_trainer(cls):
+        assert trainer_mod.YOLONASTrainer is cls
+    assert trainer_mod.YOLONASTrainer is orig
+    with pytest.raises(RuntimeError), use_trainer(cls):
+        raise RuntimeError("training failed")
+    assert trainer_mod.YOLONASTrainer is orig
+
+
+def test_adapter_reads_the_epoch_event() -> None:
+    from libreyolo.training.callbacks import TrainEpochEvent
+
+    from builder.train.libreyolo_adapter import epoch_record
+
+    ev = TrainEpochEvent(
+        epoch=3, total_epochs=10, model_family="yolonas", model_size="s", task="detect", save_dir="x",
+        train_loss=2.5, train_loss_items={"cls": 1.0, "iou": 0.5, "dfl": 1.0}, lr={"group0": 1e-3},
+        val_metrics={"metrics/mAP50": 0.6, "metrics/mAP50-95": 0.4}, validated=True, is_best=True,
+        current_metric=0.4, current_metric_name="metrics/mAP50-95", best_metric=0.4,
+        best_metric_name="metrics/mAP50-95", best_epoch=3, epoch_seconds=7.0,
+    )
+    rec = epoch_record(ev)
+    assert (rec.epoch, rec.train_loss, rec.cls, rec.iou, rec.dfl) == (3, 2.5, 1.0, 0.5, 1.0)
+    assert (rec.map50, rec.map50_95, rec.lr, rec.seconds, rec.best) == (0.6, 0.4, 1e-3, 7.0, True)
+    unvalidated = epoch_record(dataclasses.replace(ev, validated=False, val_metrics={}, is_best=False))
+    assert unvalidated.map50 is None and unvalidated.map50_95 is None and not unvalidated.best
+
+
+def test_only_the_adapter_touches_libreyolo_training_internals() -> None:
+    root = Path(__file__).resolve().parents[1]
+    private = ("_save_checkpoint", "_update_best_state", "_checkpoint_extra_metadata", "YOLONASTrainer",
+               "libreyolo.training")
+    users = sorted(
+        str(p.relative_to(root)) for base in ("builder", "agent") for p in (root / base).rglob("*.py")
+        if any(name in p.read_text() for name in private)
+    )
+    assert users == ["builder/train/libreyolo_adapter.py"]

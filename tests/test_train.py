@@ -15,7 +15,8 @@ pytest.importorskip("libreyolo")
 
 from builder.data.synth import make_dataset  # noqa: E402
 from builder.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint  # noqa: E402
-from builder.train.trainer import BEST_NAME, LATEST_NAME, NetworkBlocked, no_network  # noqa: E402
+from builder.train.config import BEST_NAME, LATEST_NAME  # noqa: E402
+from builder.train.network_guard import NetworkBlocked, no_network  # noqa: E402
 
 pytestmark = pytest.mark.builder
 

@@ -72,7 +72,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
     from builder.train.checkpoint import CheckpointError
-    from builder.train.trainer import DatasetRejected, TrainConfig, TrainError, run_training
+    from builder.train.config import DatasetRejected, TrainConfig, TrainError
+    from builder.train.trainer import run_training
 
     try:
         cfg = TrainConfig(
