@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:
 
 from helpers import CORAL_DATA as CORAL  # noqa: E402
 
+from agent.camera.sources import Frame  # noqa: E402
+from agent.inference.frames import FrameResult, FrameStats  # noqa: E402
 from agent.inference.tflite import make_interpreter, run  # noqa: E402
 from agent.protocol.manifest import (  # noqa: E402
     GoldenTest,
@@ -46,7 +48,7 @@ from agent.protocol.topics import Topics  # noqa: E402
 from agent.security.bundle import Bundle, file_entry, write_manifest  # noqa: E402
 from agent.security.signing import Keyring, SigningKey  # noqa: E402
 from agent.updates.store import ModelStore, UpdatesConfig  # noqa: E402
-from agent.updates.updater import FrameReport, Updater  # noqa: E402
+from agent.updates.updater import Updater  # noqa: E402
 
 MOBILENET = CORAL / "mobilenet_v1_0.25_128_quant.tflite"
 MOBILENET_224 = CORAL / "mobilenet_v2_1.0_224_quant.tflite"
@@ -218,6 +220,19 @@ def write_video(path: Path, frames: int = 60, size: tuple[int, int] = (160, 120)
     return path
 
 
+def frame_result(*, engine: Any = None, version: int | None = None, latency_s: float = 0.0,
+                 outputs: list[np.ndarray] | None = None, error: str | None = None,
+                 image: np.ndarray | None = None, index: int = 0) -> FrameResult:
+    """The pipeline's per-frame record for one frame of `engine` (all of `latency_s` as invoke time)."""
+    img = image if image is not None else np.zeros((4, 4, 3), np.uint8)
+    now = time.time()
+    stats = FrameStats(index=index, frame_ts=now, capture_wait_s=0.0, preprocess_s=0.0, invoke_s=latency_s,
+                       postprocess_s=0.0, end_to_end_s=latency_s, detections=0, backend="cpu",
+                       model_version=version, error=error)
+    return FrameResult(Frame(img, now, time.monotonic(), index), [], stats, getattr(engine, "model_name", None),
+                       version, "cpu", engine=engine, outputs=outputs)
+
+
 class FrameLoop:
     """Reads a real video file (looping), runs the current engine on every frame at the video's pace,
     swaps engines between two frames, and reports each frame to the updater's hook."""
@@ -272,10 +287,10 @@ class FrameLoop:
                 self._swapped.set()
             img = self.frames_src[self.index % len(self.frames_src)]
             t0 = time.perf_counter()
-            err, outs, x = None, None, None
+            err, outs = None, None
             engine = self.engine
             try:
-                x, outs = engine.infer(img)
+                outs = engine.infer(img)[1]
             except Exception as exc:  # noqa: BLE001 - a bad frame is reported, never fatal
                 err = f"{type(exc).__name__}: {exc}"
             lat = time.perf_counter() - t0
@@ -284,8 +299,8 @@ class FrameLoop:
             if version is not None and (not self.seen_versions or self.seen_versions[-1] != version):
                 self.seen_versions.append(version)
             if self.hook is not None:
-                self.hook(FrameReport(engine=engine, version=version, latency_s=lat, outputs=outs, error=err,
-                                      input=x))
+                self.hook(frame_result(engine=engine, version=version, latency_s=lat, outputs=outs, error=err,
+                                       image=img, index=self.index))
             self.index += 1
             next_t += self.period
             delay = next_t - time.monotonic()
@@ -372,11 +387,11 @@ class NodeHarness:
     def _swap(self, new: Any) -> Any:
         return self.loop.swap_engine(new)
 
-    def _on_frame(self, report: FrameReport) -> None:
-        self.updater.on_frame(report)
-        if report.version != self._state_version:
+    def _on_frame(self, result: FrameResult) -> None:
+        self.updater.on_frame(result)
+        if result.model_version != self._state_version:
             # The retained state follows the model that really runs frames (published off this thread).
-            self._state_version = report.version
+            self._state_version = result.model_version
             threading.Thread(target=self.publish_state, daemon=True).start()
 
     def publish_state(self) -> None:

@@ -20,6 +20,7 @@ from helpers_updates import (
     MOBILENET_224,
     NodeHarness,
     Watcher,
+    frame_result,
     make_bundle,
     publish,
     write_video,
@@ -345,7 +346,7 @@ def test_storage_faults_keep_old_model(tmp_path: Path, mqtt_broker: Any, http_se
 
 # -- the trial monitor and the golden comparison, on their own ------------------------------------
 def _monitor(**cfg: Any) -> Any:
-    from agent.updates.updater import TrialMonitor
+    from agent.updates.trial import TrialMonitor
 
     eng = object()
     return eng, TrialMonitor(eng, 2, UpdatesConfig(trial_frames=10, **cfg), baseline_ms=10.0)
@@ -354,28 +355,22 @@ def _monitor(**cfg: Any) -> Any:
 def test_trial_nan_output_fails_at_once() -> None:
     import numpy as np
 
-    from agent.updates.updater import FrameReport
-
     eng, mon = _monitor()
-    mon.feed(FrameReport(latency_s=0.01, engine=eng, outputs=[np.array([0.1, 0.2], np.float32)]))
-    mon.feed(FrameReport(latency_s=0.01, engine=eng, outputs=[np.array([np.nan, 0.2], np.float32)]))
+    mon.feed(frame_result(latency_s=0.01, engine=eng, outputs=[np.array([0.1, 0.2], np.float32)]))
+    mon.feed(frame_result(latency_s=0.01, engine=eng, outputs=[np.array([np.nan, 0.2], np.float32)]))
     assert mon.done.is_set() and "NaN" in (mon.verdict() or "")
 
 
 def test_trial_inference_error_fails() -> None:
-    from agent.updates.updater import FrameReport
-
     eng, mon = _monitor(trial_max_error_frames=1)
-    mon.feed(FrameReport(latency_s=0.01, engine=eng, error="EngineError: boom"))
+    mon.feed(frame_result(latency_s=0.01, engine=eng, error="EngineError: boom"))
     assert not mon.done.is_set()
-    mon.feed(FrameReport(latency_s=0.01, engine=eng, error="EngineError: boom"))
+    mon.feed(frame_result(latency_s=0.01, engine=eng, error="EngineError: boom"))
     assert "inference error" in (mon.verdict() or "")
 
 
 def test_trial_latency_regression_and_pass() -> None:
     import numpy as np
-
-    from agent.updates.updater import FrameReport
 
     rng = np.random.default_rng(0)
     eng, slow = _monitor()
@@ -383,31 +378,30 @@ def test_trial_latency_regression_and_pass() -> None:
     for _ in range(10):
         x = rng.integers(0, 255, (1, 4, 4, 3), dtype=np.uint8)
         out = [rng.integers(0, 255, (1, 10), dtype=np.uint8)]
-        slow.feed(FrameReport(latency_s=0.050, engine=eng, outputs=out, input=x))  # 50 ms vs 10 ms before
-        fine.feed(FrameReport(latency_s=0.012, engine=eng2, outputs=out, input=x))
+        slow.feed(frame_result(latency_s=0.050, engine=eng, outputs=out, image=x))  # 50 ms vs 10 ms before
+        fine.feed(frame_result(latency_s=0.012, engine=eng2, outputs=out, image=x))
     assert slow.done.is_set() and "latency regression" in (slow.verdict() or "")
     assert fine.verdict() is None
 
 
 def test_trial_matches_by_engine_or_version() -> None:
-    from agent.updates.updater import FrameReport
-
     eng, mon = _monitor()
-    assert mon.matches(FrameReport(latency_s=0, engine=eng))
-    assert not mon.matches(FrameReport(latency_s=0, engine=object(), version=2))
-    assert mon.matches(FrameReport(latency_s=0, version=2)) and not mon.matches(FrameReport(latency_s=0, version=1))
+    assert mon.matches(frame_result(latency_s=0, engine=eng))
+    assert not mon.matches(frame_result(latency_s=0, engine=object(), version=2))
+    assert mon.matches(frame_result(latency_s=0, version=2)) and not mon.matches(frame_result(latency_s=0, version=1))
 
 
 def test_golden_accepts_flat_concatenation_of_outputs(tmp_path: Path) -> None:
     import numpy as np
 
-    from agent.updates.updater import ActivationFailed, _match_outputs
+    from agent.updates.errors import ActivationFailed
+    from agent.updates.golden import match_outputs
 
     outs = [np.arange(6, dtype=np.uint8).reshape(1, 2, 3), np.arange(4, dtype=np.uint8).reshape(1, 4)]
     flat = np.concatenate([o.reshape(-1) for o in outs])
-    got = _match_outputs(outs, flat)
+    got = match_outputs(outs, flat)
     assert got is not None and np.array_equal(got, flat)
-    assert _match_outputs(outs, np.zeros(3)) is None
+    assert match_outputs(outs, np.zeros(3)) is None
     assert ActivationFailed  # the error type run_golden raises
 
 

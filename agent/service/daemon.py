@@ -14,6 +14,7 @@ Extension points for the OTA updater and telemetry are marked `[updater]` and `[
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -35,7 +36,7 @@ from agent.security.signing import Keyring, SignatureError
 from agent.service.mqtt import MqttClient
 from agent.telemetry.runtime import TelemetryRuntime
 from agent.updates.store import ModelStore, StoreError  # [updater]
-from agent.updates.updater import FrameReport, Updater  # [updater]
+from agent.updates.updater import Updater  # [updater]
 
 log = logging.getLogger(__name__)
 
@@ -228,17 +229,16 @@ class AgentService:
         u = self.updater
         if u is None:
             return
-        outputs = None
         if result.engine is not None and result.engine is u.trial_engine and result.stats.error is None:
-            # Raw outputs of this frame for the NaN/degenerate checks, only while a trial runs.
+            # Raw outputs of this frame for the NaN/degenerate checks, only while a trial runs; a copy of
+            # the record, so the other frame hooks never see them.
             backend = getattr(result.engine, "backend", None)
+            outputs = None
             with contextlib.suppress(Exception):
                 outputs = backend.get_outputs() if backend is not None else None
-        u.on_frame(FrameReport(
-            latency_s=result.stats.preprocess_s + result.stats.invoke_s + result.stats.postprocess_s,
-            engine=result.engine, version=result.model_version, error=result.stats.error, outputs=outputs,
-            input=result.frame.image if outputs is not None else None,
-        ))
+            if outputs is not None:
+                result = dataclasses.replace(result, outputs=outputs)
+        u.on_frame(result)
 
     def make_engine(self, bundle: Bundle) -> Engine:
         """Engine factory (the updater's load_engine)."""

@@ -1,0 +1,66 @@
+"""Verifying an announcement before anything is downloaded: who signed it, and may this node take it.
+
+The signature is checked over the exact manifest bytes before they are parsed; the policy checks
+(target, expiry, replay/downgrade, agent version, size, pin) run on the authenticated manifest.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from agent.protocol.manifest import Manifest
+from agent.protocol.messages import Announcement
+from agent.security.bundle import BundleError, parse_manifest
+from agent.security.signing import Keyring, SignatureError
+from agent.updates.errors import UpdateRejected
+from agent.updates.store import StoreState
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def authenticate(payload: bytes, keyring: Keyring) -> tuple[Announcement, Manifest]:
+    """Signature by a pinned key over the exact manifest bytes, then (only then) parse them."""
+    try:
+        ann = Announcement.model_validate_json(payload)
+        data, sig = ann.manifest_bytes(), ann.signature()
+    except (ValidationError, ValueError) as exc:
+        raise UpdateRejected(f"malformed announcement: {str(exc).splitlines()[0]}") from None
+    try:
+        keyring.verify(data, ann.key_id, sig)  # the exact bytes, before any parsing
+    except SignatureError as exc:
+        raise UpdateRejected(str(exc)) from None
+    try:
+        return ann, parse_manifest(data)
+    except BundleError as exc:
+        raise UpdateRejected(str(exc)) from None
+
+
+def check_manifest(m: Manifest, *, node: str, groups: list[str], state: StoreState, max_bundle_bytes: int,
+                   agent_version: str) -> None:
+    """The policy checks on an authenticated manifest; raise UpdateRejected with the reason."""
+    if not m.target.matches(node, groups):
+        raise UpdateRejected(f"manifest targets {m.target}, not this node ({node}, groups {groups})")
+    if m.is_expired():
+        raise UpdateRejected(f"manifest expired at {m.expires.isoformat() if m.expires else '?'}")
+    if m.version <= state.high_water:
+        raise UpdateRejected(
+            f"version {m.version} is not above the high-water mark {state.high_water} (replay or downgrade)"
+        )
+    if version_tuple(agent_version) < version_tuple(m.min_agent_version):
+        raise UpdateRejected(f"needs agent {m.min_agent_version}, this node runs {agent_version}")
+    too_big = [f for f in m.files if f.size > max_bundle_bytes]
+    if too_big or m.total_size() > max_bundle_bytes:
+        what = too_big[0].path if too_big else "bundle"
+        size = too_big[0].size if too_big else m.total_size()
+        raise UpdateRejected(f"{what} declares {size} bytes, over the limit of {max_bundle_bytes}")
+    if state.pinned is not None:
+        raise UpdateRejected(f"node is pinned to v{state.pinned}; send `pin` without a version to unpin")
+
+
+__all__ = ["authenticate", "check_manifest", "version_tuple"]
