@@ -277,7 +277,10 @@ def probe_tpu(
     if identity is None:
         return _verdict(lib_path, device, probe_model, status="failed", what="failed: library file not found")
     t0 = time.monotonic()
-    child = _run_child(_child_command(identity.realpath, device, probe_model), timeout)
+    try:
+        child = _run_child(_child_command(identity.realpath, device, probe_model), timeout)
+    except OSError as exc:  # no interpreter to start, out of processes
+        return _verdict(lib_path, device, probe_model, identity=identity, status="failed", what=f"failed: {exc}")
     recs = _records(child.stdout)
     fields = _judge(child, recs, timeout)
     mismatch = _runtime_mismatch(recs, current_runtime())
