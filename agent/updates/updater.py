@@ -7,9 +7,10 @@
 Threads: the MQTT callback only enqueues (`on_announcement`, `submit_command`); one worker thread does
 every slow step; the inference thread only calls `on_frame` (cheap bookkeeping).
 
-Where each part lives: verification, download and commands here; activate → commit in
-agent.updates.switch; persisted state and status reports in agent.updates.ledger; the preflight child,
-the golden self-test and the trial monitor in agent.updates.preflight / .golden / .trial.
+Where each part lives: threads, the announcement path up to the download, and commands here; the
+signature and policy checks in agent.updates.verify; activate → commit in agent.updates.switch;
+persisted state and status reports in agent.updates.ledger; the preflight child, the golden self-test
+and the trial monitor in agent.updates.preflight / .golden / .trial.
 
 Persistence: every step that matters after a crash is written to the store's state.json atomically
 *before* it takes effect (pending phase before the swap, commit record before closing the old engine).
@@ -41,7 +42,7 @@ from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle, BundleError
 from agent.security.signing import Keyring, SignatureError, SignatureFile
 from agent.updates.download import DownloadError, DownloadLimits, download_bundle
-from agent.updates.errors import ActivationFailed, UpdateFailed, UpdateRejected
+from agent.updates.errors import UpdateFailed, UpdateRejected
 from agent.updates.ledger import Publish
 from agent.updates.store import (
     ModelRecord,
@@ -53,7 +54,7 @@ from agent.updates.store import (
     describe_os_error,
 )
 from agent.updates.switch import LoadEngine, ModelSwitch, SwapEngine
-from agent.updates.verify import authenticate, check_manifest, version_tuple
+from agent.updates.verify import authenticate, check_manifest
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class Updater(ModelSwitch):
             self._stopping.set()
             self._queue.put(None)
             if self._trial:
-                self._trial.done.set()  # end the wait; an unfinished trial is not committed (see _switch_to)
+                self._trial.done.set()  # end the wait; an unfinished trial is not committed (see _swap_and_trial)
             self._thread.join(timeout)
             self._thread = None
 
@@ -357,11 +358,4 @@ class Updater(ModelSwitch):
         return CommandResponse(node=self.node, command=req.command, ok=ok, result=result, error=err)
 
 
-
-__all__ = [
-    "ActivationFailed",
-    "UpdateFailed",
-    "UpdateRejected",
-    "Updater",
-    "version_tuple",
-]
+__all__ = ["Updater"]
