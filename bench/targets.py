@@ -1,0 +1,96 @@
+"""What every benchmark does at its end: judge its targets, write its JSON result, exit non-zero on a miss.
+
+A benchmark that only prints MISSED lets a regression through `make bench` unnoticed; here a missed target
+is exit status 3 (an error that stopped the measurement stays 1), so make and CI see it. The result file
+carries the targets, the verdict, the commit and the machine (CPU model and whether it has int8 dot-product
+instructions: INT8 latencies depend on them), so a file in bench/results/reference/ says what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+MISSED = 3  # exit status of a benchmark that ran to the end and missed a target
+
+
+@dataclass(frozen=True)
+class Target:
+    """`value` must be at most (`at_most`) or at least `limit`; None (not measured) misses."""
+
+    name: str
+    value: float | None
+    limit: float
+    at_most: bool
+    unit: str = ""
+
+    @property
+    def ok(self) -> bool:
+        if self.value is None:
+            return False
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    def line(self) -> str:
+        shown = "not measured" if self.value is None else f"{self.value:.4g}{self.unit}"
+        return (f"target {self.name}: {shown} (aim {'<=' if self.at_most else '>='} {self.limit:g}{self.unit})"
+                f" -> {'ok' if self.ok else 'MISSED'}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "limit": self.limit,
+                "rule": "at_most" if self.at_most else "at_least", "unit": self.unit, "ok": self.ok}
+
+
+def int8_dot_product() -> bool:
+    """x86 VNNI or Arm dot-product (SDOT/UDOT) instructions, from /proc/cpuinfo."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_vnni", "avx_vnni", "asimddp"})
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "arch": platform.machine(), "cpus": os.cpu_count(), "int8_dot_product": int8_dot_product(),
+            "python": platform.python_version(), "load_average": round(os.getloadavg()[0], 2)}
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def finish(result: dict[str, Any], targets: list[Target], out: Path) -> int:
+    """Print the verdicts, write `result` (+ targets, verdict, provenance) to `out`; the exit status."""
+    print()
+    for t in targets:
+        print(t.line())
+    met = all(t.ok for t in targets)
+    result = {**result, "targets": [t.as_dict() for t in targets], "targets_met": met,
+              "run": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": _commit(),
+                      "machine": machine()}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    if not met:
+        print(f"MISSED {sum(not t.ok for t in targets)} of {len(targets)} targets: exit status {MISSED}")
+    return 0 if met else MISSED
