@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import BrokerConfig
 from agent.protocol.messages import Availability
+from agent.service.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class MqttClient:
         # authorized from an ACL) can be logged with its topic.
         self._offline: deque[tuple[str, bytes, int]] = deque()
         self._inflight: dict[int, str] = {}
+        self._outbox = Outbox(cfg.outbox_size)
         self.last_denied: tuple[str, str] | None = None
 
         c = mqtt.Client(
@@ -160,13 +162,10 @@ class MqttClient:
             if not retain:  # retained ones go out on reconnect
                 self.counters.dropped += 1
             return False
-        # paho bounds only QoS>0 messages (max_queued_messages); bound its packet queue too, so a slow
+        # paho bounds only QoS>0 messages (max_queued_messages); the outbox bounds QoS 0 too, so a slow
         # link costs dropped detections, not memory.
-        if len(getattr(self._client, "_out_packet", ())) >= self.cfg.outbox_size:
-            self.counters.dropped += 1
-            return False
-        info = self._client.publish(topic, data, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        info = self._outbox.submit(lambda: self._client.publish(topic, data, qos=qos, retain=retain))
+        if info is None or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.counters.dropped += 1
             return False
         self._track(info.mid, topic, qos)
@@ -177,6 +176,11 @@ class MqttClient:
     def buffered(self) -> int:
         """Messages waiting in the offline buffer."""
         return len(self._offline)
+
+    @property
+    def in_flight(self) -> int:
+        """Publishes handed to paho and not yet sent (QoS 0) or acknowledged (QoS>0); new ones stop at outbox_size."""
+        return len(self._outbox)
 
     def _track(self, mid: int, topic: str, qos: int) -> None:
         if qos > 0:
@@ -245,11 +249,12 @@ class MqttClient:
         if self.availability_topic:
             client.publish(self.availability_topic, Availability.ONLINE.value, qos=1, retain=True)
         for topic, (data, qos) in retained:
-            client.publish(topic, data, qos=qos, retain=True)
+            self._outbox.track(client.publish(topic, data, qos=qos, retain=True))
         with self._lock:  # telemetry buffered during the outage, oldest first
             backlog, self._offline = list(self._offline), deque()
         for topic, data, qos in backlog:
             info = client.publish(topic, data, qos=qos)
+            self._outbox.track(info)
             self._track(info.mid, topic, qos)
         self._connected.set()
         for hook in self._on_connect_hooks:
