@@ -136,3 +136,19 @@ def test_matches_libreyolo_decode_and_postprocess() -> None:
     np.testing.assert_allclose(det.scores[order], ref["scores"].numpy()[order_ref], atol=1e-4)
     np.testing.assert_allclose(det.boxes[order], ref["boxes"].numpy()[order_ref], atol=2e-2)
     assert (det.classes[order] == ref["classes"].numpy()[order_ref]).all()
+
+
+def test_make_decoder_binds_the_layout_to_the_backend_tensors() -> None:
+    """What the engine does: the manifest's layout names the decoder, the tensors give shapes and quantization."""
+    from agent.inference.decode import make_decoder
+    from agent.inference.tensors import TensorInfo
+    from agent.protocol.manifest import OutputLayout
+
+    outs, expected = _float_outputs()
+    q = [_quantize(o, np.uint8) for o in outs]
+    tensors = [TensorInfo(i, f"PartitionedCall:{i}", a.shape, np.dtype(np.uint8), *p) for i, (a, p) in enumerate(q)]
+    dec = make_decoder(OutputLayout(decoder="yolo_nas_raw", num_classes=NC), tensors, (IMGSZ, IMGSZ))
+    assert isinstance(dec, YoloNasDecoder) and dec.quant == [p for _, p in q]
+    det = dec.decode([a for a, _ in q], conf=0.25)
+    assert len(det) == 1 and det.classes[0] == 1
+    np.testing.assert_allclose(det.boxes[0], expected, atol=0.5)

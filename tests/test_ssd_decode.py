@@ -85,3 +85,17 @@ def test_out_of_range_class_ids_are_dropped() -> None:
     outs[1][0, 0] = 90  # a COCO id on a 3-class model
     det = SsdDecoder(3, 300, SHAPES, names=NAMES).decode(outs, conf=0.5)
     assert det.classes.tolist() == [0]
+
+
+def test_from_tensors_reads_names_and_quantization() -> None:
+    from agent.inference.decode import make_decoder
+    from agent.inference.tensors import TensorInfo
+    from agent.protocol.manifest import OutputLayout
+
+    order = [2, 0, 3, 1]
+    tensors = [TensorInfo(i, NAMES[k], SHAPES[k], np.dtype(np.float32)) for i, k in enumerate(order)]
+    dec = make_decoder(OutputLayout(decoder="ssd_postprocess", num_classes=3), tensors, (300, 300))
+    assert isinstance(dec, SsdDecoder) and dec.quant == [None] * 4
+    outs = _outputs()
+    det = dec.decode([outs[k] for k in order], conf=0.5)
+    assert det.classes.tolist() == [2, 0]

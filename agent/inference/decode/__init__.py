@@ -5,10 +5,43 @@
 - `nms`: class-aware non-maximum suppression.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from agent.inference.decode.nms import batched_nms, nms
 from agent.inference.decode.ssd import SsdDecoder
 from agent.inference.decode.yolo_nas import DecodeError, Detections, YoloNasDecoder
+from agent.inference.tensors import TensorInfo
 
-DECODERS = {"yolo_nas_raw": YoloNasDecoder, "ssd_postprocess": SsdDecoder}
+if TYPE_CHECKING:
+    from agent.protocol.manifest import OutputLayout
 
-__all__ = ["DECODERS", "DecodeError", "Detections", "SsdDecoder", "YoloNasDecoder", "batched_nms", "nms"]
+Decoder = YoloNasDecoder | SsdDecoder
+# The manifest's `layout.decoder` names one of these.
+DECODERS: dict[str, type[YoloNasDecoder] | type[SsdDecoder]] = {
+    "yolo_nas_raw": YoloNasDecoder,
+    "ssd_postprocess": SsdDecoder,
+}
+
+
+def make_decoder(layout: OutputLayout, outputs: Sequence[TensorInfo], input_size: tuple[int, int]) -> Decoder:
+    """The decoder a bundle's layout names, bound to the actual output tensors (their quantization)."""
+    kind = DECODERS.get(layout.decoder)
+    if kind is None:
+        raise DecodeError(f"unknown decoder {layout.decoder!r}")
+    return kind.from_layout(outputs, layout, input_size)
+
+
+__all__ = [
+    "DECODERS",
+    "DecodeError",
+    "Decoder",
+    "Detections",
+    "SsdDecoder",
+    "YoloNasDecoder",
+    "batched_nms",
+    "make_decoder",
+    "nms",
+]

@@ -17,12 +17,16 @@ dequantized with each tensor's own scale and zero point, never assumed ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.inference.decode.yolo_nas import DecodeError, Detections, Quant, dequantize
 from agent.inference.preprocess import LetterboxInfo, unletterbox_boxes
+from agent.inference.tensors import TensorInfo
+
+if TYPE_CHECKING:
+    from agent.protocol.manifest import OutputLayout
 
 _ROLES = ("boxes", "classes", "scores", "count")
 
@@ -85,15 +89,26 @@ class SsdDecoder:
         return idx
 
     @classmethod
+    def from_tensors(
+        cls, tensors: Sequence[TensorInfo], num_classes: int, input_size: int | tuple[int, int]
+    ) -> SsdDecoder:
+        """Bound to a backend's output tensors (quantization and names read from each tensor)."""
+        return cls(num_classes, input_size, [t.shape for t in tensors], [t.quant for t in tensors],
+                   names=[t.name for t in tensors])
+
+    @classmethod
     def from_details(
         cls, details: Sequence[dict[str, Any]], num_classes: int, input_size: int | tuple[int, int]
     ) -> SsdDecoder:
-        """From a TFLite interpreter's get_output_details() (quantization read from each tensor)."""
-        from agent.inference.tflite import quant_params
+        """From a TFLite interpreter's get_output_details()."""
+        from agent.inference.tflite import tensor_info
 
-        shapes = [tuple(int(x) for x in d["shape"]) for d in details]
-        quants = [quant_params(d) if np.dtype(d["dtype"]).kind in "ui" else None for d in details]
-        return cls(num_classes, input_size, shapes, quants, names=[str(d.get("name", "")) for d in details])
+        return cls.from_tensors([tensor_info(d) for d in details], num_classes, input_size)
+
+    @classmethod
+    def from_layout(cls, tensors: Sequence[TensorInfo], layout: OutputLayout, input_size: tuple[int, int]) -> SsdDecoder:
+        """As a bundle's manifest describes it (agent.inference.decode.make_decoder)."""
+        return cls.from_tensors(tensors, layout.num_classes, input_size)
 
     def _resolve_pair(self, classes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Without names: scores are in [0, 1] and sorted descending; class ids are whole numbers."""

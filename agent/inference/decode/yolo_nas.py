@@ -17,12 +17,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.inference.decode.nms import batched_nms
 from agent.inference.preprocess import LetterboxInfo, unletterbox_boxes
+from agent.inference.tensors import TensorInfo
+
+if TYPE_CHECKING:
+    from agent.protocol.manifest import OutputLayout
 
 Quant = tuple[float, int] | None
 
@@ -118,15 +122,27 @@ class YoloNasDecoder:
         self._anchors = {lv.stride: self._anchor_points(lv) for lv in self.levels}
 
     @classmethod
+    def from_tensors(
+        cls, tensors: Sequence[TensorInfo], num_classes: int, input_size: int | tuple[int, int], **kw: Any
+    ) -> YoloNasDecoder:
+        """Bound to a backend's output tensors (quantization read from each tensor)."""
+        return cls(num_classes, input_size, [t.shape for t in tensors], [t.quant for t in tensors], **kw)
+
+    @classmethod
     def from_details(
         cls, details: Sequence[dict[str, Any]], num_classes: int, input_size: int | tuple[int, int], **kw: Any
     ) -> YoloNasDecoder:
-        """From a TFLite interpreter's get_output_details() (quantization read from each tensor)."""
-        from agent.inference.tflite import quant_params
+        """From a TFLite interpreter's get_output_details()."""
+        from agent.inference.tflite import tensor_info
 
-        shapes = [tuple(int(x) for x in d["shape"]) for d in details]
-        quants = [quant_params(d) if np.dtype(d["dtype"]).kind in "ui" else None for d in details]
-        return cls(num_classes, input_size, shapes, quants, **kw)
+        return cls.from_tensors([tensor_info(d) for d in details], num_classes, input_size, **kw)
+
+    @classmethod
+    def from_layout(
+        cls, tensors: Sequence[TensorInfo], layout: OutputLayout, input_size: tuple[int, int]
+    ) -> YoloNasDecoder:
+        """As a bundle's manifest describes it (agent.inference.decode.make_decoder)."""
+        return cls.from_tensors(tensors, layout.num_classes, input_size, strides=layout.strides, reg_max=layout.reg_max)
 
     def _match(self, shapes: list[tuple[int, ...]]) -> list[_Level]:
         if len(shapes) != 2 * len(self.strides):
