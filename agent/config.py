@@ -2,19 +2,28 @@
 
 Precedence (highest first): explicit keyword arguments, environment, TOML file, defaults.
 Nested keys use a double underscore in the environment, e.g. EDGE_AGENT_BROKER__URL or
-EDGE_AGENT_BACKEND__CPU__THREADS. One sub-model per backend, in the spirit of Frigate's detectors.
+EDGE_AGENT_BACKEND__DETECTORS__CPU__THREADS. One sub-model per backend, in the spirit of Frigate's detectors
+(each defined beside its backend in agent/inference/backends/).
 See docs/AGENT.md and docs/agent.example.toml.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,12 +31,18 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.inference.backends.base import AcceleratorSettings, BackendSettings
+from agent.inference.backends.cpu import CpuBackend
+from agent.inference.backends.cpu import CpuConfig as CpuConfig  # each backend's section, re-exported
+from agent.inference.backends.edgetpu import EdgeTpuBackend
+from agent.inference.backends.edgetpu import EdgeTpuConfig as EdgeTpuConfig
+from agent.inference.backends.registry import BACKENDS, BackendSettingsUnion, default_settings
 from agent.protocol.topics import DEFAULT_PREFIX, check_segment
 from agent.updates.store import UpdatesConfig  # [updater] the [updates] section lives beside the model store
 
-_TPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
 # The TOML path for the settings source of the current load (settings classes are static).
 _TOML_PATH: ContextVar[Path | None] = ContextVar("_TOML_PATH", default=None)
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -129,36 +144,76 @@ class CameraConfig(_Section):
         return "file"
 
 
-class EdgeTpuConfig(_Section):
-    """Coral Edge TPU. device: "usb", "usb:N", "pci", "pci:N" (libedgetpu's syntax); "" = first found."""
+class BackendConfig(_Section):
+    """Which backends run the bundle, Frigate-detector style: one section per backend under
+    `[backend.detectors.<name>]`, told apart by `type` ("edgetpu", "cpu"; the name is the type when
+    `type` is omitted). `prefer` names the type to run; the CPU is the fallback either way. A type
+    without a section runs with its defaults.
 
-    enabled: bool = True
-    device: str = ""
-    library: str = "libedgetpu.so.1"
-    reprobe_interval_s: float = Field(default=30.0, gt=0, description="while degraded, retry the TPU this often")
-    # Where enumeration looks (agent.inference.backends.edgetpu); changed only by tests and containers.
-    sysfs_root: Path = Path("/sys")
-    dev_root: Path = Path("/dev")
+    The old flat form (`[backend.edgetpu]`, `[backend.cpu]`, EDGE_AGENT_BACKEND__CPU__THREADS) still
+    loads, with a deprecation warning: it is validated in place (errors name `backend.edgetpu.device`)
+    and folded into `detectors`.
+    """
 
-    @field_validator("device")
+    prefer: str = "edgetpu"
+    detectors: dict[str, BackendSettingsUnion] = Field(default_factory=dict)
+    legacy_edgetpu: EdgeTpuConfig | None = Field(default=None, alias="edgetpu", exclude=True, repr=False)
+    legacy_cpu: CpuConfig | None = Field(default=None, alias="cpu", exclude=True, repr=False)
+
+    @field_validator("prefer")
     @classmethod
-    def _check_device(cls, v: str) -> str:
-        if v and not _TPU_DEVICE.match(v):
-            raise ValueError(f"edgetpu device must be usb, usb:N, pci or pci:N, not {v!r}")
+    def _known(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"prefer must be one of {', '.join(BACKENDS)}, not {v!r}")
         return v
 
+    @field_validator("detectors", mode="before")
+    @classmethod
+    def _type_from_name(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: {"type": k, **d} if isinstance(d, dict) and "type" not in d else d for k, d in v.items()}
+        return v
 
-class CpuConfig(_Section):
-    """TFLite on the CPU (XNNPACK)."""
+    @model_validator(mode="after")
+    def _complete(self) -> BackendConfig:
+        legacy = [s for s in (self.legacy_edgetpu, self.legacy_cpu) if s is not None]
+        if legacy:
+            old = ", ".join(f"[backend.{s.type}]" for s in legacy)
+            log.warning("config: %s is deprecated: write [backend.detectors.<name>] with type = \"<type>\" "
+                        "(docs/agent.example.toml); loading it as such", old)
+        seen: dict[str, str] = {}
+        for name, d in self.detectors.items():
+            if d.type in seen:
+                raise ValueError(f"detectors {seen[d.type]!r} and {name!r} are both of type {d.type!r}; one per type")
+            seen[d.type] = name
+        for s in legacy:  # the old section wins over a new one of its type: it was written last
+            self.detectors = {k: d for k, d in self.detectors.items() if d.type != s.type} | {s.type: s}
+        for type_ in BACKENDS:
+            if not any(d.type == type_ for d in self.detectors.values()):
+                self.detectors[type_] = default_settings(type_)
+        self.legacy_edgetpu = self.legacy_cpu = None
+        return self
 
-    threads: int = Field(default=2, ge=1, le=64)
-    xnnpack: bool = True
+    def settings(self, type_: str) -> BackendSettings:
+        """The section of backend `type_` (every registered type has one after validation)."""
+        return next(d for d in self.detectors.values() if d.type == type_)
 
+    def preferred(self) -> AcceleratorSettings | None:
+        """The preferred backend's settings when it is an enabled accelerator; None = the CPU only."""
+        s = self.settings(self.prefer)
+        return s if isinstance(s, AcceleratorSettings) and s.enabled else None
 
-class BackendConfig(_Section):
-    prefer: Literal["edgetpu", "cpu"] = "edgetpu"
-    edgetpu: EdgeTpuConfig = EdgeTpuConfig()
-    cpu: CpuConfig = CpuConfig()
+    @property
+    def edgetpu(self) -> EdgeTpuConfig:
+        s = self.settings(EdgeTpuBackend.name)
+        assert isinstance(s, EdgeTpuConfig)
+        return s
+
+    @property
+    def cpu(self) -> CpuConfig:
+        s = self.settings(CpuBackend.name)
+        assert isinstance(s, CpuConfig)
+        return s
 
 
 class DetectConfig(_Section):

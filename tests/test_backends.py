@@ -15,10 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import CpuConfig, EdgeTpuConfig
+from agent.config import AgentConfig, CpuConfig, EdgeTpuConfig, load_config
+from agent.inference import tflite
+from agent.inference.backends import registry
 from agent.inference.backends.base import BackendError, TensorInfo
 from agent.inference.backends.cpu import CpuBackend
 from agent.inference.backends.edgetpu import EdgeTpuBackend, enumerate_tpus, select_device
+from agent.inference.decode.yolo_nas import dequantize
 from agent.inference.preprocess import letterbox
 
 
@@ -98,7 +101,9 @@ def test_cpu_backend_without_xnnpack_gives_same_result(coral_data: Path) -> None
     model = coral_data / "mobilenet_v1_0.25_128_quant.tflite"
     x = np.random.default_rng(0).integers(0, 255, (1, 128, 128, 3), dtype=np.uint8)
     a = CpuBackend.open(model, CpuConfig(threads=1)).run(x)[0]
-    b = CpuBackend.open(model, CpuConfig(threads=1, xnnpack=False)).run(x)[0]
+    plain = CpuBackend.open(model, CpuConfig(threads=1, xnnpack=False))
+    assert plain.device == "cpu:1t:noxnn"
+    b = plain.run(x)[0]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
@@ -133,8 +138,91 @@ def test_edgetpu_backend_delegate_failure_is_a_clear_error(coral_data: Path, fak
         EdgeTpuBackend.open(coral_data / "mobilenet_v1_0.25_128_quant_edgetpu.tflite", EdgeTpuConfig(enabled=False))
 
 
-def test_tensor_info_dequantize() -> None:
+def test_tensor_info_quantization_feeds_dequantize() -> None:
     t = TensorInfo(0, "x", (1, 4), np.dtype(np.int8), scale=0.5, zero_point=-3)
-    np.testing.assert_allclose(t.dequantize(np.array([-3, -1, 5], np.int8)), [0.0, 1.0, 4.0])
+    np.testing.assert_allclose(dequantize(np.array([-3, -1, 5], np.int8), t.quant), [0.0, 1.0, 4.0])
     f = TensorInfo(0, "y", (1,), np.dtype(np.float32))
-    assert not f.quantized
+    assert not f.quantized and f.quant is None
+
+
+def test_one_quantization_reader_for_both_detail_forms() -> None:
+    """ai-edge-litert fills both fields; the per-tensor `quantization_parameters` wins, the legacy tuple
+    is the fallback, and a float tensor has none."""
+    new = {"index": 3, "name": "out", "shape": np.array([1, 8]), "dtype": np.uint8, "quantization": (0.0, 0),
+           "quantization_parameters": {"scales": np.array([0.25], np.float32), "zero_points": np.array([7])}}
+    legacy = {"index": 4, "name": "in", "shape": [1, 2], "dtype": np.int8, "quantization": (0.5, -3)}
+    flt = {"index": 5, "name": "f", "shape": [1], "dtype": np.float32, "quantization": (0.0, 0),
+           "quantization_parameters": {"scales": np.array([], np.float32), "zero_points": np.array([])}}
+    assert tflite.quant_params(new) == (0.25, 7) and tflite.quant_params(legacy) == (0.5, -3)
+    assert tflite.quant_params(flt) is None
+    t = tflite.tensor_info(new)
+    assert (t.index, t.name, t.shape, t.dtype, t.quant) == (3, "out", (1, 8), np.dtype(np.uint8), (0.25, 7))
+    assert tflite.tensor_info(flt).quant is None
+
+
+def test_load_interpreter_and_run(coral_data: Path) -> None:
+    """The public loader the builder uses: allocated interpreter, tensors described, one inference."""
+    interp = tflite.load_interpreter(coral_data / "mobilenet_v1_0.25_128_quant.tflite", threads=1)
+    (inp,) = tflite.input_tensors(interp)
+    assert inp.shape == (1, 128, 128, 3) and inp.quant is not None
+    x = np.zeros(inp.shape, np.uint8)
+    (out,) = tflite.run(interp, x)
+    assert out.shape == tflite.output_tensors(interp)[0].shape
+    b = CpuBackend.open(coral_data / "mobilenet_v1_0.25_128_quant.tflite", CpuConfig(threads=1))
+    np.testing.assert_array_equal(b.run(x)[0], out)
+
+
+# ------------------------------------------------------------------------------------------ registry, config
+
+
+def test_registry_knows_each_backend_by_its_config_type() -> None:
+    assert {"edgetpu": EdgeTpuBackend, "cpu": CpuBackend} == registry.BACKENDS
+    assert registry.FALLBACK == "cpu"
+    assert isinstance(registry.default_settings("edgetpu"), EdgeTpuConfig)
+    assert isinstance(registry.default_settings("cpu"), CpuConfig)
+    with pytest.raises(BackendError, match="unknown backend type 'hailo'"):
+        registry.backend_class("hailo")
+
+
+def test_backend_config_detectors_by_type(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text("""
+[backend]
+prefer = "edgetpu"
+[backend.detectors.coral]
+type = "edgetpu"
+device = "usb:1"
+reprobe_interval_s = 5.0
+[backend.detectors.cpu]
+threads = 3
+""")
+    b = load_config(tmp_path / "a.toml").backend
+    assert b.edgetpu.device == "usb:1" and b.cpu.threads == 3  # `type` defaults to the section's name
+    assert b.preferred() is b.settings("edgetpu") and b.edgetpu.reprobe_interval_s == 5.0
+    only_cpu = AgentConfig(backend={"detectors": {"cpu": {"threads": 1}}}).backend
+    assert only_cpu.edgetpu == EdgeTpuConfig()  # a type without a section runs with its defaults
+    assert AgentConfig(backend={"prefer": "cpu"}).backend.preferred() is None
+    assert AgentConfig(backend={"detectors": {"tpu": {"type": "edgetpu", "enabled": False}}}).backend.preferred() is None
+    with pytest.raises(ValueError, match="both of type 'cpu'"):
+        AgentConfig(backend={"detectors": {"a": {"type": "cpu"}, "b": {"type": "cpu"}}})
+    with pytest.raises(ValueError, match="prefer must be one of edgetpu, cpu"):
+        AgentConfig(backend={"prefer": "gpu"})
+
+
+def test_old_flat_backend_config_still_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "old.toml").write_text("""
+[backend]
+prefer = "edgetpu"
+[backend.edgetpu]
+device = "pci:0"
+reprobe_interval_s = 7.0
+[backend.cpu]
+threads = 4
+xnnpack = false
+""")
+    with caplog.at_level("WARNING", logger="agent.config"):
+        b = load_config(tmp_path / "old.toml").backend
+    assert "[backend.edgetpu], [backend.cpu] is deprecated" in caplog.text
+    assert b.edgetpu == EdgeTpuConfig(device="pci:0", reprobe_interval_s=7.0)
+    assert b.cpu == CpuConfig(threads=4, xnnpack=False)
+    assert sorted(d.type for d in b.detectors.values()) == ["cpu", "edgetpu"]
+    assert "cpu" not in b.model_dump() and "edgetpu" not in b.model_dump()  # folded into detectors

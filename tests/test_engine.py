@@ -16,7 +16,7 @@ import pytest
 from helpers import iou
 
 from agent.config import AgentConfig
-from agent.inference import engine as engine_mod
+from agent.inference.backends import registry
 from agent.inference.backends.base import BackendError
 from agent.inference.backends.cpu import CpuBackend
 from agent.inference.backends.edgetpu import EdgeTpuBackend
@@ -45,19 +45,22 @@ def agent_cfg(tmp_path: Path, **kw: Any) -> AgentConfig:
     base: dict[str, Any] = dict(
         state_dir=tmp_path / "state",
         trusted_keys_dir=tmp_path / "keys",
-        backend={"prefer": "cpu", "cpu": {"threads": 2}},
+        backend={"prefer": "cpu", "detectors": {"cpu": {"threads": 2}}},
         detect={"score_threshold": SCORE},
     )
     base.update(kw)
     return AgentConfig(**base)
 
 
-def no_tpu(tmp_path: Path) -> dict[str, Any]:
-    """Backend config preferring the Edge TPU, with enumeration pointed at an empty fake tree."""
+def no_tpu(tmp_path: Path, legacy: bool = False) -> dict[str, Any]:
+    """Backend config preferring the Edge TPU, with enumeration pointed at an empty fake tree (`legacy`:
+    in the old flat form, [backend.edgetpu])."""
     (tmp_path / "sys").mkdir(exist_ok=True)
     (tmp_path / "dev").mkdir(exist_ok=True)
-    return {"prefer": "edgetpu", "edgetpu": {"sysfs_root": str(tmp_path / "sys"), "dev_root": str(tmp_path / "dev"),
-                                            "reprobe_interval_s": 0.05}}
+    tpu = {"sysfs_root": str(tmp_path / "sys"), "dev_root": str(tmp_path / "dev"), "reprobe_interval_s": 0.05}
+    if legacy:
+        return {"prefer": "edgetpu", "edgetpu": tpu}
+    return {"prefer": "edgetpu", "detectors": {"coral": {"type": "edgetpu", **tpu}}}
 
 
 def with_edgetpu_file(src: Path, dst: Path, edgetpu_model: Path, key_path: Path) -> Path:
@@ -167,9 +170,10 @@ def tpu_bundle(trained_bundle: Path, trained_bundle_key: Path, trained_bundle_ke
     return Bundle.load(root, Keyring.load(trained_bundle_keys))
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["detectors", "old-flat-config"])
 def test_no_tpu_runs_cpu_model_degraded(tpu_bundle: Bundle, clip: tuple[Path, list[FrameTruth]],
-                                        tmp_path: Path) -> None:
-    eng = Engine.load(tpu_bundle, agent_cfg(tmp_path, backend=no_tpu(tmp_path)))
+                                        tmp_path: Path, legacy: bool) -> None:
+    eng = Engine.load(tpu_bundle, agent_cfg(tmp_path, backend=no_tpu(tmp_path, legacy)))
     assert eng.backend_name == "cpu"
     assert eng.state == "degraded"
     assert "no Edge TPU found" in (eng.degraded_reason or "")
@@ -218,7 +222,8 @@ def test_tpu_lost_at_runtime_falls_back_and_recovers(bundle: Bundle, clip: tuple
         cpu = CpuBackend.open(bundle.path(m.models.cpu))
         return StandInTpu(cpu._interp, "usb:0", str(model_path))
 
-    monkeypatch.setattr(engine_mod.EdgeTpuBackend, "open", classmethod(fake_open))
+    monkeypatch.setattr(StandInTpu, "open", classmethod(fake_open))
+    monkeypatch.setitem(registry.BACKENDS, "edgetpu", StandInTpu)  # what the engine asks for by type
     # A bundle whose manifest names an Edge TPU file: reuse the CPU file's name for the stand-in.
     tpu_manifest = m.model_copy(update={"models": m.models.model_copy(update={"edgetpu": m.models.cpu})})
     b = Bundle(bundle.root, tpu_manifest, bundle.manifest_bytes)
@@ -277,12 +282,13 @@ def test_tpu_lost_and_cpu_model_broken_raises_without_reload_storm(
         cpu = real_open(CpuBackend, model_path, None)
         return StandInTpu(cpu._interp, "usb:0", str(model_path))
 
-    monkeypatch.setattr(engine_mod.EdgeTpuBackend, "open", classmethod(fake_tpu))
-    monkeypatch.setattr(engine_mod.CpuBackend, "open", classmethod(counting_open))
+    monkeypatch.setattr(StandInTpu, "open", classmethod(fake_tpu))
+    monkeypatch.setitem(registry.BACKENDS, "edgetpu", StandInTpu)
+    monkeypatch.setattr(CpuBackend, "open", classmethod(counting_open))
     man = m.model_copy(update={"models": m.models.model_copy(update={"cpu": "cpu.tflite", "edgetpu": "tpu.tflite"})})
     StandInTpu.plugged = True
     backend = no_tpu(tmp_path)
-    backend["edgetpu"]["reprobe_interval_s"] = 30.0
+    backend["detectors"]["coral"]["reprobe_interval_s"] = 30.0
     eng = Engine.load(Bundle(root, man, b""), agent_cfg(tmp_path, backend=backend))
     frame = read_frames(clip[0])[0]
     assert eng.backend_name == "edgetpu" and len(eng.infer(frame)) > 0

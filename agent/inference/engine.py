@@ -1,10 +1,11 @@
 """The Engine: one bundle's model on the best backend available, with preprocessing and decoding.
 
-Backend choice: the bundle's Edge TPU model on the configured TPU when the config prefers it; if that
-cannot run (no TPU, delegate error, the TPU vanished mid-run — USB Corals re-enumerate), the bundle's CPU
-model, with `degraded_reason` saying why. While degraded, a background probe retries the TPU every
-`reprobe_interval_s` and the engine moves back between two frames when it works. No exception from a
-lost TPU escapes infer(): the frame is re-run on the CPU. Frigate crash-loops here; we don't.
+Backend choice (backends come from the registry by config `type`): the bundle's model for the preferred
+accelerator (the Edge TPU) when the config prefers one; if that cannot run (no TPU, delegate error, the
+TPU vanished mid-run — USB Corals re-enumerate), the bundle's CPU model, with `degraded_reason` saying
+why. While degraded, a background probe retries the accelerator every `reprobe_interval_s` and the engine
+moves back between two frames when it works. No exception from a lost accelerator escapes infer(): the
+frame is re-run on the CPU. Frigate crash-loops here; we don't.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import cv2
 import numpy as np
 
 from agent.config import AgentConfig
+from agent.inference import decode
+from agent.inference.backends import registry
 from agent.inference.backends.base import Backend, BackendError
-from agent.inference.backends.cpu import CpuBackend
-from agent.inference.backends.edgetpu import EdgeTpuBackend
-from agent.inference.decode.ssd import SsdDecoder
-from agent.inference.decode.yolo_nas import DecodeError, Detections, YoloNasDecoder
-from agent.inference.preprocess import LetterboxInfo, letterbox, to_input
+from agent.inference.decode import DecodeError, Decoder, Detections
+from agent.inference.preprocess import LetterboxInfo, letterbox, letterbox_params, normalize_boxes, to_input
 from agent.protocol.messages import Detection
 from agent.security.bundle import Bundle
 
@@ -35,7 +35,8 @@ class EngineError(Exception):
     """The bundle cannot run on any backend (e.g. its CPU model is broken)."""
 
 
-_Decoder = YoloNasDecoder | SsdDecoder
+# The preferred backend's retry interval when the config has no accelerator (only paces a broken CPU model).
+_DEFAULT_REPROBE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,24 +48,18 @@ class StageTimes:
     postprocess_s: float
 
 
-def make_decoder(bundle: Bundle, backend: Backend) -> _Decoder:
+def make_decoder(bundle: Bundle, backend: Backend) -> Decoder:
     """The bundle's decoder bound to this backend's actual output tensors (their quantization)."""
-    m = bundle.manifest
-    details = [
-        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
-         "quantization": (t.scale, t.zero_point),
-         "quantization_parameters": {"scales": np.array([t.scale] if t.scale else [], np.float32),
-                                     "zero_points": np.array([t.zero_point] if t.scale else [], np.int32)}}
-        for t in backend.outputs
-    ]
-    h, w = backend.input.shape[1], backend.input.shape[2]
-    if m.layout.decoder == "yolo_nas_raw":
-        return YoloNasDecoder.from_details(
-            details, m.layout.num_classes, (h, w), strides=m.layout.strides, reg_max=m.layout.reg_max
-        )
-    if m.layout.decoder == "ssd_postprocess":
-        return SsdDecoder.from_details(details, m.layout.num_classes, (h, w))
-    raise EngineError(f"unknown decoder {m.layout.decoder!r}")
+    return decode.make_decoder(bundle.manifest.layout, backend.outputs, (backend.input.shape[1], backend.input.shape[2]))
+
+
+def open_backend(bundle: Bundle, cfg: AgentConfig, type_: str) -> Backend:
+    """The bundle's model for backend `type_`, opened with its config section."""
+    cls = registry.backend_class(type_)
+    rel = getattr(bundle.manifest.models, cls.model, None)
+    if rel is None:
+        raise BackendError(f"the bundle has no {cls.model} model")
+    return cls.open(bundle.path(rel), cfg.backend.settings(type_))
 
 
 class Engine:
@@ -79,7 +74,9 @@ class Engine:
         self._lock = threading.RLock()
         self._pending: Backend | None = None
         self._probe: threading.Thread | None = None
-        self._next_probe = time.monotonic() + cfg.backend.edgetpu.reprobe_interval_s
+        accel = cfg.backend.preferred()
+        self._reprobe_s = accel.reprobe_interval_s if accel else _DEFAULT_REPROBE_S
+        self._next_probe = time.monotonic() + self._reprobe_s
         self._closed = False
         self.fallbacks = 0
         self.recoveries = 0
@@ -101,24 +98,22 @@ class Engine:
 
     @classmethod
     def load(cls, bundle: Bundle, cfg: AgentConfig) -> Engine:
-        """Open the bundle on the Edge TPU if preferred and possible, else on the CPU (degraded if the
-        TPU was wanted). Raises EngineError only when the CPU model cannot run either."""
+        """Open the bundle on the preferred accelerator if possible, else on the CPU (degraded if the
+        accelerator was wanted). Raises EngineError only when the CPU model cannot run either."""
         m = bundle.manifest
-        tpu_cfg = cfg.backend.edgetpu
-        want_tpu = cfg.backend.prefer == "edgetpu" and tpu_cfg.enabled and m.models.edgetpu is not None
+        preferred = preferred_type(bundle, cfg)
         reason: str | None = None
-        if want_tpu:
-            assert m.models.edgetpu is not None
+        if preferred is not None:
+            label = registry.backend_class(preferred).label
             try:
-                backend: Backend = EdgeTpuBackend.open(bundle.path(m.models.edgetpu), tpu_cfg)
-                return cls(bundle, cfg, backend)
+                return cls(bundle, cfg, open_backend(bundle, cfg, preferred))
             except BackendError as exc:
                 reason = str(exc)
             except (DecodeError, EngineError) as exc:
-                reason = f"Edge TPU model unusable: {exc}"
-            log.warning("%s v%d: Edge TPU unavailable (%s); running the CPU model", m.name, m.version, reason)
+                reason = f"{label} model unusable: {exc}"
+            log.warning("%s v%d: %s unavailable (%s); running the CPU model", m.name, m.version, label, reason)
         try:
-            backend = CpuBackend.open(bundle.path(m.models.cpu), cfg.backend.cpu)
+            backend = open_backend(bundle, cfg, registry.FALLBACK)
             return cls(bundle, cfg, backend, degraded_reason=reason)
         except (BackendError, DecodeError) as exc:
             raise EngineError(f"{m.name} v{m.version}: {exc}") from exc
@@ -173,13 +168,13 @@ class Engine:
             try:
                 return self._infer(frame_bgr)
             except BackendError as exc:
-                if self._backend.name != "edgetpu":
+                if self._backend.name == registry.FALLBACK:
                     raise EngineError(str(exc)) from exc
                 try:
-                    self._fall_back(f"Edge TPU lost at run time: {exc}")
+                    self._fall_back(f"{self._backend.label} lost at run time: {exc}")
                 except EngineError as fexc:
                     self._fallback_failed = str(fexc)
-                    self._next_fallback = time.monotonic() + self.cfg.backend.edgetpu.reprobe_interval_s
+                    self._next_fallback = time.monotonic() + self._reprobe_s
                     raise
                 self._fallback_failed = None
                 return self._infer(frame_bgr)
@@ -219,7 +214,7 @@ class Engine:
         direct = t.dtype == np.uint8 and (scale == "raw" or (abs(t.scale * 255.0 - 1.0) < 1e-6 and t.zero_point == 0))
         if use_letterbox and direct:
             b.fill_input(lambda buf: letterbox(frame, size, pad_value=pad, bgr_input=to_rgb, out=buf)[1])
-            return letterbox_info(frame, size)
+            return letterbox_params(frame.shape[1], frame.shape[0], size)
         info: LetterboxInfo | None
         if use_letterbox:
             canvas, info = letterbox(frame, size, pad_value=pad, bgr_input=to_rgb)
@@ -243,8 +238,7 @@ class Engine:
             return out
         if not np.all(np.isfinite(det.boxes)) or not np.all(np.isfinite(det.scores)):
             raise DecodeError("non-finite boxes or scores (NaN/inf)")
-        scale = np.array([w, h, w, h], np.float32)
-        boxes = np.clip(det.boxes / scale, 0.0, 1.0)
+        boxes = normalize_boxes(det.boxes, w, h)
         for box, score, cls in zip(boxes.tolist(), det.scores.tolist(), det.classes.tolist(), strict=True):
             cid = int(cls)
             name = self.class_names[cid] if 0 <= cid < len(self.class_names) else str(cid)
@@ -265,26 +259,20 @@ class Engine:
     # ------------------------------------------------------------------------------------------ fallback
 
     def _fall_back(self, reason: str) -> None:
-        """Called with the lock held after the TPU failed: reopen on the CPU (raises EngineError if
-        even that fails)."""
+        """Called with the lock held after the accelerator failed: reopen on the CPU (raises EngineError
+        if even that fails)."""
         log.warning("%s; falling back to the CPU model", reason)
         old = self._backend
-        m = self.bundle.manifest
         try:
-            cpu = CpuBackend.open(self.bundle.path(m.models.cpu), self.cfg.backend.cpu)
+            cpu = open_backend(self.bundle, self.cfg, registry.FALLBACK)
             decoder = make_decoder(self.bundle, cpu)
         except (BackendError, DecodeError) as exc:
-            raise EngineError(f"TPU lost and the CPU model failed too: {exc}") from exc
+            raise EngineError(f"{old.label} lost and the CPU model failed too: {exc}") from exc
         self._backend, self._decoder = cpu, decoder
         self.degraded_reason = reason
         self.fallbacks += 1
-        self._next_probe = time.monotonic() + self.cfg.backend.edgetpu.reprobe_interval_s
+        self._next_probe = time.monotonic() + self._reprobe_s
         old.close()
-
-    def _can_use_tpu(self) -> bool:
-        m = self.bundle.manifest
-        tpu = self.cfg.backend.edgetpu
-        return self.cfg.backend.prefer == "edgetpu" and tpu.enabled and m.models.edgetpu is not None
 
     def _maybe_recover(self) -> None:
         """While degraded: swap in a TPU backend the probe thread opened; start a probe when due."""
@@ -294,34 +282,34 @@ class Engine:
                 decoder = make_decoder(self.bundle, new)
                 self._check_input(new)
             except (DecodeError, EngineError) as exc:
-                self.degraded_reason = f"Edge TPU model unusable: {exc}"
+                self.degraded_reason = f"{new.label} model unusable: {exc}"
                 new.close()
                 return
             old = self._backend
             self._backend, self._decoder = new, decoder
             self.degraded_reason = None
             self.recoveries += 1
-            log.info("Edge TPU is back (%s); left the CPU model", new.device)
+            log.info("%s is back (%s); left the CPU model", new.label, new.device)
             old.close()
             return
         if (
             self.degraded_reason
-            and self._can_use_tpu()
+            and preferred_type(self.bundle, self.cfg) is not None
             and time.monotonic() >= self._next_probe
             and (self._probe is None or not self._probe.is_alive())
         ):
-            self._next_probe = time.monotonic() + self.cfg.backend.edgetpu.reprobe_interval_s
-            self._probe = threading.Thread(target=self._probe_tpu, name="tpu-probe", daemon=True)
+            self._next_probe = time.monotonic() + self._reprobe_s
+            self._probe = threading.Thread(target=self._probe_preferred, name="tpu-probe", daemon=True)
             self._probe.start()
 
-    def _probe_tpu(self) -> None:
+    def _probe_preferred(self) -> None:
         # Opening the TPU (firmware load, model upload) takes up to seconds: never on the frame path.
-        m = self.bundle.manifest
-        assert m.models.edgetpu is not None
+        preferred = preferred_type(self.bundle, self.cfg)
+        assert preferred is not None
         try:
-            backend = EdgeTpuBackend.open(self.bundle.path(m.models.edgetpu), self.cfg.backend.edgetpu)
+            backend = open_backend(self.bundle, self.cfg, preferred)
         except BackendError as exc:
-            log.debug("Edge TPU probe: %s", exc)
+            log.debug("%s probe: %s", preferred, exc)
             self.last_probe_error = str(exc)
             return
         self.last_probe_error = None
@@ -359,7 +347,11 @@ class Engine:
         }
 
 
-def letterbox_info(frame: np.ndarray, size: int) -> LetterboxInfo:
-    from agent.inference.preprocess import letterbox_params
 
-    return letterbox_params(frame.shape[1], frame.shape[0], size)
+def preferred_type(bundle: Bundle, cfg: AgentConfig) -> str | None:
+    """The backend type to run when it works: the config's enabled accelerator, if the bundle has a model
+    for it; None = the CPU only."""
+    accel = cfg.backend.preferred()
+    if accel is None or getattr(bundle.manifest.models, registry.backend_class(accel.type).model, None) is None:
+        return None
+    return accel.type

@@ -1,16 +1,22 @@
-"""The backend interface: one TFLite interpreter on one device.
+"""The backend interface, Frigate-detector style: load a model file on one device, set the input, invoke,
+read the raw outputs, describe the tensors, close.
 
-A backend knows nothing about models or boxes; it moves tensors. The Engine (engine.py) owns
-preprocessing and decoding and chooses between backends.
+A backend knows nothing about bundles, boxes or fallbacks; it moves tensors. The Engine (engine.py) owns
+preprocessing and decoding and asks the registry (registry.py) for backends by their config `type`.
+Each backend comes with its own settings model (a BackendSettings subclass with `type: Literal[...]`).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from pathlib import Path
+from typing import ClassVar, Self, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.inference.tensors import TensorInfo
 
 T = TypeVar("T")
 
@@ -19,89 +25,81 @@ class BackendError(Exception):
     """A backend cannot be opened or has failed at run time (e.g. the TPU was unplugged)."""
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One input/output tensor as the interpreter reports it; quantization read from the tensor."""
+class BackendSettings(BaseModel):
+    """One backend's config section; subclasses narrow `type` to a Literal (the discriminator)."""
 
-    index: int
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    scale: float = 0.0
-    zero_point: int = 0
+    model_config = ConfigDict(extra="forbid")
 
-    @property
-    def quantized(self) -> bool:
-        return self.scale != 0.0 and self.dtype.kind in "ui"
-
-    @classmethod
-    def from_details(cls, d: dict[str, Any]) -> TensorInfo:
-        scale, zp = d.get("quantization", (0.0, 0)) or (0.0, 0)
-        return cls(
-            index=int(d["index"]),
-            name=str(d["name"]),
-            shape=tuple(int(x) for x in d["shape"]),
-            dtype=np.dtype(d["dtype"]),
-            scale=float(scale),
-            zero_point=int(zp),
-        )
-
-    def dequantize(self, arr: np.ndarray) -> np.ndarray:
-        if not self.quantized:
-            return arr.astype(np.float32, copy=False)
-        return (arr.astype(np.float32) - self.zero_point) * self.scale
+    type: str
 
 
-class Backend:
-    """A TFLite interpreter, allocated, on one device."""
+class AcceleratorSettings(BackendSettings):
+    """A backend preferred over the CPU fallback: it can be switched off, and is retried while degraded."""
 
-    name: ClassVar[str] = "base"
+    enabled: bool = True
+    reprobe_interval_s: float = Field(default=30.0, gt=0, description="while degraded, retry this backend this often")
 
-    def __init__(self, interpreter: Any, device: str, model_path: str) -> None:
-        self._interp = interpreter
+
+class Backend(ABC):
+    """One model, loaded and ready, on one device."""
+
+    name: ClassVar[str]  # the registry key, equal to the settings' `type`
+    label: ClassVar[str]  # for people: "Edge TPU", "CPU"
+    model: ClassVar[str]  # which of the bundle's model files it runs (a field of Manifest.models)
+
+    def __init__(self, device: str, model_path: str) -> None:
         self.device = device
         self.model_path = model_path
-        self.inputs = [TensorInfo.from_details(d) for d in interpreter.get_input_details()]
-        self.outputs = [TensorInfo.from_details(d) for d in interpreter.get_output_details()]
-        if len(self.inputs) != 1:
-            raise BackendError(f"{model_path}: expected one input tensor, found {len(self.inputs)}")
+
+    @classmethod
+    @abstractmethod
+    def open(cls, model_path: Path | str, cfg: BackendSettings | None = None) -> Self:
+        """Load `model_path` on this backend's device; BackendError when it cannot run there."""
+
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorInfo]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> list[TensorInfo]: ...
+
+    @abstractmethod
+    def set_input(self, arr: np.ndarray) -> None:
+        """Copy a (batch-of-one) input into the input tensor, cast to its dtype."""
+
+    @abstractmethod
+    def invoke(self) -> None:
+        """Run the model; BackendError on a device failure."""
+
+    @abstractmethod
+    def get_outputs(self) -> list[np.ndarray]:
+        """Raw (still quantized) outputs, copied, in output order."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device (idempotent)."""
 
     @property
     def input(self) -> TensorInfo:
         return self.inputs[0]
 
     def fill_input(self, fill: Callable[[np.ndarray], T]) -> T:
-        """Call `fill(view)` with a writable view of the input tensor's own memory (shape without the
-        batch axis), so preprocessing writes straight into it, and return what `fill` returns (which must
-        not be the view). TFLite refuses to invoke while numpy holds a reference to its buffers, hence a
-        callback rather than a handle the caller could keep."""
-        view = self._interp.tensor(self.input.index)()[0]
-        try:
-            return fill(view)
-        finally:
-            del view
-
-    def set_input(self, arr: np.ndarray) -> None:
-        self._interp.set_tensor(self.input.index, arr.reshape(self.input.shape).astype(self.input.dtype, copy=False))
-
-    def invoke(self) -> None:
-        try:
-            self._interp.invoke()
-        except (RuntimeError, ValueError) as exc:
-            raise BackendError(f"{self.name} invoke failed: {exc}") from exc
-
-    def get_outputs(self) -> list[np.ndarray]:
-        """Raw (still quantized) outputs, copied, in the interpreter's output order."""
-        return [self._interp.get_tensor(t.index) for t in self.outputs]
+        """Call `fill(buf)` with a writable (H, W, C) buffer of the input's dtype, then make it the input,
+        and return what `fill` returns. Backends that can expose the tensor's own memory override this so
+        preprocessing writes straight into it."""
+        buf = np.empty(self.input.shape[1:], self.input.dtype)
+        result = fill(buf)
+        self.set_input(buf[None])
+        return result
 
     def run(self, arr: np.ndarray) -> list[np.ndarray]:
         self.set_input(arr)
         self.invoke()
         return self.get_outputs()
 
-    def close(self) -> None:
-        # Dropping the interpreter releases the delegate (and the TPU) once nothing else holds it.
-        self._interp = None
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.device} {self.model_path}>"
+
+
+__all__ = ["AcceleratorSettings", "Backend", "BackendError", "BackendSettings", "TensorInfo"]

@@ -1,30 +1,37 @@
-"""TFLite on the CPU with XNNPACK (ai-edge-litert applies it by default) and configurable threads."""
+"""TFLite on the CPU with XNNPACK (the runtime applies it by default) and configurable threads: the
+fallback every bundle can run."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import Field
 
-from agent.config import CpuConfig
-from agent.inference.backends.base import Backend, BackendError
+from agent.inference.backends.base import BackendError, BackendSettings
+from agent.inference.backends.tflite_backend import TfliteBackend
 
 
-class CpuBackend(Backend):
+class CpuConfig(BackendSettings):
+    """TFLite on the CPU (XNNPACK)."""
+
+    type: Literal["cpu"] = "cpu"
+    threads: int = Field(default=2, ge=1, le=64)
+    xnnpack: bool = True
+
+
+class CpuBackend(TfliteBackend):
     name = "cpu"
+    label = "CPU"
+    model = "cpu"
 
     @classmethod
-    def open(cls, model_path: Path | str, cfg: CpuConfig | BaseModel | None = None) -> CpuBackend:
+    def open(cls, model_path: Path | str, cfg: BackendSettings | None = None) -> CpuBackend:
         from agent.inference import tflite
 
         cfg = cfg if isinstance(cfg, CpuConfig) else CpuConfig()
-        kwargs: dict[str, object] = {"model_path": str(model_path), "num_threads": cfg.threads}
-        resolver = getattr(tflite, "OpResolverType", None)
-        if not cfg.xnnpack and resolver is not None:
-            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            interp = tflite.Interpreter(**kwargs)
-            interp.allocate_tensors()
+            interp = tflite.load_interpreter(model_path, cfg.threads, xnnpack=cfg.xnnpack)
         except (RuntimeError, ValueError, OSError) as exc:
             # e.g. "Encountered unresolved custom op: edgetpu-custom-op" for a TPU-compiled file.
             raise BackendError(f"cannot load {Path(model_path).name} on the CPU: {exc}") from exc

@@ -12,13 +12,36 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from agent.config import EdgeTpuConfig
-from agent.inference.backends.base import Backend, BackendError
+from pydantic import field_validator
+
+from agent.inference.backends.base import AcceleratorSettings, BackendError, BackendSettings
+from agent.inference.backends.tflite_backend import TfliteBackend
 
 USB_IDS = {("1a6e", "089a"): "unprogrammed", ("18d1", "9302"): "ready"}
+_TPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
+
+
+class EdgeTpuConfig(AcceleratorSettings):
+    """Coral Edge TPU. device: "usb", "usb:N", "pci", "pci:N" (libedgetpu's syntax); "" = first found."""
+
+    type: Literal["edgetpu"] = "edgetpu"
+    device: str = ""
+    library: str = "libedgetpu.so.1"
+    # Where enumeration looks; changed only by tests and containers.
+    sysfs_root: Path = Path("/sys")
+    dev_root: Path = Path("/dev")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v and not _TPU_DEVICE.match(v):
+            raise ValueError(f"edgetpu device must be usb, usb:N, pci or pci:N, not {v!r}")
+        return v
 
 
 @dataclass(frozen=True)
@@ -57,8 +80,6 @@ def enumerate_tpus(sysfs_root: str | Path = "/sys", dev_root: str | Path = "/dev
 
 
 def _natural(s: str) -> list[object]:
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
@@ -90,16 +111,14 @@ def _pycoral() -> object | None:
     return edgetpu if hasattr(edgetpu, "make_interpreter") else None
 
 
-class EdgeTpuBackend(Backend):
+class EdgeTpuBackend(TfliteBackend):
     name = "edgetpu"
+    label = "Edge TPU"
+    model = "edgetpu"
 
     @classmethod
-    def open(
-        cls,
-        model_path: Path | str,
-        cfg: EdgeTpuConfig | None = None,
-    ) -> EdgeTpuBackend:
-        cfg = cfg or EdgeTpuConfig()
+    def open(cls, model_path: Path | str, cfg: BackendSettings | None = None) -> EdgeTpuBackend:
+        cfg = cfg if isinstance(cfg, EdgeTpuConfig) else EdgeTpuConfig()
         if not cfg.enabled:
             raise BackendError("Edge TPU disabled in config")
         dev = select_device(cfg.device, enumerate_tpus(cfg.sysfs_root, cfg.dev_root))
@@ -109,12 +128,12 @@ class EdgeTpuBackend(Backend):
         try:
             if coral is not None:
                 interp = coral.make_interpreter(str(model_path), device=spec)  # type: ignore[attr-defined]
+                interp.allocate_tensors()
             else:
                 from agent.inference import tflite
 
                 delegate = tflite.load_delegate(cfg.library, {"device": spec})
-                interp = tflite.Interpreter(model_path=str(model_path), experimental_delegates=[delegate])
-            interp.allocate_tensors()
+                interp = tflite.load_interpreter(model_path, delegates=[delegate])
         except (RuntimeError, ValueError, OSError) as exc:
             raise BackendError(f"Edge TPU {spec} unusable: {exc}") from exc
         return cls(interp, spec, str(model_path))
