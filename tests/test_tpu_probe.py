@@ -26,6 +26,7 @@ from agent.inference.backends.probe import (
     LibraryIdentity,
     ProbeModel,
     cached_verdict,
+    clearance,
     needs_probe,
     probe_cached,
     probe_tpu,
@@ -194,3 +195,14 @@ def test_unreadable_cache_means_probe_again(libs: dict[str, Path], tmp_path: Pat
     (tmp_path / STATE_FILE).write_text("{not json")
     assert cached_verdict(tmp_path, str(libs["crash"]), "usb:0") is None
     assert needs_probe(tmp_path, str(libs["crash"]), "usb:0")
+
+
+def test_clearance_never_probes_while_this_process_holds_the_tpu(libs: dict[str, Path], tmp_path: Path) -> None:
+    lib, twin = str(libs["noop"]), shipped_model(compiled=False)
+    # Unknown library and the device is ours (an update validating its new model): no child, no answer.
+    assert clearance(tmp_path, lib, "usb:0", device_held=True, model=twin) is None
+    assert not (tmp_path / STATE_FILE).exists()
+    v = clearance(tmp_path, lib, "usb:0", device_held=False, model=twin)  # e.g. at start
+    assert v is not None and v.cleared and not v.from_cache
+    held = clearance(tmp_path, lib, "usb:0", device_held=True, model=twin)  # cleared before: no child needed
+    assert held is not None and held.cleared and held.from_cache

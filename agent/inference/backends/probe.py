@@ -60,6 +60,12 @@ class LibraryIdentity(BaseModel):
             return None
         return cls(realpath=real, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
+    @classmethod
+    def find(cls, lib_path: str) -> LibraryIdentity | None:
+        """The identity of the file dlopen would load for `lib_path` (see resolve_library)."""
+        resolved = resolve_library(lib_path)
+        return cls.of(resolved) if resolved is not None else None
+
 
 def _ldconfig_paths(name: str) -> list[str]:
     """Paths the ld.so cache lists for a soname (`ldconfig -p`: "\tname (libc6,...) => /path")."""
@@ -102,13 +108,8 @@ def shipped_model(compiled: bool = True) -> ProbeModel:
     0.1 in softmax probability (25 of 256 steps) and the same top-1, whose margin is 194 steps, so Edge TPU
     rounding passes and a broken runtime (garbage or zeros) does not."""
     name = "mobilenet_v1_0.25_128_quant_edgetpu.tflite" if compiled else "mobilenet_v1_0.25_128_quant.tflite"
-    return ProbeModel(
-        path=MODEL_DIR / name,
-        input=MODEL_DIR / "input.npy",
-        expected=MODEL_DIR / "expected.npy",
-        atol=0.1,
-        top1=True,
-    )
+    d = MODEL_DIR
+    return ProbeModel(path=d / name, input=d / "input.npy", expected=d / "expected.npy", atol=0.1, top1=True)
 
 
 def current_runtime() -> tuple[str, str]:
@@ -162,7 +163,6 @@ class _Child:
     returncode: int | None  # None: killed after the timeout
     stdout: str
     stderr: str
-    duration_s: float
 
 
 def _child_env() -> dict[str, str]:
@@ -183,14 +183,13 @@ def _child_command(library: str, device: str, model: ProbeModel) -> list[str]:
 
 
 def _run_child(cmd: list[str], timeout: float) -> _Child:
-    t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(),
         cwd="/", start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=timeout)
-        return _Child(proc.returncode, out, err, time.monotonic() - t0)
+        return _Child(proc.returncode, out, err)
     except subprocess.TimeoutExpired:
         # Own session: this kills the child and anything it forked, nothing else.
         with contextlib.suppress(ProcessLookupError):
@@ -199,7 +198,7 @@ def _run_child(cmd: list[str], timeout: float) -> _Child:
             out, err = proc.communicate(timeout=5.0)
         except subprocess.TimeoutExpired:  # stuck in the kernel (USB): give up on its output, not on us
             out, err = "", ""
-        return _Child(None, out or "", err or "", time.monotonic() - t0)
+        return _Child(None, out or "", err or "")
 
 
 def _records(stdout: str) -> list[dict[str, Any]]:
@@ -211,13 +210,6 @@ def _records(stdout: str) -> list[dict[str, Any]]:
     return recs
 
 
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
-
-
 def _judge(child: _Child, recs: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
     """Verdict fields from how the child ended; the exit signal wins over anything it reported."""
     stage = next((r["stage"] for r in reversed(recs) if "stage" in r), "start")
@@ -226,10 +218,11 @@ def _judge(child: _Child, recs: list[dict[str, Any]], timeout: float) -> dict[st
         return {"status": "hung", "stage": stage, "what": f"hung during {stage}: killed after {timeout:g} s"}
     if child.returncode < 0:
         num = -child.returncode
+        name = signal.Signals(num).name if num in set(signal.Signals) else f"signal {num}"
         where = "at exit, after reporting" if final is not None else f"during {stage}"
         return {
-            "status": "crashed", "stage": stage, "signal": num, "signal_name": _signal_name(num),
-            "what": f"crashed with {_signal_name(num)} (signal {num}) {where}",
+            "status": "crashed", "stage": stage, "signal": num, "signal_name": name,
+            "what": f"crashed with {name} (signal {num}) {where}",
         }
     if final is None:
         return {"status": "failed", "stage": stage, "what": f"probe exited with code {child.returncode}"}
@@ -272,8 +265,7 @@ def probe_tpu(
     probe_model = model if isinstance(model, ProbeModel) else shipped_model()
     if isinstance(model, str | Path):
         probe_model = ProbeModel(path=Path(model))
-    resolved = resolve_library(lib_path)
-    identity = LibraryIdentity.of(resolved) if resolved is not None else None
+    identity = LibraryIdentity.find(lib_path)
     if identity is None:
         return _verdict(lib_path, device, probe_model, status="failed", what="failed: library file not found")
     t0 = time.monotonic()
@@ -339,8 +331,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _current_key(lib_path: str, device: str) -> str | None:
-    resolved = resolve_library(lib_path)
-    identity = LibraryIdentity.of(resolved) if resolved is not None else None
+    identity = LibraryIdentity.find(lib_path)
     return cache_key(identity, current_runtime(), device) if identity is not None else None
 
 
@@ -375,6 +366,19 @@ def probe_cached(
     return verdict
 
 
+def clearance(
+    state_dir: Path | str, lib_path: str, device: str = "", *, device_held: bool,
+    model: ProbeModel | Path | str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+    retry_after_s: float = RETRY_AFTER_S,
+) -> ProbeVerdict | None:
+    """What the daemon asks before loading the delegate in-process. The stored verdict while it holds;
+    else a fresh probe, unless this process holds the TPU (a USB Coral opens for one process at a time,
+    so the child would only see a busy device): then None, i.e. unknown, keep the TPU off, ask later."""
+    if device_held and needs_probe(state_dir, lib_path, device, retry_after_s):
+        return None
+    return probe_cached(state_dir, lib_path, device, model, timeout, retry_after_s)
+
+
 if __name__ == "__main__":
     from agent.inference.backends.probe_child import main
 
@@ -383,6 +387,6 @@ if __name__ == "__main__":
 
 __all__ = [
     "DEFAULT_TIMEOUT_S", "LibraryIdentity", "ProbeModel", "ProbeVerdict", "VerdictCache", "cache_key",
-    "cached_verdict", "current_runtime", "needs_probe", "probe_cached", "probe_tpu", "resolve_library",
+    "cached_verdict", "clearance", "current_runtime", "needs_probe", "probe_cached", "probe_tpu", "resolve_library",
     "shipped_model",
 ]
