@@ -85,11 +85,11 @@ def test_boxes_are_where_the_shapes_are() -> None:
     assert len(truth) == 1
     cls, (x0, y0, x1, y1) = truth[0]
     # Re-render the same scene without the object: identical RNG stream up to the objects.
-    from builder.data.synth import _background, _lighting
+    from builder.data.synth_scene import apply_lighting, render_background
 
     rng = np.random.default_rng(11)
-    bg = _background(rng, 160, 160)
-    diff = np.abs(img.astype(np.int16) - _lighting(np.random.default_rng(0), bg, 0.0).astype(np.int16)).max(axis=2)
+    bg = render_background(rng, 160, 160)
+    diff = np.abs(img.astype(np.int16) - apply_lighting(np.random.default_rng(0), bg, 0.0).astype(np.int16)).max(axis=2)
     ys, xs = np.nonzero(diff > 60)
     inside = (xs >= x0 - 1) & (xs < x1 + 1) & (ys >= y0 - 1) & (ys < y1 + 1)
     assert inside.mean() > 0.9, "strong changes should lie inside the labelled box"
