@@ -7,6 +7,8 @@ PRIORITY=4` works. Elsewhere logging goes to stderr as usual.
 
 Native protocol (systemd.journal-fields(7), "Native Journal Protocol"): one datagram of `KEY=value\n` lines;
 a value containing a newline is sent as `KEY\n` + 64-bit little-endian length + value + `\n`.
+Why not systemd-python: a C extension built against libsystemd (PyPI ships source only) for what is one
+datagram here; tests/test_journal.py decodes what this sends with the journal's own parsing rules.
 """
 
 from __future__ import annotations
