@@ -36,8 +36,8 @@ def _bin(name: str) -> str:
     return str(exe) if exe.exists() else name
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m builder.demo", description=__doc__.splitlines()[0])
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m builder.demo", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("demo-out"), help="working directory (recreated)")
     # The cheapest configuration measured to reach mAP50 >= 0.5 on 2 CPU cores (docs/TRAINING.md).
     ap.add_argument("--epochs", type=int, default=int(os.environ.get("DEMO_EPOCHS", 50)))
@@ -45,8 +45,68 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=128)
     ap.add_argument("--n-val", type=int, default=32)
     ap.add_argument("--watch", type=float, default=20.0, help="seconds to print detections for")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _build_bundle(builder_cli: str, out: Path, args: argparse.Namespace) -> Path:
+    """Steps 2-4: dataset, training, signing key, conversion; returns the signed bundle directory."""
+    _step(2, "A synthetic dataset (YOLO format)")
+    _run([builder_cli, "synth", "dataset", out / "dataset", "--n-train", args.n_train, "--n-val", args.n_val,
+          "--imgsz", args.imgsz])
+
+    _step(3, "Train YOLO-NAS S from scratch (the guide's Step 1)")
+    _run([builder_cli, "train", "--dataset_path", out / "dataset", "--no_pretrained", "--epochs", args.epochs,
+          "--batch_size", 8, "--experiment_name", "demo", "--imgsz", args.imgsz, "--lr0", "2e-3",
+          "--workers", 0, "--output_dir", out / "output"])
+    ckpt = out / "output" / "checkpoints" / "demo" / "ckpt_best.pth"
+
+    _step(4, "A signing key, then INT8 post-training quantization (the guide's Step 2)")
+    _run([builder_cli, "keygen", out / "keys" / "fleet.key"])
+    (out / "trusted").mkdir()
+    shutil.copy(out / "keys" / "fleet.pub", out / "trusted" / "fleet.pub")
+    bundle = out / "bundle"
+    _run([builder_cli, "convert", "--model_path", ckpt, "--model_type", "yolo_nas", "--output_formats", "tflite",
+          "--calibration_dir", out / "dataset" / "images" / "train", "--dataset_path", out / "dataset",
+          "--key", out / "keys" / "fleet.key", "--out", bundle, "--name", "shapes", "--version", 1])
+    report = bundle / "report.md"
+    if report.exists():
+        print(report.read_text())
+    return bundle
+
+
+def _start_agent(builder_cli: str, agent_cli: str, out: Path, broker: LocalBroker) -> subprocess.Popen[bytes]:
+    """Step 5: an edge-agent on a generated video, CPU backend, waiting for a model."""
+    _step(5, "A node: edge-agent on a generated video, CPU backend, waiting for a model")
+    _run([builder_cli, "synth", "video", out / "camera.mp4", "--frames", 200, "--size", "320x240", "--fps", 10])
+    config = out / "agent.toml"
+    config.write_text(
+        f'node_id = "demo-node-1"\ngroups = ["demo"]\nstate_dir = "{out / "node-state"}"\n'
+        f'trusted_keys_dir = "{out / "trusted"}"\n\n'
+        f'[broker]\nurl = "{broker.url}"\n\n'
+        f'[camera]\nsource = "{out / "camera.mp4"}"\nkind = "file"\nloop = true\nrealtime = true\n\n'
+        '[backend]\nprefer = "edgetpu"\n\n[detect]\nscore_threshold = 0.35\n\n'
+        '[publish]\nmax_rate_hz = 2.0\n\n[telemetry]\ninterval_s = 5.0\n'
+    )
+    log = open(out / "agent.log", "wb")  # noqa: SIM115 - handed to the child; our copy lives until the demo exits
+    return subprocess.Popen([agent_cli, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], server: FileServer | None, broker: LocalBroker | None) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if server:
+        server.stop()
+    if broker:
+        broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     t0 = time.monotonic()
     out: Path = args.out.resolve()
     if out.exists():
@@ -64,50 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         server = FileServer(out / "www").start()
         print(f"broker {broker.url}   files {server.base_url}")
-
-        _step(2, "A synthetic dataset (YOLO format)")
-        _run([builder_cli, "synth", "dataset", out / "dataset", "--n-train", args.n_train, "--n-val", args.n_val,
-              "--imgsz", args.imgsz])
-
-        _step(3, "Train YOLO-NAS S from scratch (the guide's Step 1)")
-        _run([builder_cli, "train", "--dataset_path", out / "dataset", "--no_pretrained", "--epochs", args.epochs,
-              "--batch_size", 8, "--experiment_name", "demo", "--imgsz", args.imgsz, "--lr0", "2e-3",
-              "--workers", 0, "--output_dir", out / "output"])
-        ckpt = out / "output" / "checkpoints" / "demo" / "ckpt_best.pth"
-
-        _step(4, "A signing key, then INT8 post-training quantization (the guide's Step 2)")
-        _run([builder_cli, "keygen", out / "keys" / "fleet.key"])
-        (out / "trusted").mkdir()
-        shutil.copy(out / "keys" / "fleet.pub", out / "trusted" / "fleet.pub")
-        bundle = out / "bundle"
-        _run([builder_cli, "convert", "--model_path", ckpt, "--model_type", "yolo_nas", "--output_formats", "tflite",
-              "--calibration_dir", out / "dataset" / "images" / "train", "--dataset_path", out / "dataset",
-              "--key", out / "keys" / "fleet.key", "--out", bundle, "--name", "shapes", "--version", 1])
-        report = bundle / "report.md"
-        if report.exists():
-            print(report.read_text())
-
-        _step(5, "A node: edge-agent on a generated video, CPU backend, waiting for a model")
-        _run([builder_cli, "synth", "video", out / "camera.mp4", "--frames", 200, "--size", "320x240", "--fps", 10])
-        config = out / "agent.toml"
-        config.write_text(
-            f'node_id = "demo-node-1"\ngroups = ["demo"]\nstate_dir = "{out / "node-state"}"\n'
-            f'trusted_keys_dir = "{out / "trusted"}"\n\n'
-            f'[broker]\nurl = "{broker.url}"\n\n'
-            f'[camera]\nsource = "{out / "camera.mp4"}"\nkind = "file"\nloop = true\nrealtime = true\n\n'
-            '[backend]\nprefer = "edgetpu"\n\n[detect]\nscore_threshold = 0.35\n\n'
-            '[publish]\nmax_rate_hz = 2.0\n\n[telemetry]\ninterval_s = 5.0\n'
-        )
-        log = open(out / "agent.log", "wb")  # noqa: SIM115 - closed with the process below
-        procs.append(subprocess.Popen([agent_cli, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT))
+        bundle = _build_bundle(builder_cli, out, args)
+        procs.append(_start_agent(builder_cli, agent_cli, out, broker))
 
         _step(6, "Publish the signed bundle to the fleet")
         _run([builder_cli, "publish", bundle, "--broker", broker.url, "--upload", out / "www",
               "--http-base", server.base_url, "--target", "all", "--key", out / "keys" / "fleet.key"])
 
         _step(7, f"Detections and telemetry from the node over MQTT ({args.watch:.0f} s)")
-        seen = _watch(broker, args.watch, procs[0])
-        if not seen:
+        if not _watch(broker, args.watch, procs[0]):
             print("no detections arrived; agent log:\n" + (out / "agent.log").read_text()[-3000:], file=sys.stderr)
             return 1
         print(f"\ndemo finished in {time.monotonic() - t0:.0f} s; everything is in {out}")
@@ -116,17 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: step failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        if server:
-            server.stop()
-        if broker:
-            broker.stop()
+        _stop(procs, server, broker)
 
 
 def _watch(broker: LocalBroker, seconds: float, agent: subprocess.Popen[bytes]) -> int:
