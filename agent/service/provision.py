@@ -210,7 +210,8 @@ def _systemd_file(name: str) -> str:
     return path.read_text()
 
 
-def user_data(spec: ProvisionSpec) -> dict[str, Any]:
+def _write_files(spec: ProvisionSpec) -> list[dict[str, Any]]:
+    """The service's unit, udev rule and user, its config, and the node's secrets/keys (cloud-init write_files)."""
     unit, rules, sysusers = (_systemd_file(n) for n in (
         "edge-agent.service", "99-edge-agent-coral.rules", "edge-agent.sysusers.conf"))
     files = [
@@ -231,7 +232,11 @@ def user_data(spec: ProvisionSpec) -> dict[str, Any]:
         files.append(_file("/etc/edge-agent/tls/ca.crt", Path(spec.ca).read_text(), "0644"))
     for k in spec.trusted_keys:
         files.append(_file(f"/etc/edge-agent/keys/{Path(k).name}", Path(k).read_text(), "0644"))
+    return files
 
+
+def _runcmd(spec: ProvisionSpec) -> list[Any]:
+    """First-boot commands: user, udev, the Coral runtime (if any), the agent's venv, then start the service."""
     coral_pkgs = {"usb": ["libedgetpu1-std"], "pci": ["libedgetpu1-std", "gasket-dkms"], "none": []}[spec.coral]
     runcmd: list[Any] = [
         # LoadCredential= needs the directory even when empty; root-only like the files in it
@@ -256,13 +261,17 @@ def user_data(spec: ProvisionSpec) -> dict[str, Any]:
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "--no-block", "edge-agent.service"],
     ]
+    return runcmd
+
+
+def user_data(spec: ProvisionSpec) -> dict[str, Any]:
     ud: dict[str, Any] = {
         "hostname": spec.hostname or f"edge-{spec.node_id}",
         "manage_etc_hosts": True,
         "package_update": True,
         "packages": ["python3-venv", "python3-pip", "ca-certificates", "curl", "gnupg"],
-        "write_files": files,
-        "runcmd": runcmd,
+        "write_files": _write_files(spec),
+        "runcmd": _runcmd(spec),
         "final_message": f"edge-agent node {spec.node_id} provisioned after $UPTIME s",
     }
     if spec.timezone:
