@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from helpers import wait_for
 
-from agent.camera.sources import Camera, CameraState, LatestFrame
+from agent.camera.capture import Camera
+from agent.camera.frame import CameraState, LatestFrame
 from agent.config import CameraConfig
 from builder.data.synth import make_video
 
@@ -109,7 +110,7 @@ def mjpeg() -> Iterator[Callable[..., MjpegServer]]:
 
 
 def test_latest_frame_slot_keeps_freshest_and_counts_drops() -> None:
-    from agent.camera.sources import Frame
+    from agent.camera.frame import Frame
 
     slot = LatestFrame()
     for i in range(1, 6):

@@ -15,7 +15,7 @@ import pytest
 from helpers import wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.camera.sources import Camera
+from agent.camera.capture import Camera
 from agent.config import AgentConfig, BrokerConfig, CameraConfig, DetectConfig, PublishConfig
 from agent.inference.engine import Engine
 from agent.inference.frames import FrameResult
@@ -221,7 +221,7 @@ def test_publisher_rate_limit_and_snapshot_over_real_broker(bundle: Bundle, clip
 def test_publisher_marks_objects_leaving_and_skips_empty_frames(mqtt_broker: Any) -> None:
     import numpy as np
 
-    from agent.camera.sources import Frame
+    from agent.camera.frame import Frame
     from agent.inference.frames import FrameStats
     from agent.protocol.messages import Detection
 

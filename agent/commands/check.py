@@ -86,7 +86,7 @@ def _check_tpus(cfg: Any) -> tuple[str, str, str]:
 
 
 def _check_camera(cfg: Any, timeout: float) -> tuple[str, str, str]:
-    from agent.camera.sources import Camera
+    from agent.camera.capture import Camera
 
     cam = Camera(cfg.camera).start()
     try:

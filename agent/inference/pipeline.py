@@ -1,6 +1,6 @@
 """The frame pipeline: capture thread → inference thread → publisher thread.
 
-- Capture (agent.camera.sources.Camera) keeps only the freshest frame; stale ones are dropped and counted.
+- Capture (agent.camera.capture.Camera) keeps only the freshest frame; stale ones are dropped and counted.
 - Inference takes the freshest frame, runs the Engine (letterbox straight into the input tensor, invoke,
   decode), paces itself to `target_fps` if set, and calls the per-frame hooks. A failing frame is counted
   and reported, never fatal.
@@ -28,7 +28,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from agent.camera.sources import Camera, Frame
+from agent.camera.capture import Camera
+from agent.camera.frame import Frame
 from agent.config import DetectConfig, PublishConfig
 from agent.inference.frames import EngineLike, FrameResult, FrameStats
 from agent.protocol.messages import Detection, DetectionsMessage
