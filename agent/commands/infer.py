@@ -6,6 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from agent.inference.engine import Engine
+    from agent.protocol.messages import Detection
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +62,6 @@ def main(args: argparse.Namespace) -> int:
     if engine.degraded_reason:
         print(f"edge-agent infer: running on the CPU: {engine.degraded_reason}", file=sys.stderr)
     failed = 0
-    m = bundle.manifest
     try:
         for path in args.images:
             try:
@@ -67,25 +73,30 @@ def main(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps({"image": str(path), "error": str(exc)}))
                 continue
-            if args.json:
-                print(json.dumps({
-                    "image": str(path),
-                    "width": int(img.shape[1]),
-                    "height": int(img.shape[0]),
-                    "model": m.name,
-                    "version": m.version,
-                    "backend": engine.backend_name,
-                    "detections": [
-                        {"box": [round(v, 5) for v in d.box], "class_id": d.class_id,
-                         "class_name": d.class_name, "score": round(d.score, 4)}
-                        for d in dets
-                    ],
-                }))
-            else:
-                print(f"{path}: {len(dets)} detection(s) [{m.name} v{m.version} on {engine.device}]")
-                for d in dets:
-                    x1, y1, x2, y2 = d.box
-                    print(f"  {d.class_name:<16} {d.score:5.2f}  [{x1:.3f}, {y1:.3f}, {x2:.3f}, {y2:.3f}]")
+            _print_result(path, img, dets, engine, args.json)
     finally:
         engine.close()
     return 1 if failed else 0
+
+
+def _print_result(path: Path, img: np.ndarray, dets: list[Detection], engine: Engine, as_json: bool) -> None:
+    m = engine.bundle.manifest
+    if as_json:
+        print(json.dumps({
+            "image": str(path),
+            "width": int(img.shape[1]),
+            "height": int(img.shape[0]),
+            "model": m.name,
+            "version": m.version,
+            "backend": engine.backend_name,
+            "detections": [
+                {"box": [round(v, 5) for v in d.box], "class_id": d.class_id,
+                 "class_name": d.class_name, "score": round(d.score, 4)}
+                for d in dets
+            ],
+        }))
+        return
+    print(f"{path}: {len(dets)} detection(s) [{m.name} v{m.version} on {engine.device}]")
+    for d in dets:
+        x1, y1, x2, y2 = d.box
+        print(f"  {d.class_name:<16} {d.score:5.2f}  [{x1:.3f}, {y1:.3f}, {x2:.3f}, {y2:.3f}]")
