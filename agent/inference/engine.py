@@ -35,7 +35,7 @@ class EngineError(Exception):
     """The bundle cannot run on any backend (e.g. its CPU model is broken)."""
 
 
-# The preferred backend's retry interval when the config has no accelerator (only paces a broken CPU model).
+# Timer spacing when the config prefers no accelerator (there is nothing to retry then).
 _DEFAULT_REPROBE_S = 30.0
 
 

@@ -1,2 +1,3 @@
-"""Inference backends behind one interface (agent.inference.backends.base.Backend) and the Engine that
-runs a bundle on the best one available, falling back from the Edge TPU to the CPU."""
+"""Inference backends behind one interface (base.Backend), each with its own config section, found by
+their config `type` in registry.BACKENDS; the Engine (agent.inference.engine) runs a bundle on the preferred
+one, falling back from the Edge TPU to the CPU."""
