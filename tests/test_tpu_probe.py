@@ -90,11 +90,11 @@ def test_segfaulting_library_is_crashed(libs: dict[str, Path]) -> None:
 
 def test_hanging_library_is_killed_after_the_timeout(libs: dict[str, Path]) -> None:
     t0 = time.monotonic()
-    v = probe_tpu(str(libs["hang"]), "pci:0", timeout=4)
+    v = probe_tpu(str(libs["hang"]), "pci:0", timeout=8)  # room for the child's imports on a busy host
     took = time.monotonic() - t0
     assert v.status == "hung" and not v.cleared and v.returncode is None
-    assert 4 <= took < 15
-    assert "killed after 4 s" in v.reason and v.stage == "load_delegate"
+    assert 8 <= took < 20
+    assert "killed after 8 s" in v.reason and v.stage == "load_delegate"
     assert_names_everything(v.reason, libs["hang"])
 
 
