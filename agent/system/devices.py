@@ -67,7 +67,7 @@ class UdevRule:
 
 
 def coral_udev_rules(host: HostRoot) -> list[UdevRule]:
-    """Rules files that give the Coral USB ids a mode/group: ours, or another package's (libedgetpu1-std)."""
+    """Rules files naming the Coral USB ids: ours, or another package's (libedgetpu1-std ships one)."""
     found = []
     for d in UDEV_DIRS:
         base = host.path(d)
@@ -75,7 +75,8 @@ def coral_udev_rules(host: HostRoot) -> list[UdevRule]:
             continue
         for f in sorted(base.glob("*.rules")):
             text = _read_lower(f)
-            if f.name == SHIPPED_UDEV_RULES or ("18d1" in text and "9302" in text):
+            # libedgetpu's own rule matches the vendor ids alone; Google's 18d1 also makes phones: need 9302.
+            if f.name == SHIPPED_UDEV_RULES or "1a6e" in text or ("18d1" in text and "9302" in text):
                 found.append(UdevRule(f, f.name == SHIPPED_UDEV_RULES))
     return found
 

@@ -6,17 +6,8 @@ import platform
 import sys
 
 from agent.system.devices import find_libedgetpu, runtime_versions
-from agent.system.doctor.model import (
-    CheckResult,
-    DoctorContext,
-    Status,
-    fail,
-    missing_tpu_status,
-    ok,
-    result,
-    wants_edgetpu,
-    warn,
-)
+from agent.system.doctor import model
+from agent.system.doctor.model import CheckResult, DoctorContext, fail, ok, result, warn
 from agent.system.host import parse_os_release
 
 #: architectures ai-edge-litert publishes wheels for (pyproject.toml's marker)
@@ -68,7 +59,7 @@ def check_runtime(ctx: DoctorContext) -> CheckResult:
 def check_libedgetpu(ctx: DoctorContext) -> CheckResult:
     libs = find_libedgetpu(ctx.host)
     if not libs:
-        return result("libedgetpu", missing_tpu_status(ctx.cfg),
+        return result("libedgetpu", model.missing_tpu_status(ctx.cfg),
                       "libedgetpu.so.1 not found in /usr/lib, /usr/lib/<triplet>, /usr/local/lib",
                       "install the libedgetpu build matched to your runtime's TensorFlow version "
                       "(docs/DOCTOR.md); Google's 2021 packages only suit old runtimes")
@@ -91,7 +82,7 @@ def check_compat(ctx: DoctorContext) -> CheckResult:
     The verdict must come from a child process (agent/inference/backends/probe.py, wired through
     DoctorContext.compat_probe); until that hook is set this check says so instead of guessing.
     """
-    if not wants_edgetpu(ctx.cfg):
+    if not model.wants_edgetpu(ctx.cfg):
         return ok("edgetpu-compat", "not needed: the config does not use the Edge TPU")
     if ctx.compat_probe is None:
         return warn("edgetpu-compat", "not probed: runtime/libedgetpu compatibility is unknown",
@@ -100,4 +91,4 @@ def check_compat(ctx: DoctorContext) -> CheckResult:
     try:
         return ctx.compat_probe(ctx)
     except Exception as exc:  # a broken probe must not take the whole report down
-        return result("edgetpu-compat", Status.WARN, f"probe error: {exc}", "report this as a bug", probed=False)
+        return warn("edgetpu-compat", f"probe error: {exc}", "report this as a bug", probed=False)
