@@ -18,7 +18,7 @@ import pytest
 from agent.config import AgentConfig, CpuConfig, EdgeTpuConfig, load_config
 from agent.inference import tflite
 from agent.inference.backends import registry
-from agent.inference.backends.base import BackendError, TensorInfo
+from agent.inference.backends.base import Backend, BackendError, BackendSettings, TensorInfo
 from agent.inference.backends.cpu import CpuBackend
 from agent.inference.backends.edgetpu import EdgeTpuBackend, enumerate_tpus, select_device
 from agent.inference.decode.yolo_nas import dequantize
@@ -226,3 +226,54 @@ xnnpack = false
     assert b.cpu == CpuConfig(threads=4, xnnpack=False)
     assert sorted(d.type for d in b.detectors.values()) == ["cpu", "edgetpu"]
     assert "cpu" not in b.model_dump() and "edgetpu" not in b.model_dump()  # folded into detectors
+
+
+class EchoBackend(Backend):
+    """The least a new backend implements: a pure-numpy 'model' whose output is its input plus one."""
+
+    name = "echo"
+    label = "Echo"
+    model = "cpu"
+
+    def __init__(self) -> None:
+        super().__init__("echo:0", "echo.bin")
+        self._x = np.zeros((1, 2, 2, 3), np.uint8)
+        self._y = self._x
+
+    @classmethod
+    def open(cls, model_path: Path | str, cfg: BackendSettings | None = None) -> EchoBackend:
+        return cls()
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [TensorInfo(0, "x", (1, 2, 2, 3), np.dtype(np.uint8))]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(1, "y", (1, 2, 2, 3), np.dtype(np.uint8))]
+
+    def set_input(self, arr: np.ndarray) -> None:
+        self._x = arr.reshape(self.input.shape).astype(self.input.dtype)
+
+    def invoke(self) -> None:
+        self._y = self._x + 1
+
+    def get_outputs(self) -> list[np.ndarray]:
+        return [self._y.copy()]
+
+    def close(self) -> None:
+        pass
+
+
+def test_backend_interface_defaults_fill_input_and_run() -> None:
+    b = EchoBackend.open("echo.bin")
+
+    def fill(buf: np.ndarray) -> str:
+        buf[...] = 4
+        return "filled"
+
+    assert b.fill_input(fill) == "filled"  # a buffer of the input's shape, then set_input()
+    b.invoke()
+    assert (b.get_outputs()[0] == 5).all()
+    assert (b.run(np.full((2, 2, 3), 9, np.uint8))[0] == 10).all()
+    assert repr(b) == "<EchoBackend echo:0 echo.bin>"
