@@ -1,7 +1,8 @@
-"""The repository stands alone: its README and docs never point at files outside it."""
+"""The repository stands alone: its README and docs never point at files outside it, its code never reads them."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -47,3 +48,22 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     assert MACHINE_PATH.findall(text) == ["/work/shared/notes/x.md"]
     assert not _inside(ROOT / "README.md", "../shared/seed-guide.md")
     assert _inside(ROOT / "docs" / "X.md", "../train/images")
+
+
+def _outside_literals(path: Path) -> list[str]:
+    """String literals (docstrings aside) naming the folder beside the repository or this machine's paths."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+            and (n.value == "shared" or "../shared" in n.value or MACHINE_PATH.search(n.value))]
+
+
+def test_code_reads_nothing_outside_the_repository() -> None:
+    """A fresh clone has no ../shared beside it: tests, benches and the packages must not reach for it."""
+    files = [p for d in ("agent", "builder", "tests", "bench") for p in sorted((ROOT / d).rglob("*.py"))
+             if p != Path(__file__).resolve()]  # this file's own examples of what is refused
+    bad = {str(p.relative_to(ROOT)): hits for p in files if (hits := _outside_literals(p))}
+    assert not bad, f"paths outside the repository: {bad}"
