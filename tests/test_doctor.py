@@ -342,3 +342,35 @@ def test_a_crashing_check_is_reported_not_raised_and_the_probe_hook_is_used() ->
     ctx.compat_probe = lambda c: ok("edgetpu-compat", "delegate loaded and invoked in a child process")
     assert one(ctx, "edgetpu-compat").status == "ok"
     assert len(set(NAMES)) == len(NAMES)
+
+
+# ------------------------------------------------------------------- runtime/libedgetpu compatibility verdict
+
+
+def test_compat_reports_the_verdict_the_daemon_stored(tmp_path: Path) -> None:
+    from agent.inference.backends.probe import LibraryIdentity, ProbeVerdict, VerdictCache, current_runtime
+    from agent.system.doctor.compat import live_probe, stored_verdict
+
+    root = tree("pi5-usb2", tmp_path)  # one USB Coral: usb:0
+    lib = tmp_path / "libedgetpu.so.1.0"
+    lib.write_bytes(b"stand-in library")
+    ctx = ctx_for(root, backend={"detectors": {"edgetpu": {"library": str(lib)}}})
+    ctx.compat_probe = stored_verdict
+    first = one(ctx, "edgetpu-compat")
+    assert first.status == "warn" and "not probed yet" in first.detail and "usb:0" in first.detail
+
+    runtime, version = current_runtime()
+    cache = VerdictCache(root / "var/lib/edge-agent")
+    base = {"library": str(lib), "identity": LibraryIdentity.of(lib), "runtime": runtime,
+            "runtime_version": version, "device": "usb:0", "model": "mobilenet", "probed_at": 1.0}
+    cache.put(ProbeVerdict(status="ok", reason="ok", **base))
+    res = one(ctx, "edgetpu-compat")
+    assert res.status == "ok" and "stored verdict" in res.detail
+    cache.put(ProbeVerdict(status="crashed", reason="crashed with SIGSEGV during load_delegate", **base))
+    res = one(ctx, "edgetpu-compat")
+    assert res.status == "fail" and "SIGSEGV" in res.detail and res.fix
+
+    ctx.compat_probe = live_probe  # a library that is not there: a verdict at once, no child started
+    ctx.cfg = load_config(None, backend={"detectors": {"edgetpu": {"library": str(tmp_path / "missing.so")}}})
+    res = one(ctx, "edgetpu-compat")
+    assert res.status == "fail" and "not found" in res.detail

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="read /sys, /dev, /etc, /var under this directory instead of / (fake trees, containers)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds for the camera and broker probes (5)")
     p.add_argument("--user", default="edge-agent", help="the service account to judge permissions for")
+    p.add_argument("--probe", action="store_true",
+                   help="run the crash-isolated Edge TPU probe now (stop the agent first: a USB Coral opens "
+                   "for one process); default: report the verdict the agent stored")
     p.add_argument("--only", action="append", default=None, metavar="CHECK", help="run only this check (repeat)")
     p.set_defaults(func=main)
 
@@ -33,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
 
     from agent.config import AgentConfig, ConfigError, load_config
     from agent.system.doctor import run_checks
+    from agent.system.doctor.compat import live_probe, stored_verdict
     from agent.system.doctor.model import DoctorContext, DoctorReport
     from agent.system.host import HostRoot
 
@@ -43,7 +47,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         error, cfg = str(exc), AgentConfig.model_construct()
     ctx = DoctorContext(cfg=cfg, host=HostRoot(args.root), config_path=args.config, config_error=error,
-                        timeout=args.timeout, service_user=args.user)
+                        timeout=args.timeout, service_user=args.user,
+                        compat_probe=live_probe if args.probe else stored_verdict)
     checks = run_checks(ctx, args.only)
     report = DoctorReport.of(checks, None if error else cfg.node_id, args.config, args.root)
     if args.json:

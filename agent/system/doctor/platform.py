@@ -79,15 +79,14 @@ def check_libedgetpu(ctx: DoctorContext) -> CheckResult:
 def check_compat(ctx: DoctorContext) -> CheckResult:
     """libedgetpu is built against one TFLite version; loading it into another can crash the process.
 
-    The verdict must come from a child process (agent/inference/backends/probe.py, wired through
-    DoctorContext.compat_probe); until that hook is set this check says so instead of guessing.
+    The verdict must come from a child process (agent/inference/backends/probe.py), through the hook
+    DoctorContext.compat_probe (agent.system.doctor.compat); without a hook this check says so, never guesses.
     """
     if not model.wants_edgetpu(ctx.cfg):
         return ok("edgetpu-compat", "not needed: the config does not use the Edge TPU")
     if ctx.compat_probe is None:
         return warn("edgetpu-compat", "not probed: runtime/libedgetpu compatibility is unknown",
-                    "the crash-isolated delegate probe (agent.inference.backends.probe) is not wired into "
-                    "doctor yet; `edge-agent check --bundle DIR` loads the model for real", probed=False)
+                    "no probe hook set (DoctorContext.compat_probe); `edge-agent doctor` sets one", probed=False)
     try:
         return ctx.compat_probe(ctx)
     except Exception as exc:  # a broken probe must not take the whole report down
