@@ -374,3 +374,12 @@ def test_compat_reports_the_verdict_the_daemon_stored(tmp_path: Path) -> None:
     ctx.cfg = load_config(None, backend={"detectors": {"edgetpu": {"library": str(tmp_path / "missing.so")}}})
     res = one(ctx, "edgetpu-compat")
     assert res.status == "fail" and "not found" in res.detail
+
+
+def test_doctor_imports_no_ml_framework() -> None:
+    code = ("import sys, agent.cli\n"
+            "agent.cli.main(['doctor', '--json', '--timeout', '0.2', '--only', 'edgetpu-compat', '--only', 'runtime'])\n"
+            "bad = [m for m in ('torch', 'tensorflow', 'onnx', 'onnxruntime', 'libreyolo') if m in sys.modules]\n"
+            "sys.exit(3 if bad else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
