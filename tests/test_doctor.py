@@ -329,6 +329,20 @@ def test_broker_probe_never_takes_the_daemons_session(mqtt_broker: Any) -> None:
         daemon.disconnect()
 
 
+def test_broker_with_credentials_over_tls(broker_factory: Any, tmp_path: Path) -> None:
+    broker = broker_factory(users={"pi-7": "right"}, tls=True)
+    url = f"mqtts://127.0.0.1:{broker.tls_port}"
+    good = one(ctx_for(broker={"url": url, "username": "pi-7", "password": "right", "ca_file": str(broker.ca_path)}),
+               "broker")
+    assert good.status == "ok" and "as pi-7, TLS verified" in good.detail
+    bad = one(ctx_for(broker={"url": url, "username": "pi-7", "password": "wrong", "ca_file": str(broker.ca_path)}),
+              "broker")
+    assert bad.status == "fail" and "refused" in bad.detail
+    unreadable = one(ctx_for(broker={"url": url, "username": "pi-7", "password_file": str(tmp_path / "none")}),
+                     "broker")
+    assert unreadable.status == "fail" and "password_file" in (unreadable.fix or "")
+
+
 # ----------------------------------------------------------------------------------------- the registry
 
 

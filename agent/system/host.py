@@ -34,10 +34,6 @@ class HostRoot:
         except OSError:
             return None
 
-    @property
-    def is_real(self) -> bool:
-        return self.root.resolve() == Path("/")
-
 
 def parse_os_release(text: str) -> dict[str, str]:
     out: dict[str, str] = {}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from agent.system.doctor.model import CheckResult, DoctorContext, fail, ok, warn
@@ -48,6 +51,32 @@ def doctor_client_id(node_id: str) -> str:
     return f"{node_id}-doctor-{secrets.token_hex(3)}"
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def mqtt_warnings() -> Iterator[list[str]]:
+    """The MQTT client's warnings during the probe, kept from the terminal. Its last_error is overwritten
+    by the disconnect that follows a refused CONNACK ("Protocol error"); the log keeps "Not authorized"."""
+    log = logging.getLogger("agent.service.mqtt")
+    handler, saved = _Collect(), (log.level, log.propagate)
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
 def check_broker(ctx: DoctorContext) -> CheckResult:
     from agent.service.mqtt import MqttClient
 
@@ -61,19 +90,23 @@ def check_broker(ctx: DoctorContext) -> CheckResult:
     except (OSError, ValueError) as exc:  # password_file or TLS files unreadable
         return fail("broker", f"cannot prepare the connection to {b.url}: {exc}",
                     "check broker.password_file / ca_file / cert_file / key_file paths and permissions")
-    client.start()
-    try:
-        deadline = time.monotonic() + ctx.timeout
-        while time.monotonic() < deadline and client.last_error is None:
-            if client.wait_connected(0.1):
-                tls = ", TLS verified" if b.tls and not b.tls_insecure else ", TLS NOT verified" if b.tls else ""
-                return ok("broker", f"connected to {b.url}{auth}{tls} (client id {cid})", client_id=cid)
-        why = (client.last_error or "").removesuffix("; retrying") or f"no answer within {ctx.timeout:g} s"
-        return fail("broker", f"{b.url}{auth}: {why}",
-                    "check broker.url, that the broker runs and the firewall allows the port, and the "
-                    "username/password or certificates", client_id=cid)
-    finally:
-        client.stop()
+    with mqtt_warnings() as warnings:
+        client.start()
+        try:
+            deadline = time.monotonic() + ctx.timeout
+            connected = False
+            while not connected and time.monotonic() < deadline and client.last_error is None:
+                connected = client.wait_connected(0.1)
+        finally:
+            client.stop()
+    if connected:
+        tls = ", TLS verified" if b.tls and not b.tls_insecure else ", TLS NOT verified" if b.tls else ""
+        return ok("broker", f"connected to {b.url}{auth}{tls} (client id {cid})", client_id=cid)
+    refused = [m.removeprefix("mqtt: ") for m in warnings if "refused" in m]
+    why = refused[0] if refused else (client.last_error or "").removesuffix("; retrying")
+    return fail("broker", f"{b.url}{auth}: {why or f'no answer within {ctx.timeout:g} s'}",
+                "check broker.url, that the broker runs and the firewall allows the port, and the "
+                "username/password or certificates", client_id=cid)
 
 
 def check_keys(ctx: DoctorContext) -> CheckResult:
