@@ -114,7 +114,7 @@ def check_keys(ctx: DoctorContext) -> CheckResult:
 
     d = ctx.cfg.trusted_keys_dir
     where = ctx.host.path(d)
-    fix = f"put the fleet's *.pub key(s) in {d} (edge-builder prints the key; docs/DEPLOY.md)"
+    fix = f"copy the fleet's public key (KEY.pub from edge-builder keygen) into {d} (docs/DEPLOY.md)"
     if not where.exists():
         return fail("keys", f"trusted keys dir {d} does not exist: no update can be verified", fix)
     if not where.is_dir():
