@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.inference.preprocess import letterbox, load_image
+from builder.data.dataset import DatasetError, Item, load_dataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 RECOMMENDED = 300  # the guide's "300+ calibration images"
@@ -136,50 +137,18 @@ def build_calibration_set(
     to represent contributes to the ranges — the failure we measured was a head level that saw no
     positives during calibration.
     """
-    from builder.evaluate.evaluator import load_dataset_items
-
-    class_names, items = load_dataset_items(dataset_path, split)
+    try:
+        ds = load_dataset(Path(dataset_path))
+        items = ds.items(split)
+    except (DatasetError, OSError, KeyError) as exc:
+        raise CalibrationError(f"dataset {dataset_path}: {exc}") from exc
+    class_names = list(ds.class_names)
     if not items:
         raise CalibrationError(f"dataset {dataset_path} has no {split} images")
-    rng = np.random.default_rng(seed)
-    order = list(rng.permutation(len(items)))
-    by_class: dict[int, list[int]] = {k: [] for k in range(len(class_names))}
-    empty: list[int] = []
-    for i in order:
-        cls = sorted({int(c) for c in np.asarray(items[i].classes).reshape(-1)})
-        if not cls:
-            empty.append(int(i))
-        for c in cls:
-            by_class.setdefault(c, []).append(int(i))
-    picked: list[int] = []
-    taken: set[int] = set()
-    counts = dict.fromkeys(by_class, 0)
-    n = min(n, len(items))
-    max_empty = max(0, n // 10)
-    while len(picked) < n:
-        open_classes = [c for c in by_class if by_class[c]]
-        if not open_classes:
-            break
-        c = min(open_classes, key=lambda k: (counts[k], k))
-        i = by_class[c].pop(0)
-        if i in taken:
-            continue
-        taken.add(i)
-        picked.append(i)
-        for cc in {int(x) for x in np.asarray(items[i].classes).reshape(-1)}:
-            counts[cc] = counts.get(cc, 0) + 1
-    for i in empty[: max(0, min(max_empty, n - len(picked)))]:
-        picked.append(i)
+    picked, counts = balanced_sample([_classes_of(it) for it in items], len(class_names), n, seed)
     if not picked:
         raise CalibrationError(f"no usable images in {dataset_path}")
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    names = []
-    for j, i in enumerate(sorted(picked)):
-        src = Path(items[i].image)
-        dst = out / "images" / f"{j:05d}_{src.name}"
-        shutil.copy2(src, dst)
-        names.append(dst.name)
+    names = _copy_images([Path(items[i].image) for i in sorted(picked)], Path(out) / "images")
     info: dict[str, object] = {
         "dataset": str(dataset_path),
         "split": split,
@@ -188,5 +157,51 @@ def build_calibration_set(
         "images_per_class": {class_names[k] if k < len(class_names) else str(k): v for k, v in counts.items()},
         "files": names,
     }
-    (out / "calibration.json").write_text(json.dumps(info, indent=2) + "\n")
+    (Path(out) / "calibration.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _classes_of(item: Item) -> set[int]:
+    return {int(c) for c in np.asarray(item.classes).reshape(-1)}
+
+
+def balanced_sample(
+    image_classes: list[set[int]], num_classes: int, n: int, seed: int = 0
+) -> tuple[list[int], dict[int, int]]:
+    """Indices of at most `n` images, class-balanced greedily (see build_calibration_set), and picks per class."""
+    order = list(np.random.default_rng(seed).permutation(len(image_classes)))
+    by_class: dict[int, list[int]] = {k: [] for k in range(num_classes)}
+    empty: list[int] = []
+    for i in order:
+        if not image_classes[i]:
+            empty.append(int(i))
+        for c in sorted(image_classes[i]):
+            by_class.setdefault(c, []).append(int(i))
+    picked: list[int] = []
+    taken: set[int] = set()
+    counts = dict.fromkeys(by_class, 0)
+    n = min(n, len(image_classes))
+    while len(picked) < n:
+        open_classes = [c for c in by_class if by_class[c]]
+        if not open_classes:
+            break
+        i = by_class[min(open_classes, key=lambda k: (counts[k], k))].pop(0)
+        if i in taken:
+            continue
+        taken.add(i)
+        picked.append(i)
+        for c in image_classes[i]:
+            counts[c] = counts.get(c, 0) + 1
+    picked += empty[: max(0, min(max(0, n // 10), n - len(picked)))]
+    return picked, counts
+
+
+def _copy_images(images: list[Path], dest: Path) -> list[str]:
+    """Copy with a numbered prefix (keeps same-named files from different folders apart); the new names."""
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    for j, src in enumerate(images):
+        dst = dest / f"{j:05d}_{src.name}"
+        shutil.copy2(src, dst)
+        names.append(dst.name)
+    return names
