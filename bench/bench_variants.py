@@ -38,13 +38,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "variants.json")
     args = ap.parse_args()
 
-    from builder.convert.pipeline import run_tf_convert
     from builder.data.calibration import load_calibration
-    from builder.evaluate.evaluator import TFLiteRunner
+    from builder.evaluate.runners import TFLiteRunner
     from builder.export.onnx_body import export_onnx
+    from builder.quantize.launch import run_tf_convert
 
     if args.model_path:
-        from builder.convert.pipeline import load_model
+        from builder.export.loaded_model import load_model
 
         lm = load_model(args.model_path)
         model, arch = lm.model, lm.architecture

@@ -1,4 +1,4 @@
-"""builder.convert.pipeline: the bundle `edge-builder convert` writes, its checks, and bad input.
+"""builder.convert (pipeline, stages, bundle): the bundle `edge-builder convert` writes, its checks, and bad input.
 
 The heavy checks reuse the session's trained-and-converted bundle (tests/conftest.py `trained_bundle`,
 built by tests/fixtures/build_test_bundle.py through builder.convert.pipeline.convert), so no extra conversion
@@ -107,10 +107,10 @@ def test_unwritable_output_dir(untrained_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_default_output_and_atomic_install(tmp_path: Path) -> None:
-    from builder.convert.pipeline import _default_name, _install, default_out_dir
+    from builder.convert.output import default_name, default_out_dir, install
 
     ckpt = Path("output/checkpoints/wildfire_model/ckpt_best.pth")
-    assert _default_name(ckpt) == "wildfire_model"
+    assert default_name(ckpt) == "wildfire_model"
     assert default_out_dir(ckpt, "wildfire_model") == Path("output/models/wildfire_model")
     out = tmp_path / "bundle"
     out.mkdir()
@@ -118,7 +118,7 @@ def test_default_output_and_atomic_install(tmp_path: Path) -> None:
     staging = tmp_path / ".bundle.partial-1"
     staging.mkdir()
     (staging / "manifest.json").write_text("{new}")
-    _install(staging, out)
+    install(staging, out)
     assert (out / "manifest.json").read_text() == "{new}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
@@ -223,9 +223,9 @@ def test_noise_calibration_is_caught(trained_bundle_dir: Path, synth_dataset: Pa
 @pytest.mark.slow
 def test_yolo_nas_s_at_320_is_fully_edgetpu_ready(tmp_path: Path) -> None:
     """Acceptance: the readiness report predicts 100% of ops on the Edge TPU for yolo_nas_s at 320."""
-    from builder.convert.pipeline import run_tf_convert
     from builder.edgetpu.tflite_inspect import readiness
     from builder.export.onnx_body import export_onnx
+    from builder.quantize.launch import run_tf_convert
     from builder.train.checkpoint import build_model
 
     model = build_model("yolo_nas_s", 3).eval()

@@ -24,13 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from builder.convert.pipeline import ConvertError
     from builder.evaluate.evaluator import EvaluateError, evaluate_path
 
     try:
         res, names = evaluate_path(args.model_path, args.dataset_path, args.imgsz, args.threads, args.split,
                                    show_progress=not args.json)
-    except (EvaluateError, ConvertError) as exc:
+    except EvaluateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     summary = res.summary(names)

@@ -2,7 +2,7 @@
 
 Every model goes through the same code path: agent.inference.preprocess.letterbox → model → agent.inference.decode
 (YoloNasDecoder, libreyolo's decode and NMS) → frame pixels → builder.evaluate.metrics.coco_map. Only the
-"model" step differs (PyTorch fused body, or a TFLite interpreter through agent.inference.tflite), so the
+"model" step differs (builder.evaluate.runners: the PyTorch fused body, or a TFLite interpreter), so the
 numbers compare the models and nothing else. Evaluation thresholds are libreyolo's validation
 defaults (conf 0.001, NMS IoU 0.6, 300 detections, COCO maxDets 100).
 """
@@ -15,149 +15,30 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from agent.inference.decode import Detections, YoloNasDecoder
-from agent.inference.preprocess import letterbox, load_image, to_input
+from agent.inference.decode import Detections
+from agent.inference.preprocess import letterbox, load_image
+from builder.data.dataset import DatasetError, Item, load_dataset
 from builder.evaluate.metrics import ImageBoxes, MapResult, coco_map
+from builder.evaluate.runners import EvaluateError, Runner, TFLiteRunner, TorchRunner
+from builder.export.loaded_model import ModelLoadError, load_model
 
 EVAL_CONF = 0.001
 EVAL_IOU = 0.6
 EVAL_MAX_DET = 300
 
 
-class EvaluateError(ValueError):
-    pass
-
-
-# ------------------------------------------------------------------------------------------ datasets
-
-
-@dataclass
-class EvalItem:
-    image: Path
-    boxes: np.ndarray  # (N, 4) pixel xyxy
-    classes: np.ndarray  # (N,)
-
-
-def load_dataset_items(path: Path, split: str = "val") -> tuple[list[str], list[EvalItem]]:
-    """Class names and the items of one split, through builder.data.dataset (YOLO or COCO layouts)."""
-    try:
-        from builder.data.dataset import load_dataset
-    except ImportError:  # pragma: no cover - builder.data.dataset is another module's job; keep working without it
-        return _load_yolo_minimal(Path(path), split)
-    from builder.data.dataset import DatasetError
-
+def load_dataset_items(path: Path | str, split: str = "val") -> tuple[list[str], list[Item]]:
+    """Class names and the items (image, pixel xyxy boxes, classes) of one split, via builder.data.dataset."""
     try:
         ds = load_dataset(Path(path))
-        raw = ds.items(split)
+        items = ds.items(split)
     except (DatasetError, OSError, KeyError) as exc:
         raise EvaluateError(f"dataset {path}: {exc}") from exc
-    items = [
-        EvalItem(Path(it.image), np.asarray(it.boxes, np.float32).reshape(-1, 4), np.asarray(it.classes, np.int64).reshape(-1))
-        for it in raw
-    ]
     return list(ds.class_names), items
-
-
-def _load_yolo_minimal(path: Path, split: str) -> tuple[list[str], list[EvalItem]]:
-    import yaml
-
-    root = path.parent if path.is_file() else path
-    yml = path if path.is_file() else next((root / n for n in ("data.yaml", "dataset.yaml") if (root / n).exists()), None)
-    if yml is None:
-        raise EvaluateError(f"no data.yaml in {path}")
-    cfg = yaml.safe_load(yml.read_text())
-    names = cfg["names"]
-    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
-    img_dir = root / cfg.get(split, f"images/{split}")
-    items: list[EvalItem] = []
-    for img in sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"}):
-        lbl = Path(str(img).replace(f"{'/'}images{'/'}", "/labels/")).with_suffix(".txt")
-        h, w = load_image(str(img)).shape[:2]
-        rows = np.loadtxt(lbl, ndmin=2) if lbl.exists() and lbl.stat().st_size else np.zeros((0, 5))
-        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
-        items.append(EvalItem(img, boxes, rows[:, 0].astype(np.int64)))
-    return names, items
-
-
-# ------------------------------------------------------------------------------------------- runners
-
-
-class Runner(Protocol):
-    """A model that maps one RGB canvas to its raw outputs."""
-
-    name: str
-    imgsz: int
-
-    def __call__(self, canvas: np.ndarray) -> list[np.ndarray]: ...
-
-    def decoder(self, num_classes: int) -> YoloNasDecoder: ...
-
-
-class TorchRunner:
-    """The fused PyTorch body (FP32), NCHW input 0..1; the reference every TFLite file is measured against."""
-
-    def __init__(self, model: Any, imgsz: int, threads: int | None = None, name: str = "pytorch_fp32") -> None:
-        import torch
-
-        from builder.export.onnx_body import make_body
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.body = make_body(model)
-        self.imgsz = imgsz
-        self.name = name
-        self._shapes: list[tuple[int, ...]] | None = None
-
-    def __call__(self, canvas: np.ndarray) -> list[np.ndarray]:
-        import torch
-
-        x = torch.from_numpy(to_input(canvas, np.float32, layout="NCHW"))
-        with torch.no_grad():
-            outs = [o.numpy() for o in self.body(x)]
-        self._shapes = [o.shape for o in outs]
-        return outs
-
-    def decoder(self, num_classes: int) -> YoloNasDecoder:
-        if self._shapes is None:
-            self(np.full((self.imgsz, self.imgsz, 3), 114, np.uint8))
-        assert self._shapes is not None
-        return YoloNasDecoder(num_classes, self.imgsz, self._shapes)
-
-
-class TFLiteRunner:
-    def __init__(self, path: Path, threads: int | None = None, name: str | None = None) -> None:
-        from agent.inference.tflite import make_interpreter, quant_params
-
-        self.path = Path(path)
-        self.name = name or self.path.stem
-        try:
-            self.interp = make_interpreter(str(path), num_threads=threads)
-        except (ValueError, RuntimeError) as exc:
-            raise EvaluateError(f"{path}: cannot load TFLite model: {exc}") from exc
-        inp = self.interp.get_input_details()[0]
-        self._in = inp
-        shape = [int(d) for d in inp["shape"]]
-        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
-            raise EvaluateError(f"{path}: expected a (1, S, S, 3) input, got {shape}")
-        self.imgsz = shape[1]
-        self._dtype = np.dtype(inp["dtype"])
-        self._q = quant_params(inp)
-        self._out = self.interp.get_output_details()
-
-    def __call__(self, canvas: np.ndarray) -> list[np.ndarray]:
-        q = self._q or (None, None)
-        x = to_input(canvas, self._dtype, q[0], q[1])
-        self.interp.set_tensor(self._in["index"], x)
-        self.interp.invoke()
-        return [self.interp.get_tensor(d["index"]).copy() for d in self._out]
-
-    def decoder(self, num_classes: int) -> YoloNasDecoder:
-        return YoloNasDecoder.from_details(self._out, num_classes, self.imgsz)
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -185,7 +66,7 @@ def _to_image_boxes(det: Detections) -> ImageBoxes:
 
 def evaluate_runner(
     runner: Runner,
-    items: Sequence[EvalItem],
+    items: Sequence[Item],
     num_classes: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
@@ -275,9 +156,10 @@ def evaluate_path(
     if model_path.suffix == ".tflite":
         runner = TFLiteRunner(model_path, threads)
     else:
-        from builder.convert.pipeline import load_model
-
-        loaded = load_model(model_path)
+        try:
+            loaded = load_model(model_path)
+        except ModelLoadError as exc:
+            raise EvaluateError(str(exc)) from exc
         if loaded.num_classes != len(class_names):
             raise EvaluateError(
                 f"checkpoint has {loaded.num_classes} classes, dataset has {len(class_names)}: not the same task"

@@ -1,0 +1,126 @@
+"""Models as "one RGB canvas in, raw outputs out": the fused PyTorch body and any .tflite file.
+
+Conversion checks and evaluation treat both alike through the `Runner` protocol; only the model step
+differs, so the numbers compare the models and nothing else. TFLite files load through the agent's
+runtime shim (agent.inference.tflite), the same loader the agent uses on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.inference import tflite
+from agent.inference.decode import YoloNasDecoder
+from agent.inference.preprocess import to_input
+from agent.protocol.manifest import TensorSpec
+
+Quant = tuple[float, int] | None
+
+
+class EvaluateError(ValueError):
+    """A model or dataset cannot be evaluated; the message says why."""
+
+
+class Runner(Protocol):
+    """A model that maps one RGB canvas to its raw outputs."""
+
+    name: str
+    imgsz: int
+
+    def __call__(self, canvas: np.ndarray) -> list[np.ndarray]: ...
+
+    def decoder(self, num_classes: int) -> YoloNasDecoder: ...
+
+
+def tensor_quant(detail: dict[str, Any]) -> Quant:
+    """(scale, zero_point) of an integer tensor; None for float tensors."""
+    return tflite.quant_params(detail) if np.dtype(detail["dtype"]).kind in "ui" else None
+
+
+def tensor_spec(detail: dict[str, Any]) -> TensorSpec:
+    """The manifest's description of one interpreter tensor (name, shape, dtype, quantization)."""
+    q = tensor_quant(detail)
+    return TensorSpec(
+        name=str(detail["name"]),
+        shape=[int(d) for d in detail["shape"]],
+        dtype=np.dtype(detail["dtype"]).name,  # type: ignore[arg-type]
+        scale=q[0] if q else None,
+        zero_point=q[1] if q else None,
+    )
+
+
+class TorchRunner:
+    """The fused PyTorch body (FP32), NCHW input 0..1; the reference every TFLite file is measured against."""
+
+    def __init__(self, model: Any, imgsz: int, threads: int | None = None, name: str = "pytorch_fp32") -> None:
+        # torch loads lazily: evaluating a .tflite file must not pay for it.
+        import torch
+
+        from builder.export.onnx_body import make_body
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.body = make_body(model)
+        self.imgsz = imgsz
+        self.name = name
+        self._shapes: list[tuple[int, ...]] | None = None
+
+    def __call__(self, canvas: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(to_input(canvas, np.float32, layout="NCHW"))
+        with torch.no_grad():
+            outs = [o.numpy() for o in self.body(x)]
+        self._shapes = [o.shape for o in outs]
+        return outs
+
+    def decoder(self, num_classes: int) -> YoloNasDecoder:
+        if self._shapes is None:
+            self(np.full((self.imgsz, self.imgsz, 3), 114, np.uint8))
+        assert self._shapes is not None
+        return YoloNasDecoder(num_classes, self.imgsz, self._shapes)
+
+
+class TFLiteRunner:
+    """One .tflite file with a (1, S, S, 3) input; `input_detail` / `output_details` are the interpreter's."""
+
+    def __init__(self, path: Path | str, threads: int | None = None, name: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        try:
+            self.interpreter = tflite.make_interpreter(str(path), num_threads=threads)
+        except (ValueError, RuntimeError) as exc:
+            raise EvaluateError(f"{path}: cannot load TFLite model: {exc}") from exc
+        self.input_detail: dict[str, Any] = self.interpreter.get_input_details()[0]
+        shape = [int(d) for d in self.input_detail["shape"]]
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
+            raise EvaluateError(f"{path}: expected a (1, S, S, 3) input, got {shape}")
+        self.imgsz = shape[1]
+        self.input_quant: Quant = tflite.quant_params(self.input_detail)
+        self.output_details: list[dict[str, Any]] = self.interpreter.get_output_details()
+
+    def to_input(self, canvas: np.ndarray) -> np.ndarray:
+        """The exact input tensor this model gets for a canvas (through its input quantization)."""
+        scale, zero_point = self.input_quant or (None, None)
+        return to_input(canvas, np.dtype(self.input_detail["dtype"]), scale, zero_point)
+
+    def __call__(self, canvas: np.ndarray) -> list[np.ndarray]:
+        self.interpreter.set_tensor(self.input_detail["index"], self.to_input(canvas))
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(d["index"]).copy() for d in self.output_details]
+
+    def output_quant(self) -> list[Quant]:
+        """Per output, in output-detail order: (scale, zero_point), None for float outputs."""
+        return [tensor_quant(d) for d in self.output_details]
+
+    def input_spec(self) -> TensorSpec:
+        return tensor_spec(self.input_detail)
+
+    def output_specs(self) -> list[TensorSpec]:
+        return [tensor_spec(d) for d in self.output_details]
+
+    def decoder(self, num_classes: int) -> YoloNasDecoder:
+        return YoloNasDecoder.from_details(self.output_details, num_classes, self.imgsz)
