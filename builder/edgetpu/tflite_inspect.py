@@ -1,8 +1,8 @@
 """Static analysis of any .tflite file: ops, tensors, quantization, Edge TPU readiness.
 
-Reads the op list through the TFLite interpreter (`_get_ops_details()` works before
-`allocate_tensors()`, so Edge-TPU-compiled files with their custom op load too) and op versions and
-buffer sizes straight from the flatbuffer (the `flatbuffers` runtime, no generated schema needed).
+Reads ops, op versions, tensors and buffer sizes from the flatbuffer (builder.edgetpu.flatbuffer) and the
+input/output quantization from the TFLite interpreter, created without `allocate_tensors()` so that
+Edge-TPU-compiled files with their custom op load too.
 
 Readiness follows Coral's model requirements (coral.ai/docs/edgetpu/models-intro): supported ops,
 quantized uint8/int8 tensors, at most 3 non-unit dimensions per activation, static shapes, op versions
@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from agent.inference import tflite
+from builder.edgetpu.flatbuffer import FbModel, FbOp, FlatbufferError, read_model
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 ON_CHIP_BYTES = 8 * 1024 * 1024  # Edge TPU SRAM for caching parameters (a bit less is usable)
@@ -39,104 +42,25 @@ MAX_KNOWN_VERSION = {
     "SOFTMAX": 2, "RESHAPE": 1, "RESIZE_BILINEAR": 3, "RESIZE_NEAREST_NEIGHBOR": 3, "MEAN": 2,
 }
 
-_TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool",
-                 7: "int16", 8: "complex64", 9: "int8", 10: "float64"}
-
 
 class InspectError(ValueError):
     pass
-
-
-# --------------------------------------------------------------------------------- flatbuffer reading
-
-
-def _flatbuffer_info(path: Path) -> dict[str, Any]:
-    """Op code versions/custom codes, operator → opcode index, tensor buffer sizes (subgraph 0)."""
-    import flatbuffers
-    from flatbuffers import number_types as N
-    from flatbuffers.table import Table
-
-    buf = bytearray(Path(path).read_bytes())
-    if len(buf) < 8 or bytes(buf[4:8]) != b"TFL3":
-        raise InspectError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
-    pos = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0)
-    model = Table(buf, pos)
-
-    def field_table_vector(t: Table, slot: int) -> list[Table]:
-        o = t.Offset(4 + 2 * slot)
-        if not o:
-            return []
-        n = t.VectorLen(o)
-        start = t.Vector(o)
-        return [Table(buf, t.Indirect(start + 4 * i)) for i in range(n)]
-
-    def field_scalar(t: Table, slot: int, flags: Any, default: int) -> int:
-        o = t.Offset(4 + 2 * slot)
-        return int(t.Get(flags, o + t.Pos)) if o else default
-
-    def field_string(t: Table, slot: int) -> str | None:
-        o = t.Offset(4 + 2 * slot)
-        return t.String(o + t.Pos).decode() if o else None
-
-    def field_int_vector(t: Table, slot: int) -> list[int]:
-        o = t.Offset(4 + 2 * slot)
-        if not o:
-            return []
-        n = t.VectorLen(o)
-        start = t.Vector(o)
-        return [int(t.Get(N.Int32Flags, start + 4 * i)) for i in range(n)]
-
-    opcodes = []
-    for oc in field_table_vector(model, 1):
-        deprecated = field_scalar(oc, 0, N.Int8Flags, 0)
-        builtin = field_scalar(oc, 3, N.Int32Flags, 0)
-        opcodes.append({
-            "builtin_code": max(deprecated, builtin),
-            "custom_code": field_string(oc, 1),
-            "version": field_scalar(oc, 2, N.Int32Flags, 1),
-        })
-    buffers = []
-    for b in field_table_vector(model, 4):
-        o = b.Offset(4)
-        size = b.VectorLen(o) if o else 0
-        if not size:  # models over 2 GB keep data outside the flatbuffer: offset/size fields
-            size = field_scalar(b, 2, N.Uint64Flags, 0)
-        buffers.append(size)
-    subgraphs = field_table_vector(model, 2)
-    if not subgraphs:
-        raise InspectError(f"{path}: model has no subgraph")
-    sg = subgraphs[0]
-    ops = [{"opcode_index": field_scalar(op, 0, N.Uint32Flags, 0)} for op in field_table_vector(sg, 3)]
-    tensors = []
-    for t in field_table_vector(sg, 0):
-        bidx = field_scalar(t, 2, N.Uint32Flags, 0)
-        tensors.append({
-            "shape": field_int_vector(t, 0),
-            "type": _TENSOR_TYPES.get(field_scalar(t, 1, N.Int8Flags, 0), "other"),
-            "buffer_bytes": buffers[bidx] if 0 < bidx < len(buffers) else 0,
-            "shape_signature": field_int_vector(t, 7),
-        })
-    return {"opcodes": opcodes, "ops": ops, "tensors": tensors, "subgraphs": len(subgraphs)}
 
 
 # ---------------------------------------------------------------------------------------- inspection
 
 
 def _interpreter(path: Path) -> Any:
-    from agent.inference.tflite import Interpreter, require_runtime
-
-    require_runtime()
+    tflite.require_runtime()
     try:
-        return Interpreter(model_path=str(path))
+        return tflite.Interpreter(model_path=str(path))
     except (ValueError, RuntimeError) as exc:
         raise InspectError(f"{path}: cannot read TFLite model: {exc}") from exc
 
 
 def _tensor_entry(d: dict[str, Any]) -> dict[str, Any]:
-    from agent.inference.tflite import quant_params
-
     dt = np.dtype(d["dtype"]).name
-    q = quant_params(d) if dt in ("uint8", "int8", "int16", "int32") else None
+    q = tflite.quant_params(d) if dt in ("uint8", "int8", "int16", "int32") else None
     return {"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": dt,
             "scale": q[0] if q else None, "zero_point": q[1] if q else None}
 
@@ -146,35 +70,12 @@ def inspect_model(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InspectError(f"{path}: no such file")
-    fb = _flatbuffer_info(path)
-    interp = _interpreter(path)
-    ops_d = interp._get_ops_details()
-    tens = {int(t["index"]): t for t in interp.get_tensor_details()}
-    ops: list[dict[str, Any]] = []
-    for i, od in enumerate(ops_d):
-        code = fb["opcodes"][fb["ops"][i]["opcode_index"]] if i < len(fb["ops"]) else {}
-        ins = [int(x) for x in od["inputs"] if int(x) >= 0]
-        outs = [int(x) for x in od["outputs"] if int(x) >= 0]
-
-        def desc(ix: int) -> dict[str, Any]:
-            t = tens.get(ix)
-            fbt = fb["tensors"][ix] if ix < len(fb["tensors"]) else {}
-            return {
-                "index": ix,
-                "dtype": np.dtype(t["dtype"]).name if t else fbt.get("type"),
-                "shape": [int(x) for x in t["shape"]] if t is not None else fbt.get("shape"),
-                "const": bool(fbt.get("buffer_bytes")),
-                "dynamic": any(int(s) < 0 for s in fbt.get("shape_signature") or []),
-            }
-
-        ops.append({
-            "index": i,
-            "op": str(od["op_name"]),
-            "custom_code": code.get("custom_code"),
-            "version": code.get("version"),
-            "inputs": [desc(x) for x in ins],
-            "outputs": [desc(x) for x in outs],
-        })
+    try:
+        fb = read_model(path)
+    except FlatbufferError as exc:
+        raise InspectError(str(exc)) from exc
+    interp = _interpreter(path)  # the runtime must load it; its I/O details carry the quantization
+    ops = [_op_entry(i, op, fb) for i, op in enumerate(fb.ops)]
     hist: dict[str, int] = {}
     for o in ops:
         label = o["custom_code"] or o["op"] if o["op"] == "CUSTOM" else o["op"]
@@ -182,7 +83,7 @@ def inspect_model(path: Path | str) -> dict[str, Any]:
     tpu_ops = [o for o in ops if o["custom_code"] == EDGETPU_CUSTOM_OP]
     compiled = bool(tpu_ops)
     cpu_ops = [o for o in ops if o["custom_code"] != EDGETPU_CUSTOM_OP]
-    param_bytes = sum(t["buffer_bytes"] for t in fb["tensors"])
+    param_bytes = sum(t.buffer_bytes for t in fb.tensors)
     return {
         "path": str(path),
         "size_bytes": path.stat().st_size,
@@ -194,9 +95,18 @@ def inspect_model(path: Path | str) -> dict[str, Any]:
         "inputs": [_tensor_entry(d) for d in interp.get_input_details()],
         "outputs": [_tensor_entry(d) for d in interp.get_output_details()],
         "parameter_bytes": param_bytes,
-        "subgraphs": fb["subgraphs"],
+        "subgraphs": fb.subgraphs,
         "ops": ops,
     }
+
+
+def _op_entry(index: int, op: FbOp, fb: FbModel) -> dict[str, Any]:
+    def desc(ix: int) -> dict[str, Any]:
+        t = fb.tensors[ix]
+        return {"index": ix, "dtype": t.dtype, "shape": t.shape, "const": bool(t.buffer_bytes), "dynamic": t.dynamic}
+
+    return {"index": index, "op": op.op, "custom_code": op.custom_code, "version": op.version,
+            "inputs": [desc(x) for x in op.inputs], "outputs": [desc(x) for x in op.outputs]}
 
 
 def _non_unit_dims(shape: list[int] | None) -> int:
