@@ -194,6 +194,24 @@ def test_report_measures_every_variant(trained_bundle: Path) -> None:
     assert (trained_bundle / "report.png").exists() and "model_quant" in (trained_bundle / "report.md").read_text()
 
 
+def test_tensorflow_per_tensor_switch_exists() -> None:
+    """--per-tensor sets TensorFlow's one private converter attribute we use; pin that it still exists.
+    In a child process: TensorFlow must not share a process with libreyolo models."""
+    code = (
+        "import tensorflow as tf\n"
+        "from builder.quantize.tf_convert import PER_TENSOR_ATTR, disable_per_channel\n"
+        "f = tf.function(lambda x: x * 2.0, input_signature=[tf.TensorSpec([1, 4], tf.float32)])\n"
+        "c = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()])\n"
+        "assert getattr(c, PER_TENSOR_ATTR) is False\n"
+        "disable_per_channel(c)\n"
+        "assert getattr(c, PER_TENSOR_ATTR) is True\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------------ slow, converting
 
 

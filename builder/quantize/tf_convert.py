@@ -32,6 +32,18 @@ FILENAMES = {
 }
 
 
+# TensorFlow has no public switch for per-tensor INT8 weights; this private attribute is the only one we
+# set. tests/test_convert.py::test_tensorflow_per_tensor_switch_exists pins it.
+PER_TENSOR_ATTR = "_experimental_disable_per_channel"
+
+
+def disable_per_channel(converter: object) -> None:
+    """Per-tensor INT8 weights; fails loudly if TensorFlow dropped the switch (setting it would do nothing)."""
+    if not hasattr(converter, PER_TENSOR_ATTR):
+        raise RuntimeError(f"this TensorFlow's TFLiteConverter has no {PER_TENSOR_ATTR}: per-tensor is unavailable")
+    setattr(converter, PER_TENSOR_ATTR, True)
+
+
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -109,7 +121,7 @@ def convert_variants(
             c.inference_input_type = tf.uint8
             c.inference_output_type = tf.uint8
             if per_tensor:
-                c._experimental_disable_per_channel = True
+                disable_per_channel(c)
         ctx = _fd_redirect(log) if log else contextlib.nullcontext()
         with ctx:
             data = c.convert()
