@@ -45,28 +45,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from builder.convert.pipeline import ConvertError, convert
+    from builder.convert.pipeline import ConvertError, ConvertOptions, run_conversion
 
+    opts = ConvertOptions(
+        model_path=args.model_path,
+        calibration_dir=args.calibration_dir,
+        out_dir=args.out,
+        imgsz=args.imgsz,
+        key=args.key,
+        dataset_path=args.dataset_path,
+        version=args.version,
+        name=args.name,
+        model_type=args.model_type,
+        output_formats=tuple(args.output_formats),
+        n_calib=args.calibration_images,
+        seed=args.seed,
+        per_tensor=args.per_tensor,
+        threads=args.threads,
+        allow_clipped_outputs=args.allow_clipped_outputs,
+        allow_partial=args.allow_partial,
+        compile_edgetpu=not args.no_compile,
+    )
     try:
-        convert(
-            model_path=args.model_path,
-            calibration_dir=args.calibration_dir,
-            out_dir=args.out,
-            imgsz=args.imgsz,
-            key=args.key,
-            dataset_path=args.dataset_path,
-            version=args.version,
-            name=args.name,
-            model_type=args.model_type,
-            output_formats=args.output_formats,
-            n_calib=args.calibration_images,
-            seed=args.seed,
-            per_tensor=args.per_tensor,
-            threads=args.threads,
-            allow_clipped_outputs=args.allow_clipped_outputs,
-            allow_partial=args.allow_partial,
-            compile_edgetpu=not args.no_compile,
-        )
+        run_conversion(opts)
     except ConvertError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

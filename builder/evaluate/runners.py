@@ -16,6 +16,7 @@ from agent.inference import tflite
 from agent.inference.decode import YoloNasDecoder
 from agent.inference.preprocess import to_input
 from agent.protocol.manifest import TensorSpec
+from builder.export.onnx_body import make_body
 
 Quant = tuple[float, int] | None
 
@@ -58,8 +59,6 @@ class TorchRunner:
     def __init__(self, model: Any, imgsz: int, threads: int | None = None, name: str = "pytorch_fp32") -> None:
         # torch loads lazily: evaluating a .tflite file must not pay for it.
         import torch
-
-        from builder.export.onnx_body import make_body
 
         if threads:
             torch.set_num_threads(threads)
