@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "builder.commands.convert",
     "builder.commands.evaluate",
     "builder.commands.inspect",
+    "builder.commands.compile",
     "builder.commands.calibration",
     "builder.commands.keys",
     "builder.commands.publish",
