@@ -123,6 +123,46 @@ def test_default_output_and_atomic_install(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
+def test_stages_are_logged_and_timed_from_the_list() -> None:
+    from builder.convert.pipeline import STAGES, ConvertOptions, ConvertRun, Stage, run_stages
+
+    logs: list[str] = []
+    run = ConvertRun(ConvertOptions(model_path=Path("m.pth"), calibration_dir=Path("c")), None, logs.append)
+    seen: list[int] = []
+    run_stages(run, [Stage(lambda r: "one", lambda r: seen.append(1)), Stage(lambda r: "two", lambda r: seen.append(2))])
+    assert logs == ["[1/2] one", "[2/2] two"] and list(run.timings) == ["one", "two"] and seen == [1, 2]
+    assert len(STAGES) == 11
+
+
+def test_no_import_cycle_through_the_conversion_path() -> None:
+    """No module of convert/evaluate/export/quantize/edgetpu or data.calibration can reach itself through
+    imports (function-local ones included): convert → evaluate → export, data never back."""
+    import ast
+
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (ROOT / "builder").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {d for d in deps if d in mods and d != name and mods[d].name != "__init__.py"}
+    area = ("builder.convert.", "builder.evaluate.", "builder.export.", "builder.quantize.", "builder.edgetpu.",
+            "builder.data.calibration")
+    for start in (m for m in graph if m.startswith(area)):
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            m = todo.pop()
+            assert m != start, f"{start} imports itself through {sorted(seen)}"
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+
+
 # ------------------------------------------------------------------------------- the trained bundle
 
 
