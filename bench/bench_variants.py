@@ -5,13 +5,15 @@
 Without a checkpoint it converts a from-scratch yolo_nas_s (latency and size do not depend on the weight
 values); with one, it converts that. The variants are timed in interleaved rounds (one invoke of each per
 round) on the same letterboxed frame and thread count, so background load affects all alike.
-Writes bench/results/variants.json.
+Targets: model_quant at most 0.3 x the FP32 file's size; where the CPU has int8 dot-product instructions
+(x86 VNNI, Arm SDOT/UDOT), model_quant at most 0.5 x FP32's latency (without them XNNPACK's INT8 kernels can
+be no faster than float, so latency is judged only when --max-quant-latency-ratio is given).
+Writes bench/results/variants.json; exit status 3 when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from targets import Target, finish, int8_dot_product
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,6 +38,9 @@ def main() -> int:
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--max-quant-size-ratio", type=float, default=0.3, help="target: model_quant size / FP32 (0.3)")
+    ap.add_argument("--max-quant-latency-ratio", type=float, default=None,
+                    help="target: model_quant latency / FP32 (default 0.5 where the CPU has int8 dot products)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "variants.json")
     args = ap.parse_args()
 
@@ -91,10 +97,13 @@ def main() -> int:
               f"{row['size_ratio']:>8.2f}")
     result = {"benchmark": "variants", "model": arch, "imgsz": args.imgsz, "threads": args.threads, "runs": args.runs,
               "machine": platform.machine(), "python": platform.python_version(), "reference": "fp32", "variants": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    aims = [Target("model_quant size / FP32", rows["quant"]["size_ratio"], args.max_quant_size_ratio, at_most=True)]
+    max_latency = args.max_quant_latency_ratio
+    if max_latency is None and int8_dot_product():
+        max_latency = 0.5
+    if max_latency is not None:
+        aims.append(Target("model_quant latency / FP32", rows["quant"]["latency_ratio"], max_latency, at_most=True))
+    return finish(result, aims, args.out)
 
 
 if __name__ == "__main__":
