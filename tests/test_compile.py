@@ -206,3 +206,15 @@ def test_bundle_model_inputs_read_without_allocation(coral_data: Path) -> None:
     interp = Interpreter(model_path=str(coral_data / f"{MOBILENET}_edgetpu.tflite"))
     d = interp.get_input_details()[0]
     assert d["name"] == "input" and list(d["shape"]) == [1, 128, 128, 3] and d["dtype"] == np.uint8
+
+
+def test_version_bump_for_republishing(bundle: Path, coral_data: Path, key_files: tuple[Path, Path]) -> None:
+    twin = coral_data / f"{MOBILENET}_edgetpu.tflite"
+    before = snapshot(bundle)
+    res = compile_cli(bundle, "--attach", twin, "--key", key_files[0], "--version", "3")
+    assert res.returncode == 1 and "--version 3 is not above the bundle's version 3" in res.stderr
+    assert snapshot(bundle) == before
+    res = compile_cli(bundle, "--attach", twin, "--key", key_files[0], "--version", "4")
+    assert res.returncode == 0, res.stderr
+    assert "v4" in res.stdout
+    assert Bundle.load(bundle, node_keyring(key_files[1])).manifest.version == 4

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="accept a model with ops left to the CPU (default: refuse)")
     p.add_argument("--compiler", type=Path, metavar="PATH",
                    help="edgetpu_compiler to run (default: the one on PATH)")
+    p.add_argument("--version", type=int, metavar="N",
+                   help="give the changed bundle manifest version N (above the current one): nodes already running "
+                   "the current version accept only a higher one (default: keep the version)")
     p.add_argument("--timeout", type=int, default=600, help="compiler timeout in seconds (default 600)")
     p.set_defaults(func=_run)
 
@@ -43,9 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         key = SigningKey.load(args.key) if args.key else None
         if args.attach is not None:
-            res = attach(args.bundle, args.attach, key, args.allow_partial)
+            res = attach(args.bundle, args.attach, key, args.allow_partial, args.version)
         else:
-            res = compile_here(args.bundle, key, args.allow_partial, args.compiler, args.timeout)
+            res = compile_here(args.bundle, key, args.allow_partial, args.compiler, args.timeout, args.version)
     except CompilerMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -95,19 +95,22 @@ def _swap_in(new: Path, target: Path, scratch: Path) -> None:
 
 
 def _changed_manifest(bundle: Bundle, stage: Path, add: list[NewFile], drop: list[str],
-                      models: Mapping[str, str | None]) -> Manifest:
+                      models: Mapping[str, str | None], version: int | None) -> Manifest:
     changed = {f.dest for f in add} | set(drop)
     files = [e for e in bundle.manifest.files if e.path not in changed]
     files += [file_entry(stage, f.dest) for f in add]
     data = bundle.manifest.model_dump()
     data["files"] = [e.model_dump() for e in files]
     data["models"] = {**data["models"], **models}
+    if version is not None:
+        data["version"] = version
     return Manifest.model_validate(data)  # re-validated: every referenced file is listed
 
 
 def edit_bundle(bundle: Bundle, key: SigningKey | None, add: list[NewFile], drop: Sequence[str] = (),
-                models: Mapping[str, str | None] | None = None) -> Manifest:
-    """Copy files in (replacing same-named ones), remove `drop`, update `manifest.models`, re-sign, swap in."""
+                models: Mapping[str, str | None] | None = None, version: int | None = None) -> Manifest:
+    """Copy files in (replacing same-named ones), remove `drop`, update `manifest.models` (and the version),
+    re-sign, swap in."""
     root = bundle.root.resolve()
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.edit-", dir=root.parent))
     try:
@@ -117,7 +120,7 @@ def edit_bundle(bundle: Bundle, key: SigningKey | None, add: list[NewFile], drop
             (stage / rel).unlink(missing_ok=True)
         for f in add:
             shutil.copyfile(f.src, stage / f.dest)
-        manifest = _changed_manifest(bundle, stage, add, list(drop), models or {})
+        manifest = _changed_manifest(bundle, stage, add, list(drop), models or {}, version)
         write_manifest(stage, manifest, key)
         try:
             Bundle.load(stage, key_ring(key) if key else None)  # exactly what a node will check

@@ -21,7 +21,7 @@ from agent.protocol.manifest import Manifest
 from agent.security.signing import SigningKey
 from builder.edgetpu import compiler
 from builder.edgetpu.attach import CompiledCheck, check_compiled
-from builder.edgetpu.bundle_edit import NewFile, edit_bundle, open_verified
+from builder.edgetpu.bundle_edit import BundleEditError, NewFile, edit_bundle, open_verified
 
 EDGETPU_FILE = "model_edgetpu.tflite"
 LOG_FILE = "edgetpu_compiler.log"
@@ -76,21 +76,29 @@ def compiler_on_path(exe: Path | None) -> Iterator[None]:
             os.environ["PATH"] = saved
 
 
-def attach(root: Path, compiled: Path, key: SigningKey | None, allow_partial: bool = False) -> CompileResult:
+def _check_version(manifest: Manifest, version: int | None) -> None:
+    if version is not None and version <= manifest.version:
+        raise BundleEditError(f"--version {version} is not above the bundle's version {manifest.version}")
+
+
+def attach(root: Path, compiled: Path, key: SigningKey | None, allow_partial: bool = False,
+           version: int | None = None) -> CompileResult:
     """Check `compiled` against the bundle's INT8 model and add it as model_edgetpu.tflite."""
     bundle = open_verified(root, key)
+    _check_version(bundle.manifest, version)
     reference = reference_model(bundle.manifest)
     check = check_compiled(bundle.path(reference), Path(compiled), allow_partial)
     # A compiler log already in the bundle describes another compile of another file: it goes.
     manifest = edit_bundle(bundle, key, [NewFile(Path(compiled), EDGETPU_FILE)], drop=[LOG_FILE],
-                           models={"edgetpu": EDGETPU_FILE})
+                           models={"edgetpu": EDGETPU_FILE}, version=version)
     return CompileResult(manifest, check, key.key_id if key else None)
 
 
 def compile_here(root: Path, key: SigningKey | None, allow_partial: bool = False, exe: Path | None = None,
-                 timeout_s: int = 600) -> CompileResult:
+                 timeout_s: int = 600, version: int | None = None) -> CompileResult:
     """Compile the bundle's INT8 model with edgetpu_compiler and add the result and its log."""
     bundle = open_verified(root, key)  # before a compile that can take minutes
+    _check_version(bundle.manifest, version)
     reference = reference_model(bundle.manifest)
     with compiler_on_path(exe):
         if compiler.find_compiler() is None:
@@ -101,5 +109,5 @@ def compile_here(root: Path, key: SigningKey | None, allow_partial: bool = False
             check = check_compiled(bundle.path(reference), out / EDGETPU_FILE, allow_partial)
             manifest = edit_bundle(bundle, key, [NewFile(out / EDGETPU_FILE, EDGETPU_FILE),
                                                  NewFile(out / LOG_FILE, LOG_FILE)],
-                                   models={"edgetpu": EDGETPU_FILE})
+                                   models={"edgetpu": EDGETPU_FILE}, version=version)
     return CompileResult(manifest, check, key.key_id if key else None, log)
