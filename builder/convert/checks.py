@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from builder.evaluate.runners import Quant, Runner, TFLiteRunner
+from agent.inference.tensors import TensorInfo
+from builder.evaluate.runners import Runner, TFLiteRunner
 
 FIRED_LOGIT = 1.0  # a level "fires" when FP32 reaches this class logit (score 0.73) on real images
 PARITY_ATOL = 1e-3  # FP32 TFLite vs PyTorch, absolute, on logits of magnitude ~10 (measured: 9.5e-6)
@@ -79,8 +80,7 @@ def range_check(
     rows: list[dict[str, Any]] = []
     for ql, fl in zip(qdec.levels, fdec.levels, strict=True):
         for kind, qi, fi in (("cls", ql.cls_index, fl.cls_index), ("reg", ql.reg_index, fl.reg_index)):
-            rows.append(_range_row(quant.output_details[qi], kind, ql.stride, qdec.quant[qi], calib_r[fi],
-                                   val_r[fi] if val_r is not None else None))
+            rows.append(_range_row(quant.outputs[qi], kind, ql.stride, calib_r[fi], val_r[fi] if val_r is not None else None))
     problems = [f"{r['severity']}: {r['output']} ({r['kind']}, stride {r['stride']}): {r['note']}"
                 for r in rows if r["severity"] != "ok"]
     unrepresentable = sum(1 for r in rows if r["kind"] == "cls" and r["representable"][1] <= 0.0)
@@ -92,19 +92,18 @@ def range_check(
 
 
 def _range_row(
-    detail: dict[str, Any],
+    tensor: TensorInfo,
     kind: str,
     stride: int,
-    quant: Quant,
     calib_range: tuple[float, float],
     val_range: tuple[float, float] | None,
 ) -> dict[str, Any]:
     """One INT8 output: its representable range against the FP32 ranges, with severity and note."""
-    scale, zp = quant or (1.0, 0)
-    info = np.iinfo(np.dtype(detail["dtype"]))
+    scale, zp = tensor.quant or (1.0, 0)
+    info = np.iinfo(tensor.dtype)
     lo_r, hi_r = scale * (info.min - zp), scale * (info.max - zp)
     row: dict[str, Any] = {
-        "output": detail["name"], "kind": kind, "stride": stride, "scale": scale, "zero_point": zp,
+        "output": tensor.name, "kind": kind, "stride": stride, "scale": scale, "zero_point": zp,
         "representable": [lo_r, hi_r], "fp32_calibration": list(calib_range), "severity": "ok", "note": "",
     }
     if val_range is not None:

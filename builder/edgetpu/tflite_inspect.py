@@ -16,8 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from agent.inference import tflite
 from builder.edgetpu.flatbuffer import FbModel, FbOp, FlatbufferError, read_model
 
@@ -59,9 +57,9 @@ def _interpreter(path: Path) -> Any:
 
 
 def _tensor_entry(d: dict[str, Any]) -> dict[str, Any]:
-    dt = np.dtype(d["dtype"]).name
-    q = tflite.quant_params(d) if dt in ("uint8", "int8", "int16", "int32") else None
-    return {"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": dt,
+    t = tflite.tensor_info(d)
+    q = t.quant
+    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
             "scale": q[0] if q else None, "zero_point": q[1] if q else None}
 
 

@@ -15,10 +15,9 @@ import numpy as np
 from agent.inference import tflite
 from agent.inference.decode import YoloNasDecoder
 from agent.inference.preprocess import to_input
+from agent.inference.tensors import TensorInfo
 from agent.protocol.manifest import TensorSpec
 from builder.export.onnx_body import make_body
-
-Quant = tuple[float, int] | None
 
 
 class EvaluateError(ValueError):
@@ -36,18 +35,13 @@ class Runner(Protocol):
     def decoder(self, num_classes: int) -> YoloNasDecoder: ...
 
 
-def tensor_quant(detail: dict[str, Any]) -> Quant:
-    """(scale, zero_point) of an integer tensor; None for float tensors."""
-    return tflite.quant_params(detail) if np.dtype(detail["dtype"]).kind in "ui" else None
-
-
-def tensor_spec(detail: dict[str, Any]) -> TensorSpec:
-    """The manifest's description of one interpreter tensor (name, shape, dtype, quantization)."""
-    q = tensor_quant(detail)
+def tensor_spec(t: TensorInfo) -> TensorSpec:
+    """The manifest's description of one model tensor (name, shape, dtype, quantization)."""
+    q = t.quant
     return TensorSpec(
-        name=str(detail["name"]),
-        shape=[int(d) for d in detail["shape"]],
-        dtype=np.dtype(detail["dtype"]).name,  # type: ignore[arg-type]
+        name=t.name,
+        shape=list(t.shape),
+        dtype=t.dtype.name,  # type: ignore[arg-type]
         scale=q[0] if q else None,
         zero_point=q[1] if q else None,
     )
@@ -84,42 +78,38 @@ class TorchRunner:
 
 
 class TFLiteRunner:
-    """One .tflite file with a (1, S, S, 3) input; `input_detail` / `output_details` are the interpreter's."""
+    """One .tflite file with a (1, S, S, 3) input; `input` / `outputs` describe its tensors (agent.inference.tensors)."""
 
     def __init__(self, path: Path | str, threads: int | None = None, name: str | None = None) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
         try:
-            self.interpreter = tflite.make_interpreter(str(path), num_threads=threads)
+            self.interpreter = tflite.load_interpreter(self.path, threads)
         except (ValueError, RuntimeError) as exc:
             raise EvaluateError(f"{path}: cannot load TFLite model: {exc}") from exc
-        self.input_detail: dict[str, Any] = self.interpreter.get_input_details()[0]
-        shape = [int(d) for d in self.input_detail["shape"]]
+        self.input: TensorInfo = tflite.input_tensors(self.interpreter)[0]
+        self.outputs: list[TensorInfo] = tflite.output_tensors(self.interpreter)
+        shape = self.input.shape
         if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
-            raise EvaluateError(f"{path}: expected a (1, S, S, 3) input, got {shape}")
+            raise EvaluateError(f"{path}: expected a (1, S, S, 3) input, got {list(shape)}")
         self.imgsz = shape[1]
-        self.input_quant: Quant = tflite.quant_params(self.input_detail)
-        self.output_details: list[dict[str, Any]] = self.interpreter.get_output_details()
 
     def to_input(self, canvas: np.ndarray) -> np.ndarray:
         """The exact input tensor this model gets for a canvas (through its input quantization)."""
-        scale, zero_point = self.input_quant or (None, None)
-        return to_input(canvas, np.dtype(self.input_detail["dtype"]), scale, zero_point)
+        scale, zero_point = self.input.quant or (None, None)
+        return to_input(canvas, self.input.dtype, scale, zero_point)
 
     def __call__(self, canvas: np.ndarray) -> list[np.ndarray]:
-        self.interpreter.set_tensor(self.input_detail["index"], self.to_input(canvas))
+        # Not tflite.run(): that re-reads the tensor details per call, which latency measurements would include.
+        self.interpreter.set_tensor(self.input.index, self.to_input(canvas))
         self.interpreter.invoke()
-        return [self.interpreter.get_tensor(d["index"]).copy() for d in self.output_details]
-
-    def output_quant(self) -> list[Quant]:
-        """Per output, in output-detail order: (scale, zero_point), None for float outputs."""
-        return [tensor_quant(d) for d in self.output_details]
+        return [self.interpreter.get_tensor(t.index).copy() for t in self.outputs]
 
     def input_spec(self) -> TensorSpec:
-        return tensor_spec(self.input_detail)
+        return tensor_spec(self.input)
 
     def output_specs(self) -> list[TensorSpec]:
-        return [tensor_spec(d) for d in self.output_details]
+        return [tensor_spec(t) for t in self.outputs]
 
     def decoder(self, num_classes: int) -> YoloNasDecoder:
-        return YoloNasDecoder.from_details(self.output_details, num_classes, self.imgsz)
+        return YoloNasDecoder.from_tensors(self.outputs, num_classes, self.imgsz)
