@@ -18,7 +18,7 @@ import pytest
 from helpers import ROOT
 from test_signing_bundle import make_bundle
 
-from agent.security import trust
+from agent.security import keyring_store, trust
 from agent.security.bundle import Bundle
 from agent.security.keyring import (
     KEYRING_NAME,
@@ -28,8 +28,14 @@ from agent.security.keyring import (
     public_to_b64,
     sign_document,
 )
+from agent.security.keyring_store import (
+    HISTORY_DIR,
+    KeyringMessage,
+    install_keyring,
+    load_trust,
+    store_document,
+)
 from agent.security.signing import Keyring, SignatureError, SigningKey
-from agent.security.trust import KeyringMessage, install_keyring, load_trust, write_keyring_files
 
 
 def cli(*args: object) -> subprocess.CompletedProcess[str]:
@@ -99,7 +105,7 @@ def offer(node_dir: Path, doc: KeyringDoc, *signers: SigningKey, current: Keyrin
 
 
 def test_init_then_a_bundle_by_the_signer_verifies(tmp_path: Path, keys: Keys, ring_dir: Path) -> None:
-    assert sorted(p.name for p in ring_dir.iterdir()) == [KEYRING_NAME, KEYRING_SIG_NAME, ROOT_PUB_NAME]
+    assert sorted(p.name for p in ring_dir.iterdir()) == [HISTORY_DIR, KEYRING_NAME, KEYRING_SIG_NAME, ROOT_PUB_NAME]
     data = (ring_dir / KEYRING_NAME).read_bytes()
     assert data == json.dumps(json.loads(data), sort_keys=True, separators=(",", ":")).encode()  # canonical
     ring = Keyring.load(ring_dir)
@@ -135,7 +141,7 @@ def test_expired_signer_or_document_and_roleless_signer_are_refused(tmp_path: Pa
                     keys["norole"].key_id: entry("norole", roles=[]), keys["s1"].key_id: entry("s1")},
     })
     d = tmp_path / "node"
-    write_keyring_files(d, doc.canonical_bytes(), sign_document(doc.canonical_bytes(), [keys["root"]]), doc)
+    store_document(d, doc.canonical_bytes(), sign_document(doc.canonical_bytes(), [keys["root"]]), doc)
     ring = Keyring.load(d)
     with pytest.raises(SignatureError, match=f"signing key {keys['old'].key_id} expired at"):
         Bundle.load(signed_bundle(tmp_path, keys["old"], "old"), ring)
@@ -144,7 +150,7 @@ def test_expired_signer_or_document_and_roleless_signer_are_refused(tmp_path: Pa
     bundle = signed_bundle(tmp_path, keys["s1"])
     Bundle.load(bundle, ring)
     expired = doc.model_copy(update={"expires": now - timedelta(seconds=1)})
-    write_keyring_files(d, expired.canonical_bytes(), sign_document(expired.canonical_bytes(), [keys["root"]]), expired)
+    store_document(d, expired.canonical_bytes(), sign_document(expired.canonical_bytes(), [keys["root"]]), expired)
     with pytest.raises(SignatureError, match="keyring document v1 expired at"):
         Bundle.load(bundle, Keyring.load(d))  # still loads (its root can accept a newer one), trusts nothing
     assert "EXPIRED" in ok("keys", "show", d)
@@ -171,7 +177,7 @@ def test_newer_document_installs_and_the_node_adopts_it(tmp_path: Path, keys: Ke
         Bundle.load(bundle, ring)
     ok("keys", "add-signer", ring_dir, "--root", keys.path("root"), "--signer", keys.path("s2"))
     msg = KeyringMessage.model_validate_json(ok("keys", "message", ring_dir))
-    doc = install_keyring(state, msg.document_bytes(), msg.signatures.to_bytes(), current=ring)
+    doc = msg.install(state, current=ring)
     assert doc.version == 2 and ring.version == 2
     Bundle.load(bundle, ring)  # the same object the updater holds
     assert load_trust(tmp_path / "etc-keys", state).version == 2  # after a restart too
@@ -214,6 +220,35 @@ def test_root_rotation_only_when_cross_signed(tmp_path: Path, keys: Keys, node: 
     assert load_trust(tmp_path / "etc-keys", state).version == 3
 
 
+def test_a_node_that_missed_root_rotations_follows_the_chain(tmp_path: Path, keys: Keys, ring_dir: Path,
+                                                             node: tuple[Keyring, Path]) -> None:
+    ring, state = node
+    ok("keys", "rotate-root", ring_dir, "--old", keys.path("root"), "--new", keys.path("r2"))
+    ok("keys", "add-signer", ring_dir, "--root", keys.path("r2"), "--signer", keys.path("s2"))
+    ok("keys", "rotate-root", ring_dir, "--old", keys.path("r2"), "--new", keys.path("r3"))
+    ok("keys", "renew", ring_dir, "--root", keys.path("r3"))
+    msg = KeyringMessage.model_validate_json(ok("keys", "message", ring_dir))
+    assert len(msg.chain) == 2  # v2 and v4 changed the root
+    with pytest.raises(SignatureError, match=r"signed by 0 of the current \(v1\) root"):
+        msg.model_copy(update={"chain": []}).install(state, current=ring)
+    assert msg.install(state, current=ring).version == 5 and ring.version == 5
+    Bundle.load(signed_bundle(tmp_path, keys["s2"]), ring)
+    assert load_trust(tmp_path / "etc-keys", state).version == 5  # the stored chain is checked on start
+    shutil.rmtree(state / HISTORY_DIR)
+    with pytest.raises(SignatureError, match="does not chain from the provisioned v1"):
+        load_trust(tmp_path / "etc-keys", state)
+
+
+def test_a_forged_installed_keyring_does_not_load(tmp_path: Path, keys: Keys, node: tuple[Keyring, Path]) -> None:
+    _, state = node
+    out = tmp_path / "forged"
+    ok("keys", "init", "--root", keys.path("evil"), "--signer", keys.path("evil-signer"), "--out", out)
+    ok("keys", "renew", out, "--root", keys.path("evil"))  # v2: newer than the provisioned v1
+    shutil.copytree(out, state)
+    with pytest.raises(SignatureError, match="does not chain from the provisioned v1"):
+        load_trust(tmp_path / "etc-keys", state)
+
+
 def test_cli_root_rotation_and_threshold(tmp_path: Path, keys: Keys, ring_dir: Path) -> None:
     bundle = signed_bundle(tmp_path, keys["s1"])
     assert "not root keys" in fail("keys", "renew", ring_dir, "--root", keys.path("s1"))
@@ -228,13 +263,13 @@ def test_cli_root_rotation_and_threshold(tmp_path: Path, keys: Keys, ring_dir: P
                                               "--out", tmp_path / "x")
 
 
-@pytest.mark.parametrize("crash_after", range(1, 5))
+@pytest.mark.parametrize("crash_after", range(1, 7))
 def test_a_power_cut_during_install_leaves_a_verifiable_keyring(keys: Keys, node: tuple[Keyring, Path],
                                                                 monkeypatch: pytest.MonkeyPatch, crash_after: int) -> None:
     ring, state = node
     assert ring.document is not None
     offer(state, doc_after(ring.document), keys["root"], current=ring)  # v2 on disk
-    real, writes = trust.atomic_write, []
+    real, writes = keyring_store.atomic_write, []
 
     def cut(path: Path, data: bytes) -> None:
         if len(writes) == crash_after:
@@ -242,11 +277,12 @@ def test_a_power_cut_during_install_leaves_a_verifiable_keyring(keys: Keys, node
         writes.append(path.name)
         real(path, data)
 
-    monkeypatch.setattr(trust, "atomic_write", cut)
+    monkeypatch.setattr(keyring_store, "atomic_write", cut)
     new_root = {keys["root2"].key_id: public_to_b64(keys["root2"].private.public_key())}
     with pytest.raises(OSError, match="power cut"):
         offer(state, doc_after(ring.document, root=new_root), keys["root"], keys["root2"], current=ring)
-    assert Keyring.load(state).version == (3 if crash_after >= 3 else 2)
+    # writes: history .sig and .json, keyring.json.sig (both), root.pub (both), keyring.json (commit), ...
+    assert Keyring.load(state).version == (3 if crash_after >= 5 else 2)
 
 
 # --------------------------------------------------------------------------- legacy trust, load errors
@@ -276,6 +312,10 @@ def test_broken_keys_dirs_raise_clear_errors(tmp_path: Path, keys: Keys, ring_di
     shutil.copy(ring_dir / ROOT_PUB_NAME, only_root / ROOT_PUB_NAME)
     with pytest.raises(SignatureError, match="keyring.json, keyring.json.sig missing"):  # never legacy trust
         Keyring.load(only_root)
+    with pytest.raises(SignatureError, match="belongs to a keyring"):  # the root key never signs bundles
+        Keyring.load(ring_dir / ROOT_PUB_NAME)
+    with pytest.raises(SignatureError, match="belongs to a keyring"):
+        Keyring.load([keys.path("s1").with_suffix(".pub"), ring_dir])
     doc = json.loads((ring_dir / KEYRING_NAME).read_bytes())
     doc["signers"] = {}
     (ring_dir / KEYRING_NAME).write_bytes(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())

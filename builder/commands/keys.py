@@ -191,13 +191,9 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _message(args: argparse.Namespace) -> None:
-    from agent.security.keyring import KEYRING_NAME, KEYRING_SIG_NAME, parse_signatures
-    from agent.security.trust import KeyringMessage
     from builder.fleet import keyring
 
-    keyring.read(args.dir)  # verified before it is offered to the fleet
-    sigs = parse_signatures((args.dir / KEYRING_SIG_NAME).read_bytes())
-    print(KeyringMessage.of((args.dir / KEYRING_NAME).read_bytes(), sigs).model_dump_json())
+    print(keyring.message(args.dir).model_dump_json())
 
 
 def _describe(doc: KeyringDoc) -> str:

@@ -19,12 +19,16 @@ from pydantic import ValidationError
 
 from agent.security.keyring import (
     KEYRING_NAME,
+    KEYRING_SIG_NAME,
     KeyringDoc,
+    parse_document,
+    parse_signatures,
     public_to_b64,
     sign_document,
 )
+from agent.security.keyring_store import KeyringMessage, read_history, store_document
 from agent.security.signing import SignatureError, SigningKey, key_id_of, public_key_from_pem
-from agent.security.trust import accept_document, load_keys, verify_stored, write_keyring_files
+from agent.security.trust import accept_document, load_keys, verify_stored
 
 
 def expiry(days: float) -> datetime:
@@ -87,7 +91,7 @@ def init(out: Path, roots: Sequence[SigningKey], signers: Sequence[Ed25519Public
     data = doc.canonical_bytes()
     sigs = sign_document(data, roots)
     verify_stored(data, sigs, doc.root_keys(), str(out / KEYRING_NAME))  # threshold met by the keys given
-    write_keyring_files(out, data, sigs, doc)
+    store_document(out, data, sigs, doc)
     return doc
 
 
@@ -106,7 +110,7 @@ def publish_next(keys_dir: Path, current: KeyringDoc, changes: Mapping[str, obje
     data = doc.canonical_bytes()
     sigs = sign_document(data, signing)
     accept_document(current, data, sigs)
-    write_keyring_files(Path(keys_dir), data, sigs, doc)
+    store_document(Path(keys_dir), data, sigs, doc)
     return doc
 
 
@@ -149,4 +153,21 @@ def renew(keys_dir: Path, roots: Sequence[SigningKey], *, expires_days: float = 
     return publish_next(keys_dir, read(keys_dir), {}, roots, expires_days)
 
 
-__all__ = ["add_signer", "expiry", "init", "load_public", "publish_next", "read", "renew", "revoke", "rotate_root"]
+def message(keys_dir: Path) -> KeyringMessage:
+    """The `{prefix}/keyring` payload: the current document and, from the history, every root change."""
+    keys_dir = Path(keys_dir)
+    read(keys_dir)  # verified before it is offered to the fleet
+    chain, root = [], None
+    for data, sigs in read_history(keys_dir):
+        doc = parse_document(data)
+        if root is not None and (doc.root, doc.threshold) != root:
+            chain.append((data, sigs))
+        root = (doc.root, doc.threshold)
+    current = parse_signatures((keys_dir / KEYRING_SIG_NAME).read_bytes())
+    return KeyringMessage.build((keys_dir / KEYRING_NAME).read_bytes(), current, chain)
+
+
+__all__ = [
+    "add_signer", "build", "expiry", "init", "load_public", "message", "publish_next", "read", "renew", "revoke",
+    "rotate_root",
+]
