@@ -218,3 +218,20 @@ def test_version_bump_for_republishing(bundle: Path, coral_data: Path, key_files
     assert res.returncode == 0, res.stderr
     assert "v4" in res.stdout
     assert Bundle.load(bundle, node_keyring(key_files[1])).manifest.version == 4
+
+
+def test_failing_compiler_leaves_the_bundle_unchanged(bundle: Path, key_files: tuple[Path, Path]) -> None:
+    """--compiler names any executable (linked in as edgetpu_compiler); one that fails (`false`, no output) is
+    reported with its exit status and nothing is added."""
+    false = shutil.which("false")
+    assert false is not None
+    before = snapshot(bundle)
+    res = compile_cli(bundle, "--key", key_files[0], "--compiler", false)
+    assert res.returncode == 1
+    assert "edgetpu_compiler failed (exit 1)" in res.stderr
+    assert snapshot(bundle) == before
+
+
+def test_missing_attach_file(bundle: Path, tmp_path: Path, key_files: tuple[Path, Path]) -> None:
+    res = compile_cli(bundle, "--attach", tmp_path / "nope_edgetpu.tflite", "--key", key_files[0])
+    assert res.returncode == 1 and "nope_edgetpu.tflite: no such file" in res.stderr
