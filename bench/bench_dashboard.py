@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def browser_lags(url: str, seconds: float) -> tuple[list[float], float | None]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between each node's telemetry")
@@ -152,62 +153,43 @@ def main() -> int:
 
         args.browser = (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()
                         and importlib.util.find_spec("selenium") is not None)
+    return args
 
-    topics = Topics()
-    work = Path(tempfile.mkdtemp(prefix="edge-bench-dash-"))
-    broker = LocalBroker(work / "mosquitto").start()
-    port = free_port()
-    proc = subprocess.Popen([*dashboard_cmd(), "--broker", broker.url, "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    fleet: SimFleet | None = None
-    result: dict[str, Any] = {}
-    try:
-        wait_port(port, 30)
-        dash = psutil.Process(proc.pid)
-        idle_cpu, idle_rss = measure_cpu(dash, 3.0)
 
-        fleet = SimFleet(broker.url, args.nodes, topics, interval_s=args.interval).start()
-        probe = SSEProbe(port)
-        probe.start()
-        time.sleep(3.0)  # every node online and sending; the first snapshot is not a measurement
-        probe.recording = True
-        load_cpu, load_rss = measure_cpu(dash, args.duration)
-        probe.recording = False
-        probe.stop_flag.set()
-        page_lags, chromium_cpu = (browser_lags(f"http://127.0.0.1:{port}/", min(args.duration, 20.0))
-                                   if args.browser else ([], None))
-        rounds = fleet.rounds
-        sse = stats(probe.lags)
-        page = stats(page_lags)
-        result = {
-            "nodes": args.nodes, "interval_s": args.interval, "duration_s": args.duration,
-            "telemetry_msgs_per_s": round(args.nodes / args.interval, 1),
-            "loadgen_rounds": rounds,
-            "sse": {**sse, "events_per_s": round(probe.events / args.duration, 2),
-                    "kbytes_per_s": round(probe.bytes / args.duration / 1024, 1),
-                    "expected_msgs": int(args.nodes * args.duration / args.interval)},
-            "browser": {**page, "chromium_cpu_percent": round(chromium_cpu, 1) if chromium_cpu is not None else None}
-            if args.browser else None,
-            "server_cpu_percent": {"idle": round(idle_cpu, 2), "load": round(load_cpu, 2)},
-            "server_rss_mb": {"idle": round(idle_rss, 1), "load": round(load_rss, 1)},
-            "target_staleness_s": args.max_staleness,
-            "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "note": "nodes are a load generator (builder.dashboard.loadgen): real MQTT, made-up figures",
-        }
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    if proc.returncode not in (0, -15) and not result:
-        print(proc.stderr.read().decode() if proc.stderr else "", file=sys.stderr)
-        return 1
+def measure(args: argparse.Namespace, dash: psutil.Process, port: int,
+            make_fleet: Callable[[], SimFleet]) -> dict[str, Any]:
+    """Idle, then under the simulated fleet's load: staleness (SSE, and the page's own), server CPU and RSS."""
+    idle_cpu, idle_rss = measure_cpu(dash, 3.0)
+    fleet = make_fleet().start()
+    probe = SSEProbe(port)
+    probe.start()
+    time.sleep(3.0)  # every node online and sending; the first snapshot is not a measurement
+    probe.recording = True
+    load_cpu, load_rss = measure_cpu(dash, args.duration)
+    probe.recording = False
+    probe.stop_flag.set()
+    page_lags, chromium_cpu = (browser_lags(f"http://127.0.0.1:{port}/", min(args.duration, 20.0))
+                               if args.browser else ([], None))
+    sse = stats(probe.lags)
+    page = stats(page_lags)
+    return {
+        "nodes": args.nodes, "interval_s": args.interval, "duration_s": args.duration,
+        "telemetry_msgs_per_s": round(args.nodes / args.interval, 1),
+        "loadgen_rounds": fleet.rounds,
+        "sse": {**sse, "events_per_s": round(probe.events / args.duration, 2),
+                "kbytes_per_s": round(probe.bytes / args.duration / 1024, 1),
+                "expected_msgs": int(args.nodes * args.duration / args.interval)},
+        "browser": {**page, "chromium_cpu_percent": round(chromium_cpu, 1) if chromium_cpu is not None else None}
+        if args.browser else None,
+        "server_cpu_percent": {"idle": round(idle_cpu, 2), "load": round(load_cpu, 2)},
+        "server_rss_mb": {"idle": round(idle_rss, 1), "load": round(load_rss, 1)},
+        "target_staleness_s": args.max_staleness,
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "note": "nodes are a load generator (builder.dashboard.loadgen): real MQTT, made-up figures",
+    }
 
+
+def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
     def fmt(s: dict[str, Any] | None) -> str:
         if not s or not s["n"]:
             return "-"
@@ -229,6 +211,40 @@ def main() -> int:
     w = max(len(r[0]) for r in rows)
     for k, v in rows:
         print(f"  {k.ljust(w)}  {v}")
+
+
+def main() -> int:
+    args = parse_args()
+    topics = Topics()
+    work = Path(tempfile.mkdtemp(prefix="edge-bench-dash-"))
+    broker = LocalBroker(work / "mosquitto").start()
+    port = free_port()
+    proc = subprocess.Popen([*dashboard_cmd(), "--broker", broker.url, "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fleets: list[SimFleet] = []
+
+    def make_fleet() -> SimFleet:  # after the idle measurement: its 50 connections are load
+        fleets.append(SimFleet(broker.url, args.nodes, topics, interval_s=args.interval))
+        return fleets[-1]
+
+    result: dict[str, Any] = {}
+    try:
+        wait_port(port, 30)
+        result = measure(args, psutil.Process(proc.pid), port, make_fleet)
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode not in (0, -15) and not result:
+        print(proc.stderr.read().decode() if proc.stderr else "", file=sys.stderr)
+        return 1
+    print_table(result, args)
     targets = [Target("staleness via SSE, max", result["sse"]["max_s"], args.max_staleness, at_most=True, unit=" s")]
     if args.browser:
         targets.append(Target("staleness in Chromium, max", result["browser"]["max_s"], args.max_staleness,
