@@ -31,7 +31,7 @@ VARIANTS = [("fp32", "model_fp32.tflite"), ("cpu", "model_cpu.tflite"), ("dynami
             ("quant", "model_quant.tflite")]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_path", type=Path, default=None)
     ap.add_argument("--calibration_dir", type=Path, default=None, help="default: a few synthetic images")
@@ -42,10 +42,43 @@ def main() -> int:
     ap.add_argument("--max-quant-latency-ratio", type=float, default=None,
                     help="target: model_quant latency / FP32 (default 0.5 where the CPU has int8 dot products)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "variants.json")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    from builder.data.calibration import load_calibration
+
+def calibration(args: argparse.Namespace) -> np.ndarray:
+    """Letterboxed calibration frames: from --calibration_dir, else 16 synthetic images."""
+    if args.calibration_dir:
+        from builder.data.calibration import load_calibration
+
+        calib, _ = load_calibration(args.calibration_dir, args.imgsz, n=100, warn=lambda m: None)
+        return calib
+    from agent.inference.preprocess import letterbox
+    from builder.data.synth import render_image
+
+    return np.stack([letterbox(render_image(i, args.imgsz, args.imgsz, ["circle", "square", "triangle"])[0],
+                               args.imgsz)[0] for i in range(16)])
+
+
+def time_variants(work: Path, frame: np.ndarray, threads: int, runs: int) -> dict[str, list[float]]:
+    """Seconds per invoke of each variant, interleaved: one invoke of each per round, after 3 warm-ups."""
     from builder.evaluate.runners import TFLiteRunner
+
+    runners = {v: TFLiteRunner(work / f, threads, v) for v, f in VARIANTS}
+    for r in runners.values():
+        for _ in range(3):
+            r(frame)
+    times: dict[str, list[float]] = {v: [] for v in runners}
+    for _ in range(runs):
+        for v, r in runners.items():
+            t0 = time.perf_counter()
+            r(frame)
+            times[v].append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> int:
+    args = parse_args()
+
     from builder.export.onnx_body import export_onnx
     from builder.quantize.launch import run_tf_convert
 
@@ -60,35 +93,19 @@ def main() -> int:
         model, arch = build_model("yolo_nas_s", 3).eval(), "yolo_nas_s (untrained)"
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
-        if args.calibration_dir:
-            calib, _ = load_calibration(args.calibration_dir, args.imgsz, n=100, warn=lambda m: None)
-        else:
-            from agent.inference.preprocess import letterbox
-            from builder.data.synth import render_image
-
-            calib = np.stack([letterbox(render_image(i, args.imgsz, args.imgsz, ["circle", "square", "triangle"])[0],
-                                        args.imgsz)[0] for i in range(16)])
+        calib = calibration(args)
         np.save(work / "calib.npy", calib)
         print(f"converting {arch} at {args.imgsz} px ...", flush=True)
         onnx_path = export_onnx(model, args.imgsz, work / "body.onnx")
-        run_tf_convert(onnx_path, work / "calib.npy", work, work, [v for v, _ in VARIANTS], False, lambda m: print(m, flush=True))
-        runners = {v: TFLiteRunner(work / f, args.threads, v) for v, f in VARIANTS}
-        frame = calib[0]
-        for r in runners.values():
-            for _ in range(3):
-                r(frame)
-        times: dict[str, list[float]] = {v: [] for v in runners}
-        for _ in range(args.runs):
-            for v, r in runners.items():
-                t0 = time.perf_counter()
-                r(frame)
-                times[v].append(time.perf_counter() - t0)
+        run_tf_convert(onnx_path, work / "calib.npy", work, work, [v for v, _ in VARIANTS], False,
+                       lambda m: print(m, flush=True))
+        times = time_variants(work, calib[0], args.threads, args.runs)
         sizes = {v: (work / f).stat().st_size for v, f in VARIANTS}
     med = {v: statistics.median(t) * 1000 for v, t in times.items()}
     rows = {
         v: {"latency_ms": med[v], "latency_ratio": med[v] / med["fp32"], "size_bytes": sizes[v],
             "size_ratio": sizes[v] / sizes["fp32"]}
-        for v in runners
+        for v in times
     }
     print(f"\n{arch}, {args.imgsz} px, {args.threads} threads, median of {args.runs} interleaved runs")
     print(f"{'variant':<10} {'latency ms':>11} {'× FP32':>8} {'size MB':>9} {'× FP32':>8}")
