@@ -42,11 +42,16 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----
 _ACCESS_HINT = "the agent's user must be able to read it, e.g. root:edge-agent mode 0750 and keys 0644"
 
 
+def _why(exc: OSError) -> str:
+    hint = f"; {_ACCESS_HINT}" if isinstance(exc, PermissionError) else ""
+    return f"{exc.strerror or exc} (uid {os.geteuid()}{hint})"
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise SignatureError(f"cannot read {path}: {exc.strerror or exc} (uid {os.geteuid()}; {_ACCESS_HINT})") from None
+        raise SignatureError(f"cannot read {path}: {_why(exc)}") from None
 
 
 def _names(d: Path) -> list[str]:
@@ -54,9 +59,7 @@ def _names(d: Path) -> list[str]:
     try:
         return sorted(os.listdir(d))
     except OSError as exc:
-        raise SignatureError(
-            f"cannot read trusted keys dir {d}: {exc.strerror or exc} (uid {os.geteuid()}; {_ACCESS_HINT})"
-        ) from None
+        raise SignatureError(f"cannot read trusted keys dir {d}: {_why(exc)}") from None
 
 
 def read_root_pub(path: Path) -> dict[str, Ed25519PublicKey]:
