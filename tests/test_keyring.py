@@ -4,6 +4,7 @@ new root too, for a rotation), with a higher version, unexpired. Real keys, real
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -36,6 +37,9 @@ from agent.security.keyring_store import (
     store_document,
 )
 from agent.security.signing import Keyring, SignatureError, SigningKey
+from agent.security.trust import StaleKeyring
+from agent.updates.errors import UpdateRejected
+from agent.updates.verify import authenticate
 
 
 def cli(*args: object) -> subprocess.CompletedProcess[str]:
@@ -129,6 +133,23 @@ def test_revoked_signer_is_refused(tmp_path: Path, keys: Keys, ring_dir: Path) -
     assert "rotate-root" in fail("keys", "revoke", ring_dir, keys["root"].key_id, "--root", keys.path("root"))
 
 
+def test_the_updater_authenticates_announcements_with_the_keyring(tmp_path: Path, keys: Keys, ring_dir: Path) -> None:
+    from agent.protocol.messages import Announcement
+
+    def announce(key: SigningKey) -> bytes:
+        data = (signed_bundle(tmp_path, key, key.key_id) / "manifest.json").read_bytes()
+        return Announcement(manifest_b64=base64.b64encode(data).decode(), key_id=key.key_id, base_url="http://x/",
+                            signature_b64=base64.b64encode(key.sign(data)).decode()).model_dump_json().encode()
+
+    ring = Keyring.load(ring_dir)
+    _, manifest = authenticate(announce(keys["s1"]), ring)
+    assert manifest.name == "shapes"
+    ok("keys", "revoke", ring_dir, keys["s1"].key_id, "--root", keys.path("root"))
+    ring.replace_with(Keyring.load(ring_dir))  # what install_keyring does to the updater's object
+    with pytest.raises(UpdateRejected, match="is revoked"):
+        authenticate(announce(keys["s1"]), ring)
+
+
 def test_expired_signer_or_document_and_roleless_signer_are_refused(tmp_path: Path, keys: Keys) -> None:
     now = datetime.now(UTC)
 
@@ -181,7 +202,7 @@ def test_newer_document_installs_and_the_node_adopts_it(tmp_path: Path, keys: Ke
     assert doc.version == 2 and ring.version == 2
     Bundle.load(bundle, ring)  # the same object the updater holds
     assert load_trust(tmp_path / "etc-keys", state).version == 2  # after a restart too
-    with pytest.raises(SignatureError, match="not newer than the installed v2"):  # equal version: replay
+    with pytest.raises(StaleKeyring, match="not newer than the installed v2"):  # the retained message again
         install_keyring(state, msg.document_bytes(), msg.signatures.to_bytes(), current=ring)
 
 
@@ -190,7 +211,7 @@ def test_lower_version_and_non_root_and_expired_documents_are_refused(keys: Keys
     assert ring.document is not None
     v1 = ring.document
     offer(state, doc_after(v1, version=3), keys["root"], current=ring)
-    with pytest.raises(SignatureError, match="v2 is not newer than the installed v3"):
+    with pytest.raises(StaleKeyring, match="v2 is not newer than the installed v3"):
         offer(state, doc_after(v1), keys["root"], current=ring)
     with pytest.raises(SignatureError, match=r"signed by 0 of the current \(v3\) root key"):
         offer(state, doc_after(v1, version=4), keys["s1"], current=ring)

@@ -38,6 +38,12 @@ from agent.security.keyring import (
 )
 from agent.security.signing import Keyring, SignatureError, key_id_of, public_key_from_pem
 
+
+class StaleKeyring(SignatureError):
+    """The offered document is not newer than the current one: normal for a retained message seen again
+    after a reconnect (ignore it quietly), or a replay/rollback attempt."""
+
+
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
 _ACCESS_HINT = "the agent's user must be able to read it, e.g. root:edge-agent mode 0750 and keys 0644"
 
@@ -135,7 +141,7 @@ def accept_document(current: KeyringDoc, data: bytes, sigs: KeyringSignatures, n
     doc = parse_document(data)
     require_threshold(data, sigs, doc.root_keys(), doc.threshold, f"new (v{doc.version}) document's")
     if doc.version <= current.version:
-        raise SignatureError(
+        raise StaleKeyring(
             f"keyring v{doc.version} is not newer than the installed v{current.version} (replay or rollback)"
         )
     if check_expiry and doc.is_expired(now):
@@ -167,6 +173,7 @@ def follow_chain(current: KeyringDoc, links: Sequence[tuple[bytes, KeyringSignat
 
 
 __all__ = [
+    "StaleKeyring",
     "accept_document",
     "follow_chain",
     "load_keyring_dir",
