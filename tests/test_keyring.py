@@ -280,6 +280,8 @@ def test_cli_root_rotation_and_threshold(tmp_path: Path, keys: Keys, ring_dir: P
     assert "keyring v3" in ok("keys", "renew", ring_dir, "--root", keys.path("a"), "--root", keys.path("b"))
     Bundle.load(bundle, Keyring.load(ring_dir))
     assert "exists" in fail("keys", "init", "--root", keys.path("a"), "--out", ring_dir)
+    assert "both root and bundle signer" in fail("keys", "add-signer", ring_dir, "--root", keys.path("a"),
+                                                 "--root", keys.path("b"), "--signer", keys.path("a"))
     assert "threshold 3 is more than" in fail("keys", "init", "--root", keys.path("a"), "--threshold", "3",
                                               "--out", tmp_path / "x")
 

@@ -38,12 +38,18 @@ def expiry(days: float) -> datetime:
 
 
 def build(fields: Mapping[str, object]) -> KeyringDoc:
+    """A validated document; also refuses a root key as bundle signer (nodes would accept it, but the
+    root key belongs offline: a signer sits on the build machine)."""
     try:
-        return KeyringDoc.model_validate(fields)
+        doc = KeyringDoc.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "keyring"
         raise SignatureError(f"invalid keyring: {where}: {first['msg']}") from None
+    both = sorted(set(doc.root) & set(doc.signers))
+    if both:
+        raise SignatureError(f"key {', '.join(both)} would be both root and bundle signer; use a separate signer key")
+    return doc
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
