@@ -186,8 +186,10 @@ class BackendConfig(_Section):
             if d.type in seen:
                 raise ValueError(f"detectors {seen[d.type]!r} and {name!r} are both of type {d.type!r}; one per type")
             seen[d.type] = name
-        for s in legacy:  # the old section wins over a new one of its type: it was written last
-            self.detectors = {k: d for k, d in self.detectors.items() if d.type != s.type} | {s.type: s}
+        for s in legacy:  # what the old section sets wins over a new section of its type (e.g. an old env var)
+            name = seen.get(s.type, s.type)
+            base = self.detectors.get(name)
+            self.detectors[name] = base.model_copy(update={k: getattr(s, k) for k in s.model_fields_set}) if base else s
         for type_ in BACKENDS:
             if not any(d.type == type_ for d in self.detectors.values()):
                 self.detectors[type_] = default_settings(type_)

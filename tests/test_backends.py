@@ -228,6 +228,16 @@ xnnpack = false
     assert "cpu" not in b.model_dump() and "edgetpu" not in b.model_dump()  # folded into detectors
 
 
+def test_old_env_override_lands_on_the_new_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "new.toml").write_text('[backend.detectors.coral]\ntype = "edgetpu"\ndevice = "usb:1"\n')
+    monkeypatch.setenv("EDGE_AGENT_BACKEND__EDGETPU__ENABLED", "false")
+    monkeypatch.setenv("EDGE_AGENT_BACKEND__CPU__THREADS", "3")
+    b = load_config(tmp_path / "new.toml").backend
+    assert sorted(b.detectors) == ["coral", "cpu"]
+    assert b.edgetpu.device == "usb:1" and not b.edgetpu.enabled and b.cpu.threads == 3
+    assert b.preferred() is None
+
+
 class EchoBackend(Backend):
     """The least a new backend implements: a pure-numpy 'model' whose output is its input plus one."""
 
