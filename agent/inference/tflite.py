@@ -76,8 +76,8 @@ def load_interpreter(
 
 
 def make_interpreter(model_path: str, num_threads: int | None = None, delegates: list[Any] | None = None) -> Any:
-    """Old name of load_interpreter, kept until the callers outside agent/inference have moved
-    (builder/evaluate/evaluator.py, tests/helpers_updates.py, tests/test_convert.py)."""
+    """Old name of load_interpreter, kept until its last callers have moved (backends/probe_child.py,
+    tests/helpers_updates.py, tests/test_tpu_probe.py); then delete it."""
     return load_interpreter(model_path, num_threads, delegates)
 
 
