@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
+RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
@@ -36,6 +37,10 @@ class FileEntry(_Strict):
         # Paths come from the network: no absolute paths, no "..", no odd characters.
         if not _SAFE_PATH.match(v) or any(part in ("..", ".") for part in v.split("/")):
             raise ValueError(f"unsafe bundle path {v!r}")
+        if v.lower() in RESERVED_NAMES:
+            # The signed manifest and its signature come from the announcement: a file entry of that name
+            # would let a server's copy overwrite them in the staging directory.
+            raise ValueError(f"reserved bundle path {v!r} (the manifest and its signature are not file entries)")
         return v
 
 
