@@ -190,9 +190,9 @@ def test_int8_model_is_edgetpu_ready(trained_bundle: Path) -> None:
 
 
 def test_golden_self_test_reproduces(trained_bundle: Path) -> None:
-    from agent.inference.tflite import make_interpreter
+    from agent.inference.tflite import load_interpreter
 
-    it = make_interpreter(str(trained_bundle / "model_quant.tflite"))
+    it = load_interpreter(trained_bundle / "model_quant.tflite")
     x = np.load(trained_bundle / "golden_input.npy")
     it.set_tensor(it.get_input_details()[0]["index"], x)
     it.invoke()
@@ -206,9 +206,9 @@ def test_golden_self_test_reproduces(trained_bundle: Path) -> None:
 def test_every_variant_runs_in_the_agent_runtime(trained_bundle: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from agent.inference.tflite import make_interpreter, RUNTIME\n"
+        "from agent.inference.tflite import load_interpreter, RUNTIME\n"
         "for f in sys.argv[1:]:\n"
-        "    it = make_interpreter(f, num_threads=1)\n"
+        "    it = load_interpreter(f, threads=1)\n"
         "    d = it.get_input_details()[0]\n"
         "    it.set_tensor(d['index'], np.zeros(d['shape'], d['dtype'])); it.invoke()\n"
         "    assert all(np.isfinite(it.get_tensor(o['index']).astype(float)).all() for o in it.get_output_details())\n"
