@@ -221,6 +221,9 @@ class BackendConfig(_Section):
 class DetectConfig(_Section):
     score_threshold: float = Field(default=0.4, ge=0, le=1)
     iou_threshold: float = Field(default=0.5, ge=0, le=1)
+    class_agnostic_nms: bool = Field(
+        default=True, description="boxes overlapping at IoU > iou_threshold are one object even across classes: "
+        "only the highest score is reported (off: one report per class, as COCO evaluation counts)")
     max_detections: int = Field(default=100, ge=1)
     classes: list[str] | None = Field(default=None, description="report only these class names")
     target_fps: float | None = Field(default=None, gt=0, description="cap inference rate; None = as fast as possible")

@@ -1,4 +1,9 @@
-"""Non-maximum suppression in pure numpy (same semantics as torchvision.ops.nms / batched_nms)."""
+"""Non-maximum suppression in pure numpy (same semantics as torchvision.ops.nms / batched_nms).
+
+`batched_nms` is class-aware (what COCO mAP evaluation expects); `class_agnostic_nms` lets boxes of
+different classes suppress each other, so one object is reported once even when a weak model splits
+its confidence between two classes (the agent's `[detect] class_agnostic_nms`).
+"""
 
 from __future__ import annotations
 
@@ -46,3 +51,9 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
     boxes = boxes.astype(np.float32, copy=False)
     offset = classes.astype(np.float32)[:, None] * (float(boxes.max()) + 1.0)
     return nms(boxes + offset, scores, iou_threshold)
+
+
+def class_agnostic_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept, by decreasing score, whatever each box's class: of boxes overlapping at
+    IoU > threshold only the highest-scoring one survives (ties: the earlier index)."""
+    return nms(boxes, scores, iou_threshold)
