@@ -24,6 +24,7 @@ from agent.inference import decode
 from agent.inference.backends import registry
 from agent.inference.backends.base import Backend, BackendError
 from agent.inference.decode import DecodeError, Decoder, Detections
+from agent.inference.decode.nms import class_agnostic_nms
 from agent.inference.preprocess import LetterboxInfo, letterbox, letterbox_params, normalize_boxes, to_input
 from agent.protocol.messages import Detection
 from agent.security.bundle import Bundle
@@ -195,6 +196,9 @@ class Engine:
             letterbox=info,
             classes=self._class_ids,
         )
+        if self.cfg.detect.class_agnostic_nms:  # one object, one report: cross-class duplicates dropped
+            keep = class_agnostic_nms(det.boxes, det.scores, self.cfg.detect.iou_threshold)
+            det = Detections(det.boxes[keep], det.scores[keep], det.classes[keep])
         if not isinstance(info, LetterboxInfo):  # stretched: canvas pixels → frame pixels
             sy, sx = frame.shape[0] / self.input_size[0], frame.shape[1] / self.input_size[1]
             det.boxes[:, 0::2] *= sx
