@@ -5,9 +5,15 @@ Layout under `root` (the agent's state_dir/models):
     versions/<version>/    verified bundles (manifest.json, manifest.sig, model files)
     staging/<version>/     downloads in progress (kept across restarts so they resume with HTTP Range)
     state.json             StoreState, written atomically (temp file, fsync, rename, fsync dir)
+    highwater              a second copy of the high-water mark (agent.updates.highwater)
+    quarantine/            versions that failed verification when the state was rebuilt from disk
 
 Crash rule (Mender's): only a *committed* version is ever run after a restart. A version that was
 being activated or trialled when the process died is rolled back by `recover()`.
+
+Power-loss rule: every file and rename the store relies on is fsynced (with its directory) first.
+Losing state.json never deletes a verified version: `recover()` rebuilds the state from the bundles on
+disk (agent.updates.rebuild) and the high-water mark from its other copies, so it never goes down.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.atomic import atomic_write, fsync_dir
 from agent.protocol.messages import UpdateState, UpdateStatus
+from agent.security.signing import Keyring
+from agent.updates.highwater import COMMIT_MARK, HighWaterCounter, is_marked, mark_committed
+from agent.updates.rebuild import scan_versions, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -103,36 +112,65 @@ def describe_os_error(exc: OSError, what: str) -> str:
 
 
 class ModelStore:
-    def __init__(self, root: Path, keep: int = 2) -> None:
+    def __init__(self, root: Path, keep: int = 2, keyring: Keyring | None = None) -> None:
         self.root = Path(root)
         self.keep = max(1, keep)
+        # Without a keyring a lost state.json cannot be rebuilt (bundles can't be verified): nothing is
+        # run from disk then, and nothing is deleted.
+        self.keyring = keyring
         self.versions_dir = self.root / "versions"
         self.staging_root = self.root / "staging"
+        self.quarantine_dir = self.root / "quarantine"
         self.state_path = self.root / STATE_NAME
+        self.counter = HighWaterCounter(self.root)
+        self.last_recovery: str | None = None  # what recover() had to repair, for humans
 
     # -- state ---------------------------------------------------------------------------------
     def ensure_dirs(self) -> None:
         try:
             for d in (self.root, self.versions_dir, self.staging_root):
-                d.mkdir(parents=True, exist_ok=True)
+                if not d.is_dir():
+                    d.mkdir(parents=True, exist_ok=True)
+                    fsync_dir(d.parent)
         except OSError as exc:
             raise StoreError(describe_os_error(exc, "creating the model store")) from exc
 
+    def _parse_state(self, data: bytes) -> StoreState:
+        try:
+            obj = json.loads(data)
+            if not isinstance(obj, dict) or not {"committed", "high_water"} <= obj.keys():
+                raise ValueError("not an update state (wrong schema)")
+            return StoreState.model_validate(obj)
+        except (ValueError, ValidationError) as exc:
+            msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc).splitlines()[0]
+            # The write is atomic, so this is corruption from outside; don't guess, refuse loudly.
+            raise StoreError(f"{self.state_path} is corrupt: {msg}") from exc
+
     def load_state(self) -> StoreState:
+        """The persisted state, its high-water mark raised to the counter file's (see high_water())."""
         try:
             data = self.state_path.read_bytes()
         except FileNotFoundError:
-            return StoreState()
+            return StoreState(high_water=self.high_water())
         except OSError as exc:
             raise StoreError(describe_os_error(exc, "reading the update state")) from exc
-        try:
-            return StoreState.model_validate_json(data)
-        except ValidationError as exc:
-            # The write is atomic, so this is corruption from outside; don't guess, refuse loudly.
-            raise StoreError(f"{self.state_path} is corrupt: {exc.errors()[0]['msg']}") from exc
+        state = self._parse_state(data)
+        state.high_water = self.high_water(state)
+        return state
+
+    def high_water(self, state: StoreState | None = None) -> int:
+        """The effective high-water mark: the largest of the readable copies (state, counter, committed)."""
+        marks = [self.counter.read() or 0]
+        if state is not None:
+            marks += [state.high_water, *(r.version for r in state.committed)]
+        return max(marks)
 
     def save_state(self, state: StoreState) -> None:
+        """Commit marks and the counter first, then state.json: each copy is durable before it is relied on."""
         try:
+            for r in state.committed:
+                mark_committed(self.version_dir(r.version), r.name, r.version)
+            self.counter.raise_to(state.high_water)
             atomic_write(self.state_path, state.model_dump_json(indent=2).encode())
         except OSError as exc:
             raise StoreError(describe_os_error(exc, "saving the update state")) from exc
@@ -150,9 +188,13 @@ class ModelStore:
         return sorted(int(p.name) for p in self.versions_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
     def promote(self, version: int) -> Path:
-        """Move a fully downloaded and checked staging dir into versions/ (one atomic rename)."""
+        """Move a fully downloaded and checked staging dir into versions/ (one atomic rename).
+
+        Every staged file and directory is fsynced first: after a power cut the renamed directory holds
+        the verified bytes, not empty files."""
         src, dst = self.staging_dir(version), self.version_dir(version)
         try:
+            _fsync_tree(src)
             if dst.exists():
                 shutil.rmtree(dst)
             os.replace(src, dst)
@@ -169,15 +211,14 @@ class ModelStore:
             if tmp.exists():
                 shutil.rmtree(tmp)
             shutil.copytree(src, tmp)
-            for p in tmp.rglob("*"):
-                if p.is_file():
-                    with open(p, "rb") as f:
-                        os.fsync(f.fileno())
+            (tmp / COMMIT_MARK).unlink(missing_ok=True)  # committed only when the state says so
+            _fsync_tree(tmp)
             dst = self.version_dir(version)
             if dst.exists():
                 shutil.rmtree(dst)
             os.replace(tmp, dst)
             fsync_dir(self.versions_dir)
+            fsync_dir(self.staging_root)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(describe_os_error(exc, f"installing {src}")) from exc
@@ -222,40 +263,98 @@ class ModelStore:
 
         An update that died while activating or in trial is rolled back (its files removed, the
         committed version stays current). A download that died keeps its staging dir so the next
-        announcement resumes it with Range requests.
+        announcement resumes it with Range requests. A missing or corrupt state.json is rebuilt from
+        the verified bundles on disk (never by deleting them); its high-water mark never goes down.
         """
         self.ensure_dirs()
-        state = self.load_state()
-        changed = False
-        if state.pending is not None:
-            p = state.pending
-            if p.phase in ("activating", "trial"):
-                # Never delete a committed version's files (a "pin"/"rollback" to an installed one).
-                if all(r.version != p.version for r in state.committed):
-                    self.remove_version(p.version)
-                state.last_result = UpdateStatus(
-                    node=node, name=p.name, version=p.version, state=UpdateState.ROLLED_BACK,
-                    reason=f"agent restarted during {p.phase}: not committed, rolled back to "
-                    f"v{state.current.version if state.current else '?'}",
-                    running_version=state.current.version if state.current else None,
-                )
-                self.clear_staging()
-            else:
-                self.clear_staging(keep=p.version)
-            state.pending = None
+        self.last_recovery = None
+        state, lost = self._read_for_recovery()
+        if lost is None and state.current is None and any(is_marked(self.version_dir(v))
+                                                           for v in self.installed_versions()):
+            lost = f"{self.state_path} names no current model although committed versions are on disk"
+        if lost is not None:
+            state = self._rebuild(node, lost, state.high_water)
             changed = True
         else:
+            changed = self._roll_back_pending(state, node)
+            self._remove_orphans(state)
+        mark = max(self.high_water(state), state.high_water)
+        unmarked = [r for r in state.committed if self.version_dir(r.version).is_dir()
+                    and not is_marked(self.version_dir(r.version))]
+        if changed or unmarked or mark != state.high_water or (self.counter.read() or 0) < mark:
+            state.high_water = mark  # every copy rewritten from the largest readable one
+            self.save_state(state)
+        return state
+
+    def _read_for_recovery(self) -> tuple[StoreState, str | None]:
+        """(state, why it must be rebuilt or None). A corrupt file is moved aside for diagnosis."""
+        try:
+            data = self.state_path.read_bytes()
+        except FileNotFoundError:
+            hw = self.counter.read()
+            if hw is None and not self.installed_versions():
+                return StoreState(), None  # a new node
+            return StoreState(high_water=hw or 0), f"{self.state_path} is missing"
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, "reading the update state")) from exc
+        try:
+            return self._parse_state(data), None
+        except StoreError as exc:
+            return StoreState(), f"{exc}; {set_aside(self.state_path)}"
+
+    def _rebuild(self, node: str, why: str, high_water: int) -> StoreState:
+        """The state of a node that lost state.json, from the bundles on disk (see agent.updates.rebuild)."""
+        state = StoreState(high_water=max(high_water, self.counter.read() or 0))
+        if self.keyring is None:
+            note = f"{why}: no keyring to verify the versions on disk; none is run, none is deleted"
+        else:
+            scan = scan_versions(self.versions_dir, self.keyring, self.quarantine_dir)
+            recs = [ModelRecord(name=f.name, version=f.version) for f in scan.runnable()]
+            state.committed = recs
+            state.current = recs[-1] if recs else None
+            state.previous = recs[-2] if len(recs) > 1 else None
+            state.high_water = max(state.high_water, scan.highest_verified)
+            running = f"running v{state.current.version}" if state.current else "no committed version left"
+            note = f"{why}: state rebuilt from disk ({scan.describe()}); {running}"
+        cur = state.current
+        state.last_result = UpdateStatus(node=node, name=cur.name if cur else None,
+                                         version=cur.version if cur else None, state=UpdateState.FAILED,
+                                         reason=note, running_version=cur.version if cur else None)
+        log.error("%s", note)
+        self.last_recovery = note
+        return state
+
+    def _roll_back_pending(self, state: StoreState, node: str) -> bool:
+        if state.pending is None:
             self.clear_staging()
-        # Versions on disk that no committed record names are leftovers of a crash: remove them.
+            return False
+        p = state.pending
+        if p.phase in ("activating", "trial"):
+            # Never delete a committed version's files (a "pin"/"rollback" to an installed one).
+            if all(r.version != p.version for r in state.committed):
+                self.remove_version(p.version)
+            state.last_result = UpdateStatus(
+                node=node, name=p.name, version=p.version, state=UpdateState.ROLLED_BACK,
+                reason=f"agent restarted during {p.phase}: not committed, rolled back to "
+                f"v{state.current.version if state.current else '?'}",
+                running_version=state.current.version if state.current else None,
+            )
+            self.clear_staging()
+        else:
+            self.clear_staging(keep=p.version)
+        state.pending = None
+        return True
+
+    def _remove_orphans(self, state: StoreState) -> None:
+        """Versions on disk that no committed record names are leftovers of a crash: remove them.
+
+        A version with a commit mark is kept (it was committed once: the state may be older than it)."""
         known = {r.version for r in state.committed}
         if state.pinned is not None:
             known.add(state.pinned)
         for v in self.installed_versions():
-            if v not in known:
+            if v not in known and not is_marked(self.version_dir(v)):
                 self.remove_version(v)
-        if changed:
-            self.save_state(state)
-        return state
 
     def inventory(self, state: StoreState) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -273,6 +372,15 @@ class ModelStore:
                 "pinned": state.pinned == v,
             })
         return out
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root` (deepest first) and `root` itself."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(dirpath))
 
 
 __all__ = [
