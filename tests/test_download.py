@@ -134,3 +134,59 @@ def test_download_bundle_writes_exact_manifest_bytes(http_server: Any, tmp_path:
     assert (out / "manifest.json").read_bytes() == raw
     assert (out / "model.tflite").read_bytes() == data
     assert seen[-1] == (5000, 5000)
+
+
+class _Trickle:
+    """A real HTTP server on 127.0.0.1 that sends its headers, then one body byte per second."""
+
+    def __init__(self, size: int = 1000, interval: float = 1.0) -> None:
+        import socket
+        import threading
+
+        self.size, self.interval = size, interval
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: Any) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\n\r\n".encode())
+                for _ in range(self.size):
+                    if self.stop.wait(self.interval):
+                        return
+                    conn.sendall(b"x")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_trickling_server_hits_the_total_deadline(tmp_path: Path) -> None:
+    """1 byte/s never trips a 2 s read timeout; the 3 s total deadline must still hold within a read."""
+    srv = _Trickle()
+    entry = FileEntry(path="model.bin", sha256="0" * 64, size=srv.size)
+    limits = DownloadLimits(connect_timeout_s=1, read_timeout_s=2, total_timeout_s=3, retries=2)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="total download timeout"), requests.Session() as s:
+            download_file(s, f"http://127.0.0.1:{srv.port}/model.bin", tmp_path / "model.bin", entry, limits,
+                          time.monotonic() + limits.total_timeout_s)
+    finally:
+        srv.close()
+    took = time.monotonic() - t0
+    assert took <= limits.total_timeout_s + limits.read_timeout_s, f"took {took:.1f} s"

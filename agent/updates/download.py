@@ -12,11 +12,12 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3
 
 from agent.atomic import fsync_dir
 from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
@@ -181,12 +182,7 @@ def _stream_to(
     got = have
     try:
         with open(part, mode) as f:
-            for chunk in resp.iter_content(CHUNK):
-                if time.monotonic() > deadline:
-                    raise DownloadError(
-                        f"{entry.path}: total download timeout ({limits.total_timeout_s:.0f} s) exceeded "
-                        f"after {got} of {entry.size} bytes"
-                    )
+            for chunk in _body_chunks(resp, limits, deadline):
                 if got + len(chunk) > entry.size:
                     # Hard cap: never store more than the signed manifest declares.
                     raise DownloadError(f"{entry.path}: server sent more than the declared {entry.size} bytes")
@@ -197,18 +193,46 @@ def _stream_to(
                     progress(len(chunk))
             f.flush()
             os.fsync(f.fileno())
-    except requests.exceptions.ConnectionError as exc:
-        # requests wraps urllib3's read timeout / protocol errors as ConnectionError mid-stream.
-        if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
-            raise _Retryable(f"read timeout ({limits.read_timeout_s:.0f} s) after {got} of {entry.size} bytes") from None
-        raise _Retryable(f"connection broken after {got} of {entry.size} bytes (truncated download)") from None
-    except requests.RequestException as exc:  # (a subclass of OSError: caught before it)
-        if "IncompleteRead" in str(exc) or "Connection broken" in str(exc):
-            raise _Retryable(f"truncated download: connection broken after {got} of {entry.size} bytes") from None
-        raise _Retryable(f"transfer failed after {got} of {entry.size} bytes: {_short(exc)}") from None
+    except _PastDeadline:
+        raise DownloadError(_total_timeout(entry, limits, got)) from None
+    except urllib3.exceptions.ReadTimeoutError:
+        if time.monotonic() >= deadline:
+            raise DownloadError(_total_timeout(entry, limits, got)) from None
+        raise _Retryable(f"read timeout ({limits.read_timeout_s:.0f} s) after {got} of {entry.size} bytes") from None
+    except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:  # (subclasses of OSError or not)
+        raise _Retryable(f"truncated download: connection broken after {got} of {entry.size} bytes "
+                         f"({_short(exc)})") from None
     except OSError as exc:
         raise DownloadError(f"{entry.path}: {describe_os_error(exc, 'writing the download')}") from None
     return got
+
+
+class _PastDeadline(Exception):
+    """The total download deadline passed between two reads."""
+
+
+def _body_chunks(resp: requests.Response, limits: DownloadLimits, deadline: float) -> Iterator[bytes]:
+    """The body as it arrives, one socket read at a time, each bounded by min(read timeout, time left).
+
+    requests' iter_content fills a whole chunk before returning, so a server trickling a byte now and
+    then would never hit the read timeout nor reach a deadline check: read1 returns after one recv.
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _PastDeadline
+        conn = resp.raw.connection
+        if conn is not None and conn.sock is not None:
+            conn.sock.settimeout(min(limits.read_timeout_s, remaining))
+        chunk = resp.raw.read1(CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _total_timeout(entry: FileEntry, limits: DownloadLimits, got: int) -> str:
+    return (f"{entry.path}: total download timeout ({limits.total_timeout_s:.0f} s) exceeded "
+            f"after {got} of {entry.size} bytes")
 
 
 def _check_digest(part: Path, entry: FileEntry, h: hashlib._Hash) -> None:
