@@ -53,7 +53,14 @@ class UpdatesConfig(BaseModel):
     enabled: bool = True
     keep_versions: int = Field(default=2, ge=1, description="committed versions kept on disk (current included)")
     trial_frames: int = Field(default=30, ge=1, description="frames a new model must run cleanly before commit")
-    trial_seconds: float = Field(default=10.0, gt=0, description="...or this long, whichever comes first")
+    trial_seconds: float = Field(
+        default=10.0, gt=0, description="expected trial length (status text; a floor for trial_max_wait_s): "
+        "a trial never commits on time alone"
+    )
+    trial_max_wait_s: float = Field(
+        default=120.0, gt=0, description="wait this long for trial_frames clean frames; with fewer (a dead "
+        "camera) the update is rolled back, never committed blind"
+    )
     trial_max_error_frames: int = Field(default=0, ge=0, description="inference errors tolerated in a trial")
     trial_latency_factor: float = Field(
         default=3.0, gt=1, description="roll back when trial median latency exceeds the old median by this factor"
@@ -68,6 +75,15 @@ class UpdatesConfig(BaseModel):
     preflight: bool = Field(
         default=True, description="open new model files in a child process first (a bad .tflite can segfault)"
     )
+    require_expires: bool = Field(
+        default=True, description="refuse new announcements whose manifest has no `expires` (false: accept "
+        "them, for fleets mid-migration)"
+    )
+    clock_sync: Literal["required", "unknown_ok", "off"] = Field(
+        default="required", description="announcements with an expiry wait until the clock is synchronized; "
+        "unknown_ok: also go ahead when the sync state cannot be read; off: never wait (clock trusted)"
+    )
+    clock_recheck_s: float = Field(default=30.0, gt=0, description="how often a held announcement re-checks the clock")
 
 
 class ModelRecord(BaseModel):
