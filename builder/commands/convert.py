@@ -24,14 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration_dir", "--calibration-dir", type=Path, required=True,
                    help="folder of representative images (searched recursively) or a .tar.gz of them")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the checkpoint's training size)")
-    p.add_argument("--out", "--output_dir", "--output-dir", dest="out", type=Path, default=None,
+    p.add_argument("--out", "--output_dir", "--output-dir", dest="out_dir", metavar="OUT", type=Path, default=None,
                    help="bundle directory (default output/models/NAME)")
     p.add_argument("--name", default=None, help="model name in the manifest (default: the experiment name)")
     p.add_argument("--version", type=int, default=1, help="bundle version (monotonic integer)")
     p.add_argument("--key", type=Path, default=None, help="sign the bundle with this private key (edge-builder keygen)")
     p.add_argument("--dataset_path", "--dataset-path", type=Path, default=None,
                    help="dataset whose validation split measures every variant's mAP")
-    p.add_argument("--calibration_images", "--calibration-images", type=int, default=300,
+    p.add_argument("--calibration_images", "--calibration-images", dest="n_calib", metavar="CALIBRATION_IMAGES",
+                   type=int, default=300,
                    help="how many calibration images to sample (deterministic)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor INT8 weights (default per-channel)")
@@ -40,32 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="accept INT8 class outputs that cannot represent positive logits (reported either way)")
     p.add_argument("--allow-partial", action="store_true",
                    help="accept an Edge TPU compile that leaves ops on the CPU")
-    p.add_argument("--no-compile", action="store_true", help="do not run edgetpu_compiler even when present")
+    p.add_argument("--no-compile", dest="compile_edgetpu", action="store_false",
+                   help="do not run edgetpu_compiler even when present")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from builder.convert.pipeline import ConvertError, ConvertOptions, run_conversion
 
-    opts = ConvertOptions(
-        model_path=args.model_path,
-        calibration_dir=args.calibration_dir,
-        out_dir=args.out,
-        imgsz=args.imgsz,
-        key=args.key,
-        dataset_path=args.dataset_path,
-        version=args.version,
-        name=args.name,
-        model_type=args.model_type,
-        output_formats=tuple(args.output_formats),
-        n_calib=args.calibration_images,
-        seed=args.seed,
-        per_tensor=args.per_tensor,
-        threads=args.threads,
-        allow_clipped_outputs=args.allow_clipped_outputs,
-        allow_partial=args.allow_partial,
-        compile_edgetpu=not args.no_compile,
-    )
+    # The flags' dest names are ConvertOptions' field names.
+    opts = ConvertOptions(**{k: v for k, v in vars(args).items() if k in ConvertOptions.model_fields})
     try:
         run_conversion(opts)
     except ConvertError as exc:
