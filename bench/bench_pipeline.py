@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,7 @@ def pipeline_loop(engine: Engine, video: Path, seconds: float, camera_fps: float
 # ------------------------------------------------------------------------------------------------ main
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the test bundle)")
     ap.add_argument("--imgsz", type=int, default=320, help="model input size wanted for the default bundle (320)")
@@ -216,10 +217,109 @@ def main() -> int:
     ap.add_argument("--max-pre-post", type=float, default=None,
                     help="target: pre + post over invoke (default 0.05, judged at 320 px only)")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    bundle_dir = args.bundle or find_bundle(args.imgsz)
-    bundle = Bundle.load(bundle_dir)
+
+@dataclass
+class Rounds:
+    """Every round's figures; per-frame lists pooled over the pipeline runs."""
+
+    inv_med: list[float] = field(default_factory=list)
+    naive_fps: list[float] = field(default_factory=list)
+    pipe_fps: list[float] = field(default_factory=list)
+    ratio_limit: list[float] = field(default_factory=list)  # per round: noise drifts between rounds, less within
+    ratio_naive: list[float] = field(default_factory=list)
+    drops: list[float] = field(default_factory=list)
+    pre: list[float] = field(default_factory=list)
+    post: list[float] = field(default_factory=list)
+    pipe_inv: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
+
+
+def run_rounds(engine: Engine, video: Path, first: np.ndarray, rounds: int, seconds: float) -> Rounds:
+    """The three loops, alternated per round (invoke, naive, pipeline; then the reverse)."""
+    f = Rounds()
+    invoke_only(engine, first, 1.0)  # warm-up (XNNPACK packs weights on first runs)
+    for r in range(rounds):
+        order = ["invoke", "naive", "pipeline"] if r % 2 == 0 else ["pipeline", "naive", "invoke"]
+        for what in order:
+            if what == "invoke":
+                f.inv_med.append(statistics.median(invoke_only(engine, first, seconds)))
+            elif what == "naive":
+                f.naive_fps.append(naive_loop(engine, video, seconds)["fps"])
+            else:
+                ref = statistics.median(f.inv_med) if f.inv_med else 0.01
+                res = pipeline_loop(engine, video, seconds, camera_fps=1.25 / ref)
+                f.pipe_fps.append(res["fps"])
+                f.pre += res["pre_s"]
+                f.post += res["post_s"]
+                f.pipe_inv += res["invoke_s"]
+                f.e2e += res["e2e_s"]
+                f.waits += res["wait_s"]
+                f.drops.append(res["camera_dropped"] / max(1, res["camera_frames"]))
+        f.ratio_limit.append(f.pipe_fps[-1] * f.inv_med[-1])
+        f.ratio_naive.append(f.pipe_fps[-1] / f.naive_fps[-1])
+        print(f"  round {r + 1}: invoke {f.inv_med[-1] * 1000:.2f} ms ({1 / f.inv_med[-1]:.1f} fps), naive "
+              f"{f.naive_fps[-1]:.1f} fps, pipeline {f.pipe_fps[-1]:.1f} fps = {f.ratio_limit[-1]:.3f} x limit",
+              flush=True)
+    return f
+
+
+def figures(f: Rounds) -> dict[str, Any]:
+    """The medians and ratios the result reports."""
+    invoke_ms = statistics.median(f.inv_med) * 1000
+    pre_ms = statistics.median(f.pre) * 1000
+    post_ms = statistics.median(f.post) * 1000
+    cur, peak = rss_mb()
+    return {
+        "invoke_median_ms": round(invoke_ms, 3),
+        "invoke_limit_fps": round(1000 / invoke_ms, 2),
+        "pipeline_fps": round(statistics.median(f.pipe_fps), 2),
+        "naive_fps": round(statistics.median(f.naive_fps), 2),
+        "pipeline_vs_invoke_limit": round(statistics.median(f.ratio_limit), 3),
+        "pipeline_vs_naive": round(statistics.median(f.ratio_naive), 3),
+        "per_round": {"invoke_ms": [round(x * 1000, 3) for x in f.inv_med],
+                      "naive_fps": [round(x, 2) for x in f.naive_fps],
+                      "pipeline_fps": [round(x, 2) for x in f.pipe_fps],
+                      "pipeline_vs_invoke_limit": [round(x, 3) for x in f.ratio_limit]},
+        "pre_ms_median": round(pre_ms, 3),
+        "post_ms_median": round(post_ms, 3),
+        "invoke_ms_in_pipeline_median": round(statistics.median(f.pipe_inv) * 1000, 3),
+        "pre_post_fraction_of_invoke": round((pre_ms + post_ms) / invoke_ms, 4),
+        "end_to_end_ms_median": round(statistics.median(f.e2e) * 1000, 2),
+        "capture_wait_ms_mean": round(statistics.fmean(f.waits) * 1000, 3),
+        "camera_drop_fraction": round(statistics.median(f.drops), 3),
+        "rss_mb": round(cur, 1),
+        "peak_rss_mb": round(peak, 1),
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    pre_post = r["pre_ms_median"] + r["post_ms_median"]
+    rows = [
+        ("invoke only (1 / median invoke)", f"{r['invoke_limit_fps']:8.1f} fps",
+         f"{r['invoke_median_ms']:.2f} ms median invoke"),
+        ("naive sequential loop", f"{r['naive_fps']:8.1f} fps", ""),
+        ("agent pipeline", f"{r['pipeline_fps']:8.1f} fps",
+         f"{r['pipeline_vs_invoke_limit']:.3f} x limit (aim >= 0.95), {r['pipeline_vs_naive']:.2f} x naive"
+         " (medians of per-round ratios)"),
+        ("pre + post per frame", f"{pre_post:8.2f} ms",
+         f"{pre_post / r['invoke_median_ms'] * 100:.1f} % of invoke (aim <= 5 % at 320; pre {r['pre_ms_median']:.2f}, "
+         f"post {r['post_ms_median']:.2f})"),
+        ("end to end (capture -> detections)", f"{r['end_to_end_ms_median']:8.2f} ms",
+         f"inference thread waiting for frames {r['capture_wait_ms_mean']:.2f} ms/frame (mean); invoke in the "
+         f"pipeline {r['invoke_ms_in_pipeline_median']:.2f} ms"),
+        ("RSS / peak", f"{r['rss_mb']:8.1f} MB", f"peak {r['peak_rss_mb']:.1f} MB"),
+    ]
+    print()
+    for name, val, note in rows:
+        print(f"{name:<36} {val}   {note}")
+
+
+def main() -> int:
+    args = parse_args()
+    bundle = Bundle.load(args.bundle or find_bundle(args.imgsz))
     m = bundle.manifest
     cfg = AgentConfig(backend={"prefer": "cpu", "cpu": {"threads": args.threads}},
                       state_dir=Path(tempfile.gettempdir()), trusted_keys_dir=Path(tempfile.gettempdir()))
@@ -240,44 +340,9 @@ def main() -> int:
         print(f"model {m.name} v{m.version} ({bundle.path(m.models.cpu).name}, {imgsz} px, "
               f"{engine.backend.input.dtype}) on {engine.device}; frames {w}x{h}; "
               f"{args.rounds} rounds x {args.seconds:g} s per loop", flush=True)
-
-        inv_med, naive_fps, pipe_fps, pre, post, pipe_inv, e2e, drops = [], [], [], [], [], [], [], []
-        waits: list[float] = []
-        ratio_limit: list[float] = []  # per round: machine noise drifts between rounds, less within one
-        ratio_naive: list[float] = []
-        invoke_only(engine, first, 1.0)  # warm-up (XNNPACK packs weights on first runs)
-        for r in range(args.rounds):
-            order = ["invoke", "naive", "pipeline"] if r % 2 == 0 else ["pipeline", "naive", "invoke"]
-            for what in order:
-                if what == "invoke":
-                    inv_med.append(statistics.median(invoke_only(engine, first, args.seconds)))
-                elif what == "naive":
-                    naive_fps.append(naive_loop(engine, video, args.seconds)["fps"])
-                else:
-                    ref = statistics.median(inv_med) if inv_med else 0.01
-                    res = pipeline_loop(engine, video, args.seconds, camera_fps=1.25 / ref)
-                    pipe_fps.append(res["fps"])
-                    pre += res["pre_s"]
-                    post += res["post_s"]
-                    pipe_inv += res["invoke_s"]
-                    e2e += res["e2e_s"]
-                    waits += res["wait_s"]
-                    drops.append(res["camera_dropped"] / max(1, res["camera_frames"]))
-            ratio_limit.append(pipe_fps[-1] * inv_med[-1])
-            ratio_naive.append(pipe_fps[-1] / naive_fps[-1])
-            print(f"  round {r + 1}: invoke {inv_med[-1] * 1000:.2f} ms ({1 / inv_med[-1]:.1f} fps), naive "
-                  f"{naive_fps[-1]:.1f} fps, pipeline {pipe_fps[-1]:.1f} fps = {ratio_limit[-1]:.3f} x limit",
-                  flush=True)
+        measured = run_rounds(engine, video, first, args.rounds, args.seconds)
         engine.close()
 
-    invoke_ms = statistics.median(inv_med) * 1000
-    limit_fps = 1000 / invoke_ms
-    pipe = statistics.median(pipe_fps)
-    naive = statistics.median(naive_fps)
-    pre_ms = statistics.median(pre) * 1000
-    post_ms = statistics.median(post) * 1000
-    pipe_invoke_ms = statistics.median(pipe_inv) * 1000
-    cur, peak = rss_mb()
     result = {
         "model": {"name": m.name, "version": m.version, "file": m.models.cpu, "imgsz": imgsz,
                   "input_dtype": in_dtype},
@@ -285,43 +350,10 @@ def main() -> int:
         "frames": {"width": w, "height": h},
         "rounds": args.rounds,
         "seconds_per_loop": args.seconds,
-        "invoke_median_ms": round(invoke_ms, 3),
-        "invoke_limit_fps": round(limit_fps, 2),
-        "pipeline_fps": round(pipe, 2),
-        "naive_fps": round(naive, 2),
-        "pipeline_vs_invoke_limit": round(statistics.median(ratio_limit), 3),
-        "pipeline_vs_naive": round(statistics.median(ratio_naive), 3),
-        "per_round": {"invoke_ms": [round(x * 1000, 3) for x in inv_med], "naive_fps": [round(x, 2) for x in naive_fps],
-                      "pipeline_fps": [round(x, 2) for x in pipe_fps],
-                      "pipeline_vs_invoke_limit": [round(x, 3) for x in ratio_limit]},
-        "pre_ms_median": round(pre_ms, 3),
-        "post_ms_median": round(post_ms, 3),
-        "invoke_ms_in_pipeline_median": round(pipe_invoke_ms, 3),
-        "pre_post_fraction_of_invoke": round((pre_ms + post_ms) / invoke_ms, 4),
-        "end_to_end_ms_median": round(statistics.median(e2e) * 1000, 2),
-        "capture_wait_ms_mean": round(statistics.fmean(waits) * 1000, 3),
-        "camera_drop_fraction": round(statistics.median(drops), 3),
-        "rss_mb": round(cur, 1),
-        "peak_rss_mb": round(peak, 1),
+        **figures(measured),
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    rows = [
-        ("invoke only (1 / median invoke)", f"{limit_fps:8.1f} fps", f"{invoke_ms:.2f} ms median invoke"),
-        ("naive sequential loop", f"{naive:8.1f} fps", ""),
-        ("agent pipeline", f"{pipe:8.1f} fps",
-         f"{result['pipeline_vs_invoke_limit']:.3f} x limit (aim >= 0.95), {result['pipeline_vs_naive']:.2f} x naive"
-         " (medians of per-round ratios)"),
-        ("pre + post per frame", f"{pre_ms + post_ms:8.2f} ms",
-         f"{(pre_ms + post_ms) / invoke_ms * 100:.1f} % of invoke (aim <= 5 % at 320; pre {pre_ms:.2f}, "
-         f"post {post_ms:.2f})"),
-        ("end to end (capture -> detections)", f"{result['end_to_end_ms_median']:8.2f} ms",
-         f"inference thread waiting for frames {result['capture_wait_ms_mean']:.2f} ms/frame (mean); invoke in the "
-         f"pipeline {pipe_invoke_ms:.2f} ms"),
-        ("RSS / peak", f"{cur:8.1f} MB", f"peak {peak:.1f} MB"),
-    ]
-    print()
-    for name, val, note in rows:
-        print(f"{name:<36} {val}   {note}")
+    print_table(result)
     aims = [Target("pipeline FPS / invoke limit", result["pipeline_vs_invoke_limit"], args.min_limit_ratio,
                    at_most=False, unit="x")]
     max_pre_post = args.max_pre_post if args.max_pre_post is not None else (0.05 if imgsz == 320 else None)

@@ -66,7 +66,7 @@ def new_version(src: Path, dst: Path, key: Path, version: int) -> Path:
     return dst
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="a signed bundle (default: the test bundle)")
     ap.add_argument("--key", type=Path, help="its signing key (with --bundle)")
@@ -78,12 +78,50 @@ def main() -> int:
                     help=f"target: worst swap gap over the median frame gap ({TARGET_GAP_RATIO:g})")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    if args.bundle:
-        if not (args.key and args.trusted):
-            ap.error("--bundle needs --key and --trusted")
-        bundle, key, trusted = args.bundle, args.key, args.trusted
-    else:
-        bundle, key, trusted = find_bundle()
+    if args.bundle and not (args.key and args.trusted):
+        ap.error("--bundle needs --key and --trusted")
+    return args
+
+
+def control_ratios(frames: list[tuple[float, int | None]]) -> list[float]:
+    """The no-update control: "largest of 10 gaps / median" over the last 300 frames, sorted."""
+    steady = list(frames[-300:])
+    sg = [steady[i][0] - steady[i - 1][0] for i in range(1, len(steady))]
+    smed = statistics.median(sg)
+    return sorted(max(sg[i:i + 10]) / smed for i in range(0, len(sg) - 10, 10))
+
+
+def round_row(snap: list[tuple[float, int | None]], version: int, t_pub: float, tm: dict[str, float]) -> dict[str, Any]:
+    """One update's figures from the frame log (time, model version) and the updater's stage timestamps."""
+    k = next(i for i, f in enumerate(snap) if f[1] == version)
+    t_active = snap[k][0]
+    lo, hi = max(1, k - 30), min(len(snap), k + 30)
+    gaps = [snap[i][0] - snap[i - 1][0] for i in range(lo, hi)]
+    swap_gap = snap[k][0] - snap[k - 1][0]
+    med = statistics.median(gaps)
+    # The swap and the first frames on the new engine (its first invokes after the golden warm-up).
+    after = [snap[i][0] - snap[i - 1][0] for i in range(k, min(len(snap), k + 10))]
+    # Frames while the new model was being preflighted, loaded and self-tested beside the running one.
+    t_dl, t_act = tm["downloaded"], tm["activated"]
+    during_activation = [snap[i][0] - snap[i - 1][0] for i in range(1, len(snap)) if t_dl <= snap[i][0] <= t_act]
+    return {
+        "version": version,
+        "announce_to_active_ms": (t_active - t_pub) * 1000,
+        "download_to_active_ms": (t_active - tm["downloaded"]) * 1000,
+        "verify_download_ms": (tm["downloaded"] - tm["announce"]) * 1000,
+        "activate_ms": (tm["activated"] - tm["downloaded"]) * 1000,
+        "swap_ms": (tm["swapped"] - tm["activated"]) * 1000,
+        "median_frame_gap_ms": med * 1000,
+        "swap_gap_ms": swap_gap * 1000,
+        "swap_gap_ratio": swap_gap / med,
+        "max_gap_ratio_swap_10": max(after) / med,
+        "max_gap_ratio_activating": max(during_activation, default=0.0) / med,
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    bundle, key, trusted = (args.bundle, args.key, args.trusted) if args.bundle else find_bundle()
 
     from helpers_updates import Watcher
 
@@ -118,10 +156,7 @@ def main() -> int:
             time.sleep(0.05)
         # Control, side by side: the same "largest of 10 gaps / median" with no update at all.
         time.sleep(3)
-        steady = list(frames[-300:])
-        sg = [steady[i][0] - steady[i - 1][0] for i in range(1, len(steady))]
-        smed = statistics.median(sg)
-        control = sorted(max(sg[i:i + 10]) / smed for i in range(0, len(sg) - 10, 10))
+        control = control_ratios(frames)
         for r in range(args.rounds):
             version = m1.version + 1 + r
             b = new_version(bundle, work / f"v{version}", key, version)
@@ -133,33 +168,7 @@ def main() -> int:
             if st["state"] != "committed":
                 raise SystemExit(f"round {r}: update ended {st['state']}: {st.get('reason')}")
             assert svc.updater is not None
-            tm = dict(svc.updater.timings)
-            snap = list(frames)
-            k = next(i for i, f in enumerate(snap) if f[1] == version)
-            t_active = snap[k][0]
-            lo, hi = max(1, k - 30), min(len(snap), k + 30)
-            gaps = [snap[i][0] - snap[i - 1][0] for i in range(lo, hi)]
-            swap_gap = snap[k][0] - snap[k - 1][0]
-            med = statistics.median(gaps)
-            # The swap and the first frames on the new engine (its first invokes after the golden warm-up).
-            after = [snap[i][0] - snap[i - 1][0] for i in range(k, min(len(snap), k + 10))]
-            # Frames while the new model was being preflighted, loaded and self-tested beside the running one.
-            t_dl, t_act = tm["downloaded"], tm["activated"]
-            during_activation = [snap[i][0] - snap[i - 1][0] for i in range(1, len(snap))
-                                 if t_dl <= snap[i][0] <= t_act]
-            rows.append({
-                "version": version,
-                "announce_to_active_ms": (t_active - t_pub) * 1000,
-                "download_to_active_ms": (t_active - tm["downloaded"]) * 1000,
-                "verify_download_ms": (tm["downloaded"] - tm["announce"]) * 1000,
-                "activate_ms": (tm["activated"] - tm["downloaded"]) * 1000,
-                "swap_ms": (tm["swapped"] - tm["activated"]) * 1000,
-                "median_frame_gap_ms": med * 1000,
-                "swap_gap_ms": swap_gap * 1000,
-                "swap_gap_ratio": swap_gap / med,
-                "max_gap_ratio_swap_10": max(after) / med,
-                "max_gap_ratio_activating": max(during_activation, default=0.0) / med,
-            })
+            rows.append(round_row(list(frames), version, t_pub, dict(svc.updater.timings)))
     finally:
         if watcher:
             watcher.close()
@@ -168,7 +177,12 @@ def main() -> int:
         http.stop()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
+    return report(rows, control, args, f"{m1.name} v{m1.version}", m1.input.shape)
 
+
+def report(rows: list[dict[str, Any]], control: list[float], args: argparse.Namespace, bundle: str,
+           shape: list[int]) -> int:
+    """Print the rounds and the summary beside the control; judge the targets and write the result."""
     cols = ["version", "announce_to_active_ms", "download_to_active_ms", "verify_download_ms", "activate_ms",
             "swap_ms", "median_frame_gap_ms", "swap_gap_ms", "swap_gap_ratio", "max_gap_ratio_swap_10",
             "max_gap_ratio_activating"]
@@ -199,8 +213,7 @@ def main() -> int:
     aims = [targets.Target("download -> active, worst", worst_active, args.max_active_s, at_most=True, unit=" s"),
             targets.Target("swap gap / median frame gap, worst", worst_gap, args.max_gap_ratio, at_most=True,
                            unit="x")]
-    return targets.finish({"bundle": f"{m1.name} v{m1.version}", "input": m1.input.shape, "rounds": rows,
-                           "summary": summary}, aims, args.out)
+    return targets.finish({"bundle": bundle, "input": shape, "rounds": rows, "summary": summary}, aims, args.out)
 
 
 if __name__ == "__main__":
