@@ -19,10 +19,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import load_config
+from agent.doctor import CHECKS, Check, run_check, run_checks
+from agent.doctor.model import CheckResult, DoctorContext, ok
 from agent.inference.backends.edgetpu import enumerate_tpus
 from agent.system.clock import STA_UNSYNC, TIME_ERROR, TimexReading, clock_status
-from agent.system.doctor import CHECKS, Check, run_check, run_checks
-from agent.system.doctor.model import CheckResult, DoctorContext, ok
 from agent.system.host import HostRoot
 from agent.updates.store import ModelRecord, ModelStore, StoreState
 from builder.fleet.devservices import free_port
@@ -196,7 +196,7 @@ def world_dir() -> Iterator[Path]:
 # Imports happen while still root (this interpreter lives under /root, 0700), then the child drops to nobody.
 DROP_AND_RUN = """
 import logging, os, sys, tomllib
-import agent.cli, agent.config, agent.security.signing, agent.system.doctor
+import agent.cli, agent.config, agent.security.signing, agent.doctor
 parser = agent.cli.build_parser()
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(agent.cli.dispatch(parser, sys.argv[1:]))
@@ -362,8 +362,8 @@ def test_a_crashing_check_is_reported_not_raised_and_the_probe_hook_is_used() ->
 
 
 def test_compat_reports_the_verdict_the_daemon_stored(tmp_path: Path) -> None:
+    from agent.doctor.compat import live_probe, stored_verdict
     from agent.inference.backends.probe import LibraryIdentity, ProbeVerdict, VerdictCache, current_runtime
-    from agent.system.doctor.compat import live_probe, stored_verdict
 
     root = tree("pi5-usb2", tmp_path)  # one USB Coral: usb:0
     lib = tmp_path / "libedgetpu.so.1.0"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.system.doctor.model import DoctorReport
+    from agent.doctor.model import DoctorReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +35,9 @@ def main(args: argparse.Namespace) -> int:
     import logging
 
     from agent.config import AgentConfig, ConfigError, load_config
-    from agent.system.doctor import run_checks
-    from agent.system.doctor.compat import live_probe, stored_verdict
-    from agent.system.doctor.model import DoctorContext, DoctorReport
+    from agent.doctor import run_checks
+    from agent.doctor.compat import live_probe, stored_verdict
+    from agent.doctor.model import DoctorContext, DoctorReport
     from agent.system.host import HostRoot
 
     logging.basicConfig(level=logging.CRITICAL)  # the probes' retry warnings would repeat the report

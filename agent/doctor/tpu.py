@@ -5,16 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.inference.backends.edgetpu import TpuDevice, enumerate_tpus
-from agent.system.devices import (
-    SHIPPED_UDEV_RULES,
-    USB_SUPER_SPEED_MBPS,
-    coral_udev_rules,
-    loaded_modules,
-    pci_corals,
-    usb_speed_mbps,
-)
-from agent.system.doctor.model import (
+from agent.doctor.model import (
     CheckResult,
     DoctorContext,
     Status,
@@ -25,6 +16,15 @@ from agent.system.doctor.model import (
     result,
     wants_edgetpu,
     warn,
+)
+from agent.inference.backends.edgetpu import TpuDevice, enumerate_tpus
+from agent.system.devices import (
+    SHIPPED_UDEV_RULES,
+    USB_SUPER_SPEED_MBPS,
+    coral_udev_rules,
+    loaded_modules,
+    pci_corals,
+    usb_speed_mbps,
 )
 from agent.system.host import NodeInfo
 

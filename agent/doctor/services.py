@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.system.doctor.model import CheckResult, DoctorContext, fail, ok, warn
+from agent.doctor.model import CheckResult, DoctorContext, fail, ok, warn
 from agent.system.host import NodeInfo
 
 

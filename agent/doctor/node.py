@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from agent.system.doctor.model import CheckResult, DoctorContext, Status, fail, ok, result, warn
+from agent.doctor.model import CheckResult, DoctorContext, Status, fail, ok, result, warn
 from agent.system.host import dir_size, free_bytes, try_write
 from agent.telemetry.thermal import parse_get_throttled
 

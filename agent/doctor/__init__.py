@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.system.doctor import node, platform, services, tpu
-from agent.system.doctor.model import CheckResult, DoctorContext, Status, result
+from agent.doctor import node, platform, services, tpu
+from agent.doctor.model import CheckResult, DoctorContext, Status, result
 
 
 @dataclass(frozen=True)

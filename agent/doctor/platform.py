@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 import sys
 
+from agent.doctor import model
+from agent.doctor.model import CheckResult, DoctorContext, fail, ok, result, warn
 from agent.system.devices import find_libedgetpu, runtime_versions
-from agent.system.doctor import model
-from agent.system.doctor.model import CheckResult, DoctorContext, fail, ok, result, warn
 from agent.system.host import parse_os_release
 
 #: architectures ai-edge-litert publishes wheels for (pyproject.toml's marker)
@@ -80,7 +80,7 @@ def check_compat(ctx: DoctorContext) -> CheckResult:
     """libedgetpu is built against one TFLite version; loading it into another can crash the process.
 
     The verdict must come from a child process (agent/inference/backends/probe.py), through the hook
-    DoctorContext.compat_probe (agent.system.doctor.compat); without a hook this check says so, never guesses.
+    DoctorContext.compat_probe (agent.doctor.compat); without a hook this check says so, never guesses.
     """
     if not model.wants_edgetpu(ctx.cfg):
         return ok("edgetpu-compat", "not needed: the config does not use the Edge TPU")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agent.doctor.model import CheckResult, DoctorContext, edgetpu_settings, fail, ok, warn
+from agent.doctor.tpu import tpus
 from agent.inference.backends.base import BackendError
 from agent.inference.backends.edgetpu import select_device
-from agent.system.doctor.model import CheckResult, DoctorContext, edgetpu_settings, fail, ok, warn
-from agent.system.doctor.tpu import tpus
 
 if TYPE_CHECKING:
     from agent.inference.backends.probe import ProbeVerdict
