@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from agent.inference.decode import DecodeError, YoloNasDecoder, batched_nms, nms
+from agent.inference.decode.nms import class_agnostic_nms
 
 IMGSZ, NC, REG = 64, 2, 16
 STRIDES = (8, 16, 32)
@@ -106,6 +107,22 @@ def test_nms_class_aware() -> None:
     assert nms(boxes, scores, 0.5).tolist() == [0, 3]
     classes = np.array([0, 0, 1, 0])
     assert batched_nms(boxes, scores, classes, 0.5).tolist() == [0, 2, 3]
+
+
+def test_decoder_stays_class_aware_the_agent_dedupes_across_classes() -> None:
+    """The same box from two anchors, class 1 (0.95) and class 0 (0.92): the decoder (and so the builder's
+    evaluator) reports both; class_agnostic_nms (the agent's [detect] option) keeps the higher one."""
+    outs, expected = _float_outputs()
+    reg8 = outs[0].reshape(1, 8, 8, 4, REG + 1)
+    reg8[0, 2, 4] = -8.0
+    for side, (lo, hi) in enumerate(((2, 2), (2, 2), (0, 1), (0, 1))):  # l, t, r, b = 2, 2, 0.5, 0.5
+        reg8[0, 2, 4, side, lo] = reg8[0, 2, 4, side, hi] = 8.0
+    outs[0] = reg8.reshape(1, 8, 8, 68)
+    outs[1][0, 2, 4, 0] = 2.5
+    det = YoloNasDecoder(NC, IMGSZ, [o.shape for o in outs]).decode(outs, conf=0.25, iou=0.5)
+    assert det.classes.tolist() == [1, 0]
+    np.testing.assert_allclose(det.boxes, [expected, expected], atol=0.05)
+    assert class_agnostic_nms(det.boxes, det.scores, 0.5).tolist() == [0]
 
 
 def test_matches_libreyolo_decode_and_postprocess() -> None:
