@@ -1,4 +1,11 @@
-"""Coral Edge TPU backend: Google's pycoral when importable, else the libedgetpu delegate.
+"""Coral Edge TPU backend: the libedgetpu delegate, loaded in-process only once a child probe cleared it.
+
+libedgetpu is ABI-coupled to the TFLite runtime it was built for; the wrong pairing segfaults or hangs the
+process that loads it. So open() first asks probe.clearance() (the delegate run in a throwaway child, its
+verdict cached per library file, runtime and device) and loads the delegate only when that verdict is ok,
+from the very file the probe checked, into the runtime the probe ran. pycoral is not used: its
+make_interpreter pairs its own tflite_runtime with whatever libedgetpu it finds, which the probe never saw.
+See docs/TPU_PROBE.md.
 
 Device enumeration reads the kernel's own views, as pycoral/libedgetpu do:
 - PCIe/M.2 Corals: the gasket/apex driver creates /dev/apex_N (and /sys/class/apex/apex_N).
@@ -13,11 +20,13 @@ from __future__ import annotations
 import glob
 import os
 import re
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from agent.inference.backends.base import AcceleratorSettings, BackendError, BackendSettings
 from agent.inference.backends.tflite_backend import TfliteBackend
@@ -32,6 +41,12 @@ class EdgeTpuConfig(AcceleratorSettings):
     type: Literal["edgetpu"] = "edgetpu"
     device: str = ""
     library: str = "libedgetpu.so.1"
+    # probe.DEFAULT_TIMEOUT_S (not imported: probe loads the TFLite runtime, config must not).
+    probe_timeout_s: float = Field(
+        default=30.0, gt=0, description="a probe child still running after this long counts as hung and is killed")
+    state_dir: Path | None = Field(
+        default=None, description="where probe verdicts are cached; the Engine fills in the agent's state_dir. "
+        "None: no cache, every open probes")
     # Where enumeration looks; changed only by tests and containers.
     sysfs_root: Path = Path("/sys")
     dev_root: Path = Path("/dev")
@@ -102,38 +117,70 @@ def select_device(cfg_device: str, present: list[TpuDevice]) -> TpuDevice:
     raise BackendError(f"Edge TPU {cfg_device} not found (present: {', '.join(d.spec for d in present)})")
 
 
-def _pycoral() -> object | None:
-    """Google's pycoral (from the Coral apt repo), never PyPI's same-named squat."""
-    try:
-        from pycoral.utils import edgetpu  # type: ignore[import-not-found]
-    except Exception:  # ImportError, or its tflite_runtime failing under numpy 2
-        return None
-    return edgetpu if hasattr(edgetpu, "make_interpreter") else None
-
-
 class EdgeTpuBackend(TfliteBackend):
     name = "edgetpu"
     label = "Edge TPU"
     model = "edgetpu"
+    # Backends of this class open in this process: while one holds the TPU (the running engine during an
+    # update), a probe child would only find the device busy, so unprobed libraries wait. Weak: one
+    # dropped without close() stops counting once collected.
+    _open: ClassVar[weakref.WeakSet[EdgeTpuBackend]] = weakref.WeakSet()
+    _open_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, interpreter: Any, device: str, model_path: str) -> None:
+        super().__init__(interpreter, device, model_path)
+        with EdgeTpuBackend._open_lock:
+            EdgeTpuBackend._open.add(self)
+
+    @classmethod
+    def device_held(cls) -> bool:
+        with EdgeTpuBackend._open_lock:
+            return len(EdgeTpuBackend._open) > 0
 
     @classmethod
     def open(cls, model_path: Path | str, cfg: BackendSettings | None = None) -> EdgeTpuBackend:
         cfg = cfg if isinstance(cfg, EdgeTpuConfig) else EdgeTpuConfig()
         if not cfg.enabled:
             raise BackendError("Edge TPU disabled in config")
-        dev = select_device(cfg.device, enumerate_tpus(cfg.sysfs_root, cfg.dev_root))
-        # libedgetpu's own device syntax; pass the kind-only form when the index is implicit.
-        spec = cfg.device or dev.spec
-        coral = _pycoral()
-        try:
-            if coral is not None:
-                interp = coral.make_interpreter(str(model_path), device=spec)  # type: ignore[attr-defined]
-                interp.allocate_tensors()
-            else:
-                from agent.inference import tflite
+        # Always "kind:N", so probe verdicts cached for a device match whatever form the config used.
+        spec = select_device(cfg.device, enumerate_tpus(cfg.sysfs_root, cfg.dev_root)).spec
+        library = cleared_library(cfg, spec)
+        from agent.inference import tflite
 
-                delegate = tflite.load_delegate(cfg.library, {"device": spec})
-                interp = tflite.load_interpreter(model_path, delegates=[delegate])
+        try:
+            delegate = tflite.load_delegate(library, {"device": spec})
+            interp = tflite.load_interpreter(model_path, delegates=[delegate])
         except (RuntimeError, ValueError, OSError) as exc:
             raise BackendError(f"Edge TPU {spec} unusable: {exc}") from exc
         return cls(interp, spec, str(model_path))
+
+    @classmethod
+    def change_token(cls, cfg: BackendSettings) -> object:
+        """Changes when a retry could give another answer: the library file's identity (an upgrade or
+        replaced file is probed again at once, not at the next periodic retry)."""
+        from agent.inference.backends.probe import LibraryIdentity
+
+        lib = cfg.library if isinstance(cfg, EdgeTpuConfig) else EdgeTpuConfig().library
+        return LibraryIdentity.find(lib)
+
+    def close(self) -> None:
+        super().close()
+        with EdgeTpuBackend._open_lock:
+            EdgeTpuBackend._open.discard(self)
+
+
+def cleared_library(cfg: EdgeTpuConfig, spec: str) -> str:
+    """The library file to load in-process, once a child probe cleared it; BackendError naming the library,
+    its version and the TFLite runtime when it did not (or cannot be probed now)."""
+    from agent.inference.backends import probe
+
+    held = EdgeTpuBackend.device_held()
+    if cfg.state_dir is not None:
+        verdict = probe.clearance(cfg.state_dir, cfg.library, spec, device_held=held, timeout=cfg.probe_timeout_s)
+    else:
+        verdict = None if held else probe.probe_tpu(cfg.library, spec, timeout=cfg.probe_timeout_s)
+    if verdict is None:
+        raise BackendError(f"Edge TPU {spec}: {cfg.library} not probed yet and the Edge TPU is in use; retrying later")
+    if not verdict.cleared or verdict.identity is None:
+        raise BackendError(f"Edge TPU {spec} unusable: {verdict.reason}")
+    return verdict.identity.realpath
