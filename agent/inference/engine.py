@@ -3,7 +3,8 @@
 Backend choice (backends come from the registry by config `type`): the bundle's model for the preferred
 accelerator (the Edge TPU) when the config prefers one; if that cannot run (no TPU, delegate error, the
 TPU vanished mid-run — USB Corals re-enumerate), the bundle's CPU model, with `degraded_reason` saying
-why. While degraded, a background probe retries the accelerator every `reprobe_interval_s` and the engine
+why. While degraded, a background probe retries the accelerator every `reprobe_interval_s`, and at once
+when its backend's change_token moves (the Edge TPU's: the libedgetpu file was replaced); the engine
 moves back between two frames when it works. No exception from a lost accelerator escapes infer(): the
 frame is re-run on the CPU. Frigate crash-loops here; we don't.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from agent.config import AgentConfig
 from agent.inference import decode
 from agent.inference.backends import registry
-from agent.inference.backends.base import Backend, BackendError
+from agent.inference.backends.base import Backend, BackendError, BackendSettings
 from agent.inference.decode import DecodeError, Decoder, Detections
 from agent.inference.decode.nms import class_agnostic_nms
 from agent.inference.preprocess import LetterboxInfo, letterbox, letterbox_params, normalize_boxes, to_input
@@ -38,6 +39,8 @@ class EngineError(Exception):
 
 # Timer spacing when the config prefers no accelerator (there is nothing to retry then).
 _DEFAULT_REPROBE_S = 30.0
+# While degraded, how often a background thread looks whether the preferred backend's change_token moved.
+_WATCH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,16 @@ def open_backend(bundle: Bundle, cfg: AgentConfig, type_: str) -> Backend:
     rel = getattr(bundle.manifest.models, cls.model, None)
     if rel is None:
         raise BackendError(f"the bundle has no {cls.model} model")
-    return cls.open(bundle.path(rel), cfg.backend.settings(type_))
+    return cls.open(bundle.path(rel), backend_settings(cfg, type_))
+
+
+def backend_settings(cfg: AgentConfig, type_: str) -> BackendSettings:
+    """Backend `type_`'s config section; a `state_dir` field left unset (the Edge TPU's probe verdict
+    cache) becomes the agent's state_dir."""
+    s = cfg.backend.settings(type_)
+    if getattr(s, "state_dir", False) is None:
+        return s.model_copy(update={"state_dir": cfg.state_dir})
+    return s
 
 
 class Engine:
@@ -78,6 +90,8 @@ class Engine:
         accel = cfg.backend.preferred()
         self._reprobe_s = accel.reprobe_interval_s if accel else _DEFAULT_REPROBE_S
         self._next_probe = time.monotonic() + self._reprobe_s
+        self._next_watch = 0.0
+        self._probed_token = self._change_token()
         self._closed = False
         self.fallbacks = 0
         self.recoveries = 0
@@ -296,25 +310,44 @@ class Engine:
             log.info("%s is back (%s); left the CPU model", new.label, new.device)
             old.close()
             return
+        now = time.monotonic()
         if (
             self.degraded_reason
             and preferred_type(self.bundle, self.cfg) is not None
-            and time.monotonic() >= self._next_probe
+            and (now >= self._next_probe or now >= self._next_watch)
             and (self._probe is None or not self._probe.is_alive())
         ):
-            self._next_probe = time.monotonic() + self._reprobe_s
-            self._probe = threading.Thread(target=self._probe_preferred, name="tpu-probe", daemon=True)
+            periodic = now >= self._next_probe
+            self._next_watch = now + _WATCH_S
+            if periodic:
+                self._next_probe = now + self._reprobe_s
+            self._probe = threading.Thread(target=self._probe_preferred, args=(periodic,), name="tpu-probe",
+                                           daemon=True)
             self._probe.start()
 
-    def _probe_preferred(self) -> None:
+    def _change_token(self) -> object:
+        """The preferred backend's change_token (None without one); may stat files or run ldconfig."""
+        preferred = preferred_type(self.bundle, self.cfg)
+        token = getattr(registry.backend_class(preferred), "change_token", None) if preferred else None
+        return token(self.cfg.backend.settings(preferred)) if token is not None and preferred else None
+
+    def _probe_preferred(self, periodic: bool) -> None:
         # Opening the TPU (firmware load, model upload) takes up to seconds: never on the frame path.
+        # Not `periodic`: only when the token moved (e.g. libedgetpu replaced), at once, not in 30 s.
         preferred = preferred_type(self.bundle, self.cfg)
         assert preferred is not None
+        token = self._change_token()
+        if not periodic and token == self._probed_token:
+            return
+        self._probed_token = token
         try:
             backend = open_backend(self.bundle, self.cfg, preferred)
         except BackendError as exc:
             log.debug("%s probe: %s", preferred, exc)
             self.last_probe_error = str(exc)
+            with self._lock:
+                if self.degraded_reason and not self._closed:
+                    self.degraded_reason = str(exc)  # the current cause, e.g. a replaced library's verdict
             return
         self.last_probe_error = None
         with self._lock:
@@ -349,7 +382,6 @@ class Engine:
             "last_probe_error": self.last_probe_error,
             "input": list(self._backend.input.shape),
         }
-
 
 
 def preferred_type(bundle: Bundle, cfg: AgentConfig) -> str | None:
