@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_native import build, build_all
 
 from agent.inference import tflite
 from agent.inference.backends.probe import (
@@ -34,27 +34,12 @@ from agent.inference.backends.probe import (
     shipped_model,
 )
 
-SRC = Path(__file__).parent / "native" / "fake_delegate.c"
-MODES = ("crash", "hang", "null", "noop")
-
 pytestmark = pytest.mark.skipif(tflite.Interpreter is None, reason="no TFLite runtime")
-
-
-def build(mode: str, dest: Path) -> Path:
-    subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", f"-DFAKE_{mode.upper()}",
-         "-o", str(dest), str(SRC)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return dest
 
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
-    d = tmp_path_factory.mktemp("fake-libedgetpu")
-    return {m: build(m, d / f"libfake_{m}.so") for m in MODES}
+    return build_all(tmp_path_factory.mktemp("fake-libedgetpu"))
 
 
 def runtime_text() -> str:
