@@ -19,7 +19,7 @@ import pytest
 from helpers import ROOT
 from test_signing_bundle import make_bundle
 
-from agent.security import keyring_store, trust
+from agent.security import keyring_store, signing
 from agent.security.bundle import Bundle
 from agent.security.keyring import (
     KEYRING_NAME,
@@ -234,7 +234,7 @@ def test_root_rotation_only_when_cross_signed(tmp_path: Path, keys: Keys, node: 
         offer(state, rotated, keys["root"], current=ring)  # the old root alone
     offer(state, rotated, keys["root"], keys["root2"], current=ring)
     assert ring.document is not None and set(ring.document.root) == set(new_root)
-    assert list(trust.read_root_pub(state / ROOT_PUB_NAME)) == list(new_root)
+    assert list(signing.read_root_pub(state / ROOT_PUB_NAME)) == list(new_root)
     with pytest.raises(SignatureError, match="of the current"):  # the old root has no say any more
         offer(state, doc_after(ring.document), keys["root"], current=ring)
     offer(state, doc_after(ring.document), keys["root2"], current=ring)
@@ -358,10 +358,11 @@ def world_dir() -> Iterator[Path]:
 # Imports happen while still root (this interpreter may live under /root, 0700), then the child drops to nobody.
 LOAD_AS_NOBODY = """
 import os, sys
-from agent.security import signing, trust
+from pathlib import Path
+from agent.security import signing
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 try:
-    ring = signing.Keyring.load(trust.Path(sys.argv[1]))
+    ring = signing.Keyring.load(Path(sys.argv[1]))
 except signing.SignatureError as exc:
     print(exc); sys.exit(1)
 print("loaded", len(ring.keys))

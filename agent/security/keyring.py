@@ -4,7 +4,8 @@
 reproducible); `keyring.json.sig` holds `KeyringSignatures`, one `SignatureFile` per root key that
 signed those exact bytes. The root keys sign only keyring documents; bundles are signed by the
 `signers` that have the "bundle" role. The node-side rules (who may replace a document) live in
-agent.security.trust; this module is the format and the signature arithmetic.
+agent.security.trust, the trust a document grants in agent.security.signing (to_keyring); this module is
+the format and the signature arithmetic, built on agent.security.keys only.
 """
 
 from __future__ import annotations
@@ -29,22 +30,14 @@ from pydantic import (
     model_validator,
 )
 
-from agent.security.signing import (
-    BUNDLE_ROLE,
-    Keyring,
-    SignatureError,
-    SignatureFile,
-    SigningKey,
-    TrustedKey,
-    key_id_of,
-)
+from agent.security.keys import BUNDLE_ROLE, SignatureError, SignatureFile, SigningKey, key_id_of
 
 KEYRING_NAME = "keyring.json"
 KEYRING_SIG_NAME = "keyring.json.sig"
 ROOT_PUB_NAME = "root.pub"
 
 Role = Literal["bundle"]
-KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # see signing.key_id_of
+KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # see keys.key_id_of
 
 
 def public_from_b64(text: str) -> Ed25519PublicKey:
@@ -168,14 +161,6 @@ def require_threshold(data: bytes, sigs: KeyringSignatures, keys: Mapping[str, E
         )
 
 
-def to_keyring(doc: KeyringDoc, source: str = "<keyring document>") -> Keyring:
-    """The runtime trust a verified document grants (the document stays attached for later updates)."""
-    signers = {
-        kid: TrustedKey(public_from_b64(e.public_b64), frozenset(e.roles), e.expires) for kid, e in doc.signers.items()
-    }
-    return Keyring.from_trusted(signers, revoked=doc.revoked, document=doc, source=source)
-
-
 __all__ = [
     "BUNDLE_ROLE",
     "KEYRING_NAME",
@@ -190,6 +175,5 @@ __all__ = [
     "public_to_b64",
     "require_threshold",
     "sign_document",
-    "to_keyring",
     "valid_signers",
 ]

@@ -1,6 +1,6 @@
 """Keyring documents on disk, and installing a newer one delivered over the network (docs/KEYS.md).
 
-A keyring directory: root.pub, keyring.json, keyring.json.sig (the current document; agent.security.trust
+A keyring directory: root.pub, keyring.json, keyring.json.sig (the current document; agent.security.signing
 loads it) and history/ (every document ever stored there, `v00000007.json` + `.json.sig`). The history
 lets the builder send, and a node verify, the chain of root changes: a node that missed a rotation
 follows it, and on start a node checks that what it installed chains from what it was provisioned with.
@@ -27,10 +27,17 @@ from agent.security.keyring import (
     KeyringDoc,
     KeyringSignatures,
     parse_signatures,
+)
+from agent.security.signing import (
+    Keyring,
+    SignatureError,
+    SignatureFile,
+    load_keys,
+    read_root_pub,
+    root_pub_bytes,
     to_keyring,
 )
-from agent.security.signing import Keyring, SignatureError, SignatureFile
-from agent.security.trust import follow_chain, load_keys, read_root_pub, root_pub_bytes
+from agent.security.trust import follow_chain
 
 HISTORY_DIR = "history"
 _HISTORY_NAME = re.compile(r"^v(\d{8})\.json$")

@@ -1,97 +1,52 @@
-"""Ed25519 signing of bundle manifests, and verification against the keys this node trusts.
+"""The keys this node trusts to sign bundles (`Keyring`), and loading that trust from a keys directory.
 
-Keys are PEM files (PKCS#8 private, SubjectPublicKeyInfo public). A key id is the first
-16 hex digits of sha256 over the raw 32-byte public key, so ids are stable across file names.
-Which keys are trusted, for what and until when: `Keyring` here; the signed keyring document in
-agent.security.keyring; loading and replacing it on a node in agent.security.trust (docs/KEYS.md).
+A keys directory holds either
+- legacy flat trust: *.pub files; every key may sign bundles and nothing expires; or
+- a keyring: `root.pub` (the pinned root key(s), one or more PEM blocks), `keyring.json` and
+  `keyring.json.sig` (agent.security.keyring). Other *.pub files are then ignored: the document alone
+  says who signs. A `root.pub` without `keyring.json` is an error, never legacy trust (the root key
+  must not become a bundle signer by accident).
+
+Key primitives (SigningKey, SignatureFile, key ids) live in agent.security.keys and are re-exported here;
+accepting a newer keyring document: agent.security.trust; storing it on a node: agent.security.keyring_store.
+Docs: docs/KEYS.md.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-if TYPE_CHECKING:
-    from agent.security.keyring import KeyringDoc
-
-BUNDLE_ROLE = "bundle"  # the role a key needs to sign bundle manifests
-
-
-class SignatureError(Exception):
-    """A manifest failed verification. The message says why, for the update status."""
-
-
-class SignatureFile(BaseModel):
-    """Contents of manifest.sig."""
-
-    model_config = ConfigDict(extra="forbid")
-    algorithm: str = "ed25519"
-    key_id: str
-    signature_b64: str
-
-
-def key_id_of(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    private: Ed25519PrivateKey
-
-    @property
-    def key_id(self) -> str:
-        return key_id_of(self.private.public_key())
-
-    def sign(self, data: bytes) -> bytes:
-        return self.private.sign(data)
-
-    def signature_file(self, data: bytes) -> SignatureFile:
-        return SignatureFile(key_id=self.key_id, signature_b64=base64.b64encode(self.sign(data)).decode())
-
-    def public_pem(self) -> bytes:
-        return self.private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-    @classmethod
-    def generate(cls) -> SigningKey:
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def load(cls, path: Path) -> SigningKey:
-        try:
-            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        except (ValueError, TypeError, OSError) as exc:
-            raise SignatureError(f"cannot read private key {path}: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SignatureError(f"{path} is not an Ed25519 private key")
-        return cls(key)
-
-    def save(self, private_path: Path) -> Path:
-        """Write the private key (mode 0600) and `<name>.pub` beside it; return the public path."""
-        private_path = Path(private_path)
-        pem = self.private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        pub = private_path.with_suffix(".pub")
-        pub.write_bytes(self.public_pem())
-        return pub
+from agent.security.keyring import (
+    KEYRING_NAME,
+    KEYRING_SIG_NAME,
+    ROOT_PUB_NAME,
+    KeyringDoc,
+    KeyringSignatures,
+    parse_document,
+    parse_signatures,
+    public_from_b64,
+    require_threshold,
+    valid_signers,
+)
+from agent.security.keys import (
+    BUNDLE_ROLE,
+    SignatureError,
+    SignatureFile,
+    SigningKey,
+    key_id_of,
+    public_key_from_pem,
+    read_signature_file,
+)
 
 
 @dataclass(frozen=True)
@@ -150,9 +105,7 @@ class Keyring:
 
     @classmethod
     def load(cls, paths: list[Path] | Path) -> Keyring:
-        """Trust from key files or a keys directory; see agent.security.trust.load_keys."""
-        from agent.security.trust import load_keys  # trust builds on this module
-
+        """Trust from key files or a keys directory; see load_keys."""
         return load_keys(paths)
 
     def signer(self, key_id: str, role: str = BUNDLE_ROLE, now: datetime | None = None) -> TrustedKey:
@@ -194,18 +147,117 @@ class Keyring:
         self.verify(data, sig.key_id, raw)
 
 
-def public_key_from_pem(pem: bytes, source: str = "<memory>") -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except ValueError as exc:
-        raise SignatureError(f"cannot read public key {source}: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError(f"{source} is not an Ed25519 public key")
-    return key
+def to_keyring(doc: KeyringDoc, source: str = "<keyring document>") -> Keyring:
+    """The runtime trust a verified document grants (the document stays attached for later updates)."""
+    signers = {
+        kid: TrustedKey(public_from_b64(e.public_b64), frozenset(e.roles), e.expires) for kid, e in doc.signers.items()
+    }
+    return Keyring.from_trusted(signers, revoked=doc.revoked, document=doc, source=source)
 
 
-def read_signature_file(path: Path) -> SignatureFile:
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+_ACCESS_HINT = "the agent's user must be able to read it, e.g. root:edge-agent mode 0750 and keys 0644"
+
+
+def _why(exc: OSError) -> str:
+    hint = f"; {_ACCESS_HINT}" if isinstance(exc, PermissionError) else ""
+    return f"{exc.strerror or exc} (uid {os.geteuid()}{hint})"
+
+
+def _read(path: Path) -> bytes:
     try:
-        return SignatureFile.model_validate(json.loads(Path(path).read_bytes()))
-    except (OSError, ValueError) as exc:
-        raise SignatureError(f"cannot read signature {path}: {exc}") from exc
+        return path.read_bytes()
+    except OSError as exc:
+        raise SignatureError(f"cannot read {path}: {_why(exc)}") from None
+
+
+def _names(d: Path) -> list[str]:
+    """The entries of a keys directory; an unreadable directory is an error, never an empty keyring."""
+    try:
+        return sorted(os.listdir(d))
+    except OSError as exc:
+        raise SignatureError(f"cannot read trusted keys dir {d}: {_why(exc)}") from None
+
+
+def read_root_pub(path: Path) -> dict[str, Ed25519PublicKey]:
+    """The pinned root key(s): one or more PEM public keys in one file, by key id."""
+    blocks = _PEM_BLOCK.findall(_read(path))
+    if not blocks:
+        raise SignatureError(f"{path} holds no PEM public key")
+    keys = [public_key_from_pem(b, str(path)) for b in blocks]
+    return {key_id_of(k): k for k in keys}
+
+
+def root_pub_bytes(keys: Mapping[str, Ed25519PublicKey]) -> bytes:
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return b"".join(keys[kid].public_bytes(serialization.Encoding.PEM, spki) for kid in sorted(keys))
+
+
+def load_keys(paths: list[Path] | Path) -> Keyring:
+    """Trust from explicit key files, a directory of *.pub files (legacy), or a keyring directory."""
+    items = [paths] if isinstance(paths, Path) else list(paths)
+    if not items:
+        raise SignatureError("no trusted key files given")
+    ring = Keyring()
+    for p in items:
+        names = _names(p) if p.is_dir() else []
+        if ROOT_PUB_NAME in names or KEYRING_NAME in names or p.name == ROOT_PUB_NAME:
+            if len(items) > 1 or not names:  # a root key must never end up as a bundle signer
+                raise SignatureError(f"{p} belongs to a keyring: load its directory alone")
+            return load_keyring_dir(p)
+        files = [p / n for n in names if n.endswith(".pub")] if p.is_dir() else [p]
+        if not files:
+            raise SignatureError(
+                f"no *.pub keys in {p}: copy the fleet's public key there (edge-builder keygen) "
+                "or a keyring (edge-builder keys init; docs/KEYS.md)"
+            )
+        for f in files:
+            ring.add_pem(_read(f), str(f))
+    ring.source = ", ".join(str(p) for p in items)
+    return ring
+
+
+def load_keyring_dir(d: Path) -> Keyring:
+    """root.pub + keyring.json + keyring.json.sig, verified (an expired document still loads: its root
+    keys can accept a newer one, but it trusts no bundle signature; see Keyring.signer)."""
+    names = _names(d)
+    missing = [n for n in (ROOT_PUB_NAME, KEYRING_NAME, KEYRING_SIG_NAME) if n not in names]
+    if missing:
+        raise SignatureError(
+            f"keyring in {d} is incomplete: {', '.join(missing)} missing (edge-builder keys init writes all three; "
+            "a legacy key must not be named root.pub)"
+        )
+    pinned = read_root_pub(d / ROOT_PUB_NAME)
+    data = _read(d / KEYRING_NAME)
+    sigs = parse_signatures(_read(d / KEYRING_SIG_NAME), str(d / KEYRING_SIG_NAME))
+    return to_keyring(verify_stored(data, sigs, pinned, str(d / KEYRING_NAME)), source=str(d))
+
+
+def verify_stored(data: bytes, sigs: KeyringSignatures, pinned: Mapping[str, Ed25519PublicKey],
+                  source: str = KEYRING_NAME) -> KeyringDoc:
+    """A stored document against the pinned root key(s), and against its own root keys."""
+    if not valid_signers(data, sigs, pinned):  # authenticate the bytes before interpreting them
+        raise SignatureError(f"{source} is not signed by the pinned root key(s) {', '.join(sorted(pinned))}")
+    doc = parse_document(data, source)
+    require_threshold(data, sigs, pinned, min(doc.threshold, len(pinned)), "pinned")
+    require_threshold(data, sigs, doc.root_keys(), doc.threshold, "document's own")
+    return doc
+
+
+__all__ = [
+    "BUNDLE_ROLE",
+    "Keyring",
+    "SignatureError",
+    "SignatureFile",
+    "SigningKey",
+    "TrustedKey",
+    "key_id_of",
+    "load_keyring_dir",
+    "load_keys",
+    "public_key_from_pem",
+    "read_root_pub",
+    "read_signature_file",
+    "root_pub_bytes",
+    "to_keyring",
+    "verify_stored",
+]

@@ -27,8 +27,15 @@ from agent.security.keyring import (
     sign_document,
 )
 from agent.security.keyring_store import KeyringMessage, read_history, store_document
-from agent.security.signing import SignatureError, SigningKey, key_id_of, public_key_from_pem
-from agent.security.trust import accept_document, load_keys, verify_stored
+from agent.security.signing import (
+    SignatureError,
+    SigningKey,
+    key_id_of,
+    load_keys,
+    public_key_from_pem,
+    verify_stored,
+)
+from agent.security.trust import accept_document
 
 
 def expiry(days: float) -> datetime:
