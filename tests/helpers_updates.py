@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from agent.protocol.messages import ModelRef, NodeState, UpdateState  # noqa: E4
 from agent.protocol.topics import Topics  # noqa: E402
 from agent.security.bundle import Bundle, file_entry, write_manifest  # noqa: E402
 from agent.security.signing import Keyring, SigningKey  # noqa: E402
+from agent.system.clock import ClockStatus  # noqa: E402
 from agent.updates.store import ModelStore, UpdatesConfig  # noqa: E402
 from agent.updates.updater import Updater  # noqa: E402
 
@@ -94,13 +95,17 @@ def make_bundle(
     golden: str = "ok",  # "ok" | "bad" (expected output altered) | "none"
     target: Target | None = None,
     expires: datetime | None = None,
+    no_expiry: bool = False,
     min_agent_version: str = "0.0.0",
     garbage: bool = False,
     corrupt: bool = False,
     declared_size: int | None = None,
     input_size: int | None = None,
 ) -> Path:
-    """Write and sign a real bundle around a Coral TFLite classifier."""
+    """Write and sign a real bundle around a Coral TFLite classifier (expiring in a day unless `expires`
+    says otherwise or `no_expiry`: nodes refuse manifests without expiry by default)."""
+    if expires is None and not no_expiry:
+        expires = datetime.now(UTC) + timedelta(days=1)
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
@@ -175,6 +180,14 @@ def make_variant(src: Path, dst: Path, key_path: Path, version: int, *, golden_b
     files = [file_entry(dst, f.path) for f in m.files]
     write_manifest(dst, m.model_copy(update={"version": version, "files": files}), SigningKey.load(key_path))
     return dst
+
+
+def synced_clock() -> ClockStatus:
+    return ClockStatus(synchronized=True, source="none", detail="test: synchronized")
+
+
+def unsynced_clock() -> ClockStatus:
+    return ClockStatus(synchronized=False, source="none", detail="test: not synchronized")
 
 
 # -- engine and frame loop -------------------------------------------------------------------------
@@ -335,6 +348,8 @@ class NodeHarness:
                                                                          total_timeout_s=20.0))
     prefix: str = "edgefleet"
     on_transition: Any = None
+    # The updater's clock-sync source; this container's kernel may say "unsynchronized", tests decide.
+    clock: Any = field(default_factory=lambda: synced_clock)
 
     def start(self) -> NodeHarness:
         import paho.mqtt.client as mqtt
@@ -349,7 +364,7 @@ class NodeHarness:
         self.updater = Updater(
             node=self.node, groups=self.groups, topics=self.topics, store=self.store, keyring=self.keyring,
             config=self.config, load_engine=TfliteEngine, swap_engine=self._swap, publish=self._publish,
-            on_change=self.publish_state,
+            on_change=self.publish_state, clock=self.clock,
         )
         self.updater.on_transition = self.on_transition
         self._state_version: int | None = None

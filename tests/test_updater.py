@@ -151,8 +151,10 @@ def _signed(f: Fleet, bundle: Path, base: str | None = None) -> Announcement:
 REJECTIONS = {
     "bad signature": (lambda f: f.announce_raw(_bad_signature(f)), "rejected", "bad signature"),
     "unknown key": (lambda f: f.announce_raw(_unknown_key(f)), "rejected", "unknown signing key"),
-    "expired": (lambda f: f.publish(f.bundle(2, expires=datetime.now(UTC) - timedelta(hours=1))),
+    # (`edge-builder publish` would set a fresh expiry: announce the expired manifest as signed.)
+    "expired": (lambda f: f.announce_raw(_signed(f, f.bundle(2, expires=datetime.now(UTC) - timedelta(hours=1)))),
                 "rejected", "expired"),
+    "no expiry": (lambda f: f.announce_raw(_signed(f, f.bundle(2, no_expiry=True))), "rejected", "no expiry"),
     "wrong target": (lambda f: f.announce_raw(_signed(f, f.bundle(2, target=Target(kind="node", value="other")))),
                      "rejected", "targets node:other"),
     "agent too old": (lambda f: f.publish(f.bundle(2, min_agent_version="99.0")), "rejected", "needs agent 99.0"),

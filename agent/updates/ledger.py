@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.protocol.messages import ModelRef, UpdateState, UpdateStatus
 from agent.protocol.topics import Topics
+from agent.updates.intake import RejectLimiter
 from agent.updates.store import ModelStore, StoreError, StoreState
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class UpdateLedger:
     # Test/bench hook: called with the state name at each transition (the fault test kills here).
     on_transition: Callable[[UpdateState], None] | None
     _lock: threading.Lock
+    _rejects: RejectLimiter
 
     # -- what the node's retained state shows ----------------------------------------------------
     def running_model(self) -> ModelRef | None:
@@ -94,12 +96,25 @@ class UpdateLedger:
                 f" ({reason})" if reason else "")
         if self.on_transition is not None:
             self.on_transition(state)
-        if persist and self.on_change is not None:
-            try:
-                self.on_change()
-            except Exception:  # noqa: BLE001
-                log.exception("on_change callback failed")
+        if persist:
+            self._notify_quietly()
         return st
+
+    def _reject(self, reason: str, name: str | None = None, version: int | None = None) -> None:
+        """A refused announcement: reported (rate-limited), remembered in memory only, no disk write.
+
+        Anyone who can publish on the announce topic could otherwise make the node write and fsync
+        its state file, log and publish at the rate of their flood."""
+        report, unreported = self._rejects.allow()
+        if not report:
+            log.debug("announcement rejected (not reported: rate limit): %s", reason)
+            return
+        if unreported:
+            reason += f" [{unreported} more rejected announcements not reported]"
+        st = self._status(UpdateState.REJECTED, name=name, version=version, reason=reason)
+        with self._lock:
+            self.state.last_result = st
+        self._notify_quietly()
 
     def _save(self) -> None:
         with self._lock:
@@ -116,6 +131,13 @@ class UpdateLedger:
             self._save()
         except StoreError as exc:
             log.error("%s", exc)
+
+    def _notify_quietly(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # noqa: BLE001 - a broken link must not stop the state machine
+                log.exception("on_change callback failed")
 
     def _notify(self) -> None:
         if self.on_change is not None:

@@ -100,18 +100,21 @@ class ModelSwitch(UpdateLedger):
         self.timings["swapped"] = time.monotonic()
         prev_engine = self.engine
         self.engine = new
+        max_wait = max(self.cfg.trial_seconds, self.cfg.trial_max_wait_s)
         self._status(UpdateState.TRIAL, name=name, version=version,
-                     reason=f"watching {self.cfg.trial_frames} frames or {self.cfg.trial_seconds:.0f} s")
+                     reason=f"watching for {self.cfg.trial_frames} clean frames (at most {max_wait:.0f} s)")
+        verdict = None
         if run_trial:
-            monitor.done.wait(self.cfg.trial_seconds)
+            started = time.monotonic()
+            monitor.done.wait(max_wait)
             verdict = monitor.verdict()
-        else:
-            verdict = None
         self._trial = None
-        if self._stopping.is_set() and verdict is None and run_trial and monitor.frames < self.cfg.trial_frames:
+        if self._stopping.is_set() and verdict is None and run_trial and monitor.clean < self.cfg.trial_frames:
             # Shutting down mid-trial: leave `pending` persisted; the next start rolls it back (crash rule).
             log.info("stopping during the trial of v%d: not committed", version)
             return "stopped during trial"
+        if run_trial and verdict is None:
+            verdict = monitor.missing_evidence(time.monotonic() - started)
         back = old if old is not None else prev_engine
         if verdict is not None:
             if back is not None:
@@ -125,7 +128,8 @@ class ModelSwitch(UpdateLedger):
     def _commit(self, name: str, version: int, bundle: Bundle, old: EngineLike | None, reason: str,
                 monitor: TrialMonitor) -> str | None:
         rec = ModelRecord(name=name, version=version)
-        note = f"{monitor.frames} trial frames clean" if monitor.frames else "no frames during trial"
+        # Without a trial (rollback, pin): a version that was committed before, self-tested just now.
+        note = f"{monitor.clean} trial frames clean" if monitor.clean else "known-good version, self-tested"
         if reason != "update":
             note = f"{reason}: {note}"
         status = UpdateStatus(node=self.node, name=name, version=version, state=UpdateState.COMMITTED,

@@ -62,8 +62,13 @@ class TrialMonitor:
             if len(self.in_digests) < 2:
                 # The frame the outputs came from: tells "the model ignores its input" from a still scene.
                 self.in_digests.add(_digest([r.frame.image]))
-        if self.frames >= self.cfg.trial_frames:
+        if self.clean >= self.cfg.trial_frames:
             self.done.set()
+
+    @property
+    def clean(self) -> int:
+        """Frames the engine on trial inferred without error."""
+        return self.frames - self.errors
 
     def _check_outputs(self, outputs: Sequence[np.ndarray]) -> bool:
         """Record one frame's raw outputs; False when they fail the trial outright (NaN/Inf)."""
@@ -81,11 +86,22 @@ class TrialMonitor:
         self.failure = reason
         self.done.set()
 
+    def missing_evidence(self, waited_s: float) -> str | None:
+        """Why the trial cannot pass for lack of frames (a dead camera, a stalled pipeline), or None.
+
+        A trial never commits on time alone: without trial_frames clean frames nothing vouches for the model."""
+        if self.clean >= self.cfg.trial_frames:
+            return None
+        if self.clean == 0:
+            return f"no frames during trial: not committed (waited {waited_s:.0f} s)"
+        return (f"only {self.clean} of {self.cfg.trial_frames} clean frames within {waited_s:.0f} s: "
+                "not committed")
+
     def verdict(self) -> str | None:
         """None when the trial passed, else why it failed."""
         if self.failure:
             return self.failure
-        n_ok = self.frames - self.errors
+        n_ok = self.clean
         if n_ok >= 3 and self.constant == n_ok:
             return f"degenerate outputs: every output tensor constant on all {n_ok} trial frames"
         # The same outputs for every frame while the inputs changed: the model ignores its input.

@@ -7,10 +7,9 @@
 Threads: the MQTT callback only enqueues (`on_announcement`, `submit_command`); one worker thread does
 every slow step; the inference thread only calls `on_frame` (cheap bookkeeping).
 
-Where each part lives: threads, the announcement path up to the download, and commands here; the
-signature and policy checks in agent.updates.verify; activate → commit in agent.updates.switch;
-persisted state and status reports in agent.updates.ledger; the preflight child, the golden self-test
-and the trial monitor in agent.updates.preflight / .golden / .trial.
+Where each part lives: threads and the announcement path up to the download here; intake (inbox,
+rejection rate limit, clock gate), verify (signature, policy), switch (activate → commit), manual
+(commands), ledger (state, status), preflight / golden / trial: agent.updates.<name>.
 
 Persistence: every step that matters after a crash is written to the store's state.json atomically
 *before* it takes effect (pending phase before the swap, commit record before closing the old engine).
@@ -19,6 +18,7 @@ On restart `ModelStore.recover` rolls back anything uncommitted (Mender's rule).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import shutil
@@ -41,9 +41,12 @@ from agent.protocol.messages import (
 from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle, BundleError
 from agent.security.signing import Keyring, SignatureError, SignatureFile
+from agent.system.clock import clock_status
 from agent.updates.download import DownloadError, DownloadLimits, download_bundle
 from agent.updates.errors import UpdateFailed, UpdateRejected
+from agent.updates.intake import AnnouncementInbox, ClockGate, ClockSource, RejectLimiter
 from agent.updates.ledger import Publish
+from agent.updates.manual import ManualControl
 from agent.updates.store import (
     ModelRecord,
     ModelStore,
@@ -53,22 +56,21 @@ from agent.updates.store import (
     UpdatesConfig,
     describe_os_error,
 )
-from agent.updates.switch import LoadEngine, ModelSwitch, SwapEngine
-from agent.updates.verify import authenticate, check_manifest
+from agent.updates.switch import LoadEngine, SwapEngine
+from agent.updates.verify import authenticate, check_expiry, check_manifest
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Job:
-    kind: str  # "announce" | "command"
-    payload: bytes = b""
+    kind: str  # "announce" (its payload waits in the inbox) | "command"
     topic: str = ""
     request: CommandRequest | None = None
     reply: Callable[[CommandResponse], None] | None = None
 
 
-class Updater(ModelSwitch):
+class Updater(ManualControl):
     """Owns the model store and the update worker thread; the service owns the engines' pipeline."""
 
     def __init__(
@@ -85,6 +87,7 @@ class Updater(ModelSwitch):
         publish: Publish,
         on_change: Callable[[], object] | None = None,
         agent_version: str = AGENT_VERSION,
+        clock: ClockSource = clock_status,
     ) -> None:
         self.node = node
         self.groups = list(groups)
@@ -109,6 +112,10 @@ class Updater(ModelSwitch):
         self.last_status = None
         self.on_transition = None  # test/bench hook, see UpdateLedger
         self.timings = {}
+        self._inbox = AnnouncementInbox()
+        self._rejects = RejectLimiter()
+        self._clock = ClockGate(clock, config.clock_sync, ttl_s=min(5.0, config.clock_recheck_s))
+        self._held: tuple[bytes, str] | None = None  # the newest announcement waiting for clock sync
 
     # -- startup -----------------------------------------------------------------------------
     def startup(self, fallback: Path | None = None) -> Bundle | None:
@@ -169,8 +176,12 @@ class Updater(ModelSwitch):
 
     # -- entry points from other threads --------------------------------------------------------
     def on_announcement(self, payload: bytes, topic: str = "") -> None:
-        """MQTT callback: enqueue only (never block paho's network thread)."""
-        self._queue.put(_Job("announce", payload=bytes(payload), topic=topic))
+        """MQTT callback: enqueue only (never block paho's network thread).
+
+        Only the newest pending announcement per topic is kept (a retained topic means its latest
+        message): a flood costs one queue entry per topic, see agent.updates.intake."""
+        if self._inbox.put(topic, payload):
+            self._queue.put(_Job("announce", topic=topic))
 
     def submit_command(self, request: CommandRequest, reply: Callable[[CommandResponse], None]) -> None:
         self._queue.put(_Job("command", request=request, reply=reply))
@@ -191,6 +202,10 @@ class Updater(ModelSwitch):
         t = self._trial
         return t.engine if t is not None else None
 
+    def backlog(self) -> int:
+        """Jobs waiting for the worker (announcements count once per topic)."""
+        return self._queue.qsize()
+
     def idle(self) -> bool:
         return self._queue.unfinished_tasks == 0
 
@@ -205,18 +220,41 @@ class Updater(ModelSwitch):
     # -- worker -------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                # A held announcement wakes the worker every clock_recheck_s to look at the clock again.
+                job = self._queue.get(timeout=self.cfg.clock_recheck_s if self._held else None)
+            except queue.Empty:
+                self._guarded(self._recheck_held)
+                continue
             try:
                 if job is None:
                     return
-                if job.kind == "announce":
-                    self._handle_announcement(job.payload, job.topic)
-                elif job.kind == "command" and job.request is not None and job.reply is not None:
-                    job.reply(self._handle_command(job.request))
-            except Exception:  # noqa: BLE001 - the worker must survive anything; inference goes on
-                log.exception("update worker: unexpected error")
+                self._guarded(functools.partial(self._work, job))
             finally:
                 self._queue.task_done()
+
+    def _guarded(self, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - the worker must survive anything; inference goes on
+            log.exception("update worker: unexpected error")
+
+    def _work(self, job: _Job) -> None:
+        if job.kind == "announce":
+            payload = self._inbox.take(job.topic)
+            if isinstance(payload, int):
+                self._reject(f"announcement of {payload} bytes, over the limit of {self._inbox.max_bytes}")
+            elif payload is not None:
+                self._handle_announcement(payload, job.topic)
+        elif job.kind == "command" and job.request is not None and job.reply is not None:
+            job.reply(self._handle_command(job.request))
+
+    def _recheck_held(self) -> None:
+        held = self._held
+        if held is not None and self._clock.why_not() is None:
+            self._held = None
+            log.info("clock synchronized: deciding the held announcement")
+            self._handle_announcement(*held)
 
     # -- verify -------------------------------------------------------------------------------
     def authenticate(self, payload: bytes) -> tuple[Announcement, Manifest]:
@@ -224,9 +262,17 @@ class Updater(ModelSwitch):
         return authenticate(payload, self.keyring)
 
     def check(self, m: Manifest) -> None:
-        """The policy checks on an authenticated manifest; raise UpdateRejected with the reason."""
+        """The policy checks on an authenticated manifest; raise UpdateRejected with the reason.
+
+        The expiry is compared with the clock as it is: the worker holds announcements until the
+        clock is synchronized before it gets here (see `_handle_announcement`)."""
+        self._check_undated(m)
+        check_expiry(m)
+
+    def _check_undated(self, m: Manifest) -> None:
         check_manifest(m, node=self.node, groups=self.groups, state=self.state,
-                       max_bundle_bytes=self.cfg.max_bundle_bytes, agent_version=self.agent_version)
+                       max_bundle_bytes=self.cfg.max_bundle_bytes, agent_version=self.agent_version,
+                       require_expires=self.cfg.require_expires)
 
     def verify(self, payload: bytes) -> tuple[Announcement, Manifest]:
         ann, m = self.authenticate(payload)
@@ -239,19 +285,22 @@ class Updater(ModelSwitch):
         try:
             ann, m = self.authenticate(payload)
         except UpdateRejected as exc:
-            self._status(UpdateState.REJECTED, reason=str(exc), persist=True)
+            self._reject(str(exc))
             return
         cur = self.state.current
         if cur is not None and (m.name, m.version) == (cur.name, cur.version):
             # The retained announcement of the model we run comes back on every reconnect: nothing to do.
             log.debug("announcement of the running %s v%d ignored", m.name, m.version)
             return
-        self._status(UpdateState.VERIFYING, name=m.name, version=m.version)
         try:
-            self.check(m)
+            self._check_undated(m)
+            if m.expires is not None and self._hold(payload, topic, m):
+                return
+            check_expiry(m)
         except UpdateRejected as exc:
-            self._status(UpdateState.REJECTED, name=m.name, version=m.version, reason=str(exc), persist=True)
+            self._reject(str(exc), m.name, m.version)
             return
+        self._status(UpdateState.VERIFYING, name=m.name, version=m.version)
         try:
             self._download(ann, m)
         except UpdateFailed as exc:
@@ -275,6 +324,21 @@ class Updater(ModelSwitch):
             self._clear_pending(keep_staging=False)
             return
         self._switch_to(m.name, m.version, reason="update", run_trial=True)
+
+    def _hold(self, payload: bytes, topic: str, m: Manifest) -> bool:
+        """Keep an announcement whose expiry this clock cannot judge yet; True when held.
+
+        A clock behind would take an expired manifest, one ahead would refuse a fresh one: decide neither
+        way until it is synchronized (the worker re-checks every clock_recheck_s)."""
+        why = self._clock.why_not()
+        if why is None:
+            return False
+        fresh = self._held is None or self._held[0] != payload
+        self._held = (payload, topic)
+        if fresh:
+            self._status(UpdateState.ANNOUNCED, name=m.name, version=m.version,
+                         reason=f"held: waiting for clock sync to check its expiry; {why}")
+        return True
 
     def _download(self, ann: Announcement, m: Manifest) -> Path:
         need = m.total_size() + self.cfg.min_free_bytes
@@ -319,43 +383,6 @@ class Updater(ModelSwitch):
             raise UpdateFailed(describe_os_error(exc, "checking the download")) from None
         self._status(UpdateState.DOWNLOADING, name=m.name, version=m.version, progress=1.0)
         return staging
-
-    # -- commands -----------------------------------------------------------------------------
-    def _handle_command(self, req: CommandRequest) -> CommandResponse:
-        ok, err, result = True, None, {}
-        if req.command == "inventory":
-            result = self.inventory()
-        elif req.command == "status":
-            result = self.status()
-        elif req.command == "rollback":
-            prev = self.state.previous
-            if prev is None or prev.version not in self.store.installed_versions():
-                ok, err = False, "no previous version on disk to roll back to"
-            else:
-                err = self._manual_switch(prev.name, prev.version, "rollback")
-                ok = err is None
-            result = self.status()
-        elif req.command == "pin":
-            if req.version is None:
-                with self._lock:
-                    self.state.pinned = None
-                self._save()
-                self._notify()
-            else:
-                installed = self.store.installed_versions()
-                if req.version not in installed:
-                    ok, err = False, f"v{req.version} is not on disk (have {installed})"
-                elif self.state.current and self.state.current.version == req.version:
-                    with self._lock:
-                        self.state.pinned = req.version
-                    self._save()
-                    self._notify()
-                else:
-                    name = self.state.current.name if self.state.current else "model"
-                    err = self._manual_switch(name, req.version, "pin")
-                    ok = err is None
-            result = self.status()
-        return CommandResponse(node=self.node, command=req.command, ok=ok, result=result, error=err)
 
 
 __all__ = ["Updater"]

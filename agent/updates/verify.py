@@ -1,10 +1,13 @@
 """Verifying an announcement before anything is downloaded: who signed it, and may this node take it.
 
 The signature is checked over the exact manifest bytes before they are parsed; the policy checks
-(target, expiry, replay/downgrade, agent version, size, pin) run on the authenticated manifest.
+(target, expiry present, replay/downgrade, agent version, size, pin; the expiry date once the
+clock is synchronized) run on the authenticated manifest.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -13,6 +16,7 @@ from agent.protocol.messages import Announcement
 from agent.security.bundle import BundleError, parse_manifest
 from agent.security.signing import Keyring, SignatureError
 from agent.updates.errors import UpdateRejected
+from agent.updates.intake import MAX_ANNOUNCEMENT_BYTES
 from agent.updates.store import StoreState
 
 
@@ -26,6 +30,8 @@ def version_tuple(v: str) -> tuple[int, ...]:
 
 def authenticate(payload: bytes, keyring: Keyring) -> tuple[Announcement, Manifest]:
     """Signature by a pinned key over the exact manifest bytes, then (only then) parse them."""
+    if len(payload) > MAX_ANNOUNCEMENT_BYTES:
+        raise UpdateRejected(f"announcement of {len(payload)} bytes, over the limit of {MAX_ANNOUNCEMENT_BYTES}")
     try:
         ann = Announcement.model_validate_json(payload)
         data, sig = ann.manifest_bytes(), ann.signature()
@@ -42,12 +48,15 @@ def authenticate(payload: bytes, keyring: Keyring) -> tuple[Announcement, Manife
 
 
 def check_manifest(m: Manifest, *, node: str, groups: list[str], state: StoreState, max_bundle_bytes: int,
-                   agent_version: str) -> None:
-    """The policy checks on an authenticated manifest; raise UpdateRejected with the reason."""
+                   agent_version: str, require_expires: bool = False) -> None:
+    """The policy checks on an authenticated manifest that need no clock; raise UpdateRejected.
+
+    The expiry itself is judged by `check_expiry`, once the clock can be trusted (see ClockGate)."""
     if not m.target.matches(node, groups):
         raise UpdateRejected(f"manifest targets {m.target}, not this node ({node}, groups {groups})")
-    if m.is_expired():
-        raise UpdateRejected(f"manifest expired at {m.expires.isoformat() if m.expires else '?'}")
+    if m.expires is None and require_expires:
+        raise UpdateRejected("manifest has no expiry (`expires`), required by updates.require_expires; "
+                             "re-publish it (edge-builder publish sets one)")
     if m.version <= state.high_water:
         raise UpdateRejected(
             f"version {m.version} is not above the high-water mark {state.high_water} (replay or downgrade)"
@@ -63,4 +72,10 @@ def check_manifest(m: Manifest, *, node: str, groups: list[str], state: StoreSta
         raise UpdateRejected(f"node is pinned to v{state.pinned}; send `pin` without a version to unpin")
 
 
-__all__ = ["authenticate", "check_manifest", "version_tuple"]
+def check_expiry(m: Manifest, now: datetime | None = None) -> None:
+    """Refuse a manifest past its `expires` (a freeze or replay of an old announcement, TUF's rule)."""
+    if m.is_expired(now):
+        raise UpdateRejected(f"manifest expired at {m.expires.isoformat() if m.expires else '?'}")
+
+
+__all__ = ["authenticate", "check_expiry", "check_manifest", "version_tuple"]

@@ -3,6 +3,8 @@
 The target selector is part of the signed manifest (so a manifest for group A cannot be replayed on
 group B's topic): publishing re-targets the manifest and signs the new bytes with the fleet key.
 The announcement carries those exact bytes; nodes never fetch manifest.json from the server.
+Every published manifest expires (default 30 days, TUF's freshness rule: a frozen or replayed old
+announcement dies by itself); `refresh_announcement` re-signs the live one with a later expiry.
 Light on purpose (stdlib, paho, agent.*): importable without torch or TensorFlow.
 """
 
@@ -13,15 +15,20 @@ import os
 import shutil
 import ssl
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
-from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME, Target
+from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, Target
 from agent.protocol.messages import Announcement
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
-from agent.security.bundle import Bundle, BundleError
+from agent.security.bundle import Bundle, BundleError, parse_manifest
 from agent.security.signing import SigningKey
+
+DEFAULT_EXPIRES_DAYS = 30.0
 
 
 class PublishError(Exception):
@@ -36,15 +43,23 @@ class PublishResult:
     version: int
     key_id: str
     uploaded_to: Path | None
+    expires: datetime | None = None
 
 
-def prepare(bundle_dir: Path, target: Target, key: SigningKey) -> tuple[Bundle, bytes, bytes]:
-    """Check every file of the bundle, set its target, sign. Returns (bundle, manifest bytes, sig json)."""
+def expiry(days: float) -> datetime:
+    if days <= 0:
+        raise PublishError(f"--expires-days must be above 0, not {days:g}")
+    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
+
+
+def prepare(bundle_dir: Path, target: Target, key: SigningKey,
+            expires_days: float = DEFAULT_EXPIRES_DAYS) -> tuple[Bundle, bytes, bytes]:
+    """Check every file of the bundle, set its target and expiry, sign. Returns (bundle, manifest, sig json)."""
     try:
         bundle = Bundle.load(Path(bundle_dir))  # sizes and sha256 of every file, before we vouch for it
     except BundleError as exc:
         raise PublishError(f"bundle {bundle_dir}: {exc}") from None
-    manifest = bundle.manifest.model_copy(update={"target": target})
+    manifest = bundle.manifest.model_copy(update={"target": target, "expires": expiry(expires_days)})
     data = manifest.to_bytes()
     sig = key.signature_file(data).model_dump_json(indent=2).encode()
     return bundle, data, sig
@@ -80,9 +95,10 @@ def make_announcement(data: bytes, key: SigningKey, base_url: str) -> Announceme
                         signature_b64=base64.b64encode(sig).decode(), base_url=base_url)
 
 
-def mqtt_publish(broker_url: str, topic: str, payload: bytes, retain: bool = True, timeout: float = 10.0,
-                 username: str | None = None, password: str | None = None, ca_file: Path | None = None) -> None:
-    """Publish one message with QoS 1 and wait for the broker's acknowledgement."""
+@contextmanager
+def _connected(broker_url: str, timeout: float, username: str | None, password: str | None,
+               ca_file: Path | None) -> Iterator[object]:
+    """A paho client connected (CONNACK received) to `broker_url`, network loop running."""
     import paho.mqtt.client as mqtt
 
     u = urlparse(broker_url)
@@ -115,13 +131,38 @@ def mqtt_publish(broker_url: str, topic: str, payload: bytes, retain: bool = Tru
         rc = result.get("rc")
         if getattr(rc, "is_failure", False):
             raise PublishError(f"broker refused the connection: {rc}")
-        info = client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout)
-        if not info.is_published():
-            raise PublishError(f"broker did not acknowledge the publish on {topic} within {timeout:.0f} s")
+        yield client
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def mqtt_publish(broker_url: str, topic: str, payload: bytes, retain: bool = True, timeout: float = 10.0,
+                 username: str | None = None, password: str | None = None, ca_file: Path | None = None) -> None:
+    """Publish one message with QoS 1 and wait for the broker's acknowledgement."""
+    with _connected(broker_url, timeout, username, password, ca_file) as client:
+        info = client.publish(topic, payload, qos=1, retain=retain)  # type: ignore[attr-defined]
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise PublishError(f"broker did not acknowledge the publish on {topic} within {timeout:.0f} s")
+
+
+def mqtt_retained(broker_url: str, topic: str, timeout: float = 5.0, username: str | None = None,
+                  password: str | None = None, ca_file: Path | None = None) -> bytes | None:
+    """The retained message of `topic` (None when there is none within `timeout`)."""
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def on_message(c: object, userdata: object, msg: object) -> None:
+        if getattr(msg, "retain", False) and not got:
+            got.append(bytes(getattr(msg, "payload", b"")))
+            arrived.set()
+
+    with _connected(broker_url, timeout, username, password, ca_file) as client:
+        client.on_message = on_message  # type: ignore[attr-defined]
+        client.subscribe(topic, qos=1)  # type: ignore[attr-defined]
+        arrived.wait(timeout)
+    return got[0] if got and got[0] else None
 
 
 def publish_bundle(
@@ -135,21 +176,17 @@ def publish_bundle(
     username: str | None = None,
     password: str | None = None,
     ca_file: Path | None = None,
+    expires_days: float = DEFAULT_EXPIRES_DAYS,
 ) -> PublishResult:
     """The whole `edge-builder publish`.
 
     http_base alone: the URL where the bundle directory is already served.
     upload_dir (+ http_base): copy into upload_dir/<name>/<version>/; http_base is the URL serving upload_dir.
     """
-    from agent.security.signing import SignatureError
-
     if http_base is None:
         raise PublishError("--http-base is required: the URL nodes fetch files from (of the bundle, or of --upload DIR)")
-    try:
-        key = SigningKey.load(key_path)
-    except SignatureError as exc:
-        raise PublishError(str(exc)) from None
-    bundle, data, sig = prepare(bundle_dir, target, key)
+    key = _load_key(key_path)
+    bundle, data, sig = prepare(bundle_dir, target, key, expires_days)
     m = bundle.manifest
     uploaded = None
     base_url = http_base.rstrip("/") + "/"
@@ -161,7 +198,71 @@ def publish_bundle(
     mqtt_publish(broker_url, topic, ann.model_dump_json().encode(), retain=True, username=username,
                  password=password, ca_file=ca_file)
     return PublishResult(topic=topic, base_url=base_url, name=m.name, version=m.version, key_id=key.key_id,
-                         uploaded_to=uploaded)
+                         uploaded_to=uploaded, expires=parse_manifest(data).expires)
 
 
-__all__ = ["PublishError", "PublishResult", "make_announcement", "mqtt_publish", "prepare", "publish_bundle", "upload"]
+def _load_key(key_path: Path) -> SigningKey:
+    from agent.security.signing import SignatureError
+
+    try:
+        return SigningKey.load(key_path)
+    except SignatureError as exc:
+        raise PublishError(str(exc)) from None
+
+
+def refresh_announcement(
+    broker_url: str,
+    target: Target,
+    key_path: Path,
+    expires_days: float = DEFAULT_EXPIRES_DAYS,
+    prefix: str = DEFAULT_PREFIX,
+    upload_dir: Path | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: Path | None = None,
+) -> PublishResult:
+    """`edge-builder publish --refresh`: the live announcement of `target`, re-signed with a later expiry.
+
+    Same version, files and base URL: nodes running it ignore it, nodes yet to install it get one that
+    is not expired. Only an announcement this key signed is refreshed (never vouch for what the broker
+    happens to hold)."""
+    key = _load_key(key_path)
+    topic = Topics(prefix).announce(target)
+    raw = mqtt_retained(broker_url, topic, username=username, password=password, ca_file=ca_file)
+    if raw is None:
+        raise PublishError(f"no retained announcement on {topic} to refresh (publish the bundle instead)")
+    ann, m = _own_announcement(raw, key, topic)
+    if m.target != target:
+        raise PublishError(f"the announcement on {topic} targets {m.target}, not {target}")
+    data = m.model_copy(update={"expires": expiry(expires_days)}).to_bytes()
+    fresh = make_announcement(data, key, ann.base_url)
+    uploaded = None
+    copy = Path(upload_dir) / m.name / str(m.version) if upload_dir is not None else None
+    if copy is not None and copy.is_dir():  # keep the server's copy identical to what nodes get
+        sig = key.signature_file(data).model_dump_json(indent=2).encode()
+        (copy / MANIFEST_NAME).write_bytes(data)
+        (copy / SIGNATURE_NAME).write_bytes(sig)
+        uploaded = copy
+    mqtt_publish(broker_url, topic, fresh.model_dump_json().encode(), retain=True, username=username,
+                 password=password, ca_file=ca_file)
+    return PublishResult(topic=topic, base_url=ann.base_url, name=m.name, version=m.version, key_id=key.key_id,
+                         uploaded_to=uploaded, expires=parse_manifest(data).expires)
+
+
+def _own_announcement(raw: bytes, key: SigningKey, topic: str) -> tuple[Announcement, Manifest]:
+    """Parse the retained announcement and check that `key` signed it."""
+    from agent.security.signing import Keyring, SignatureError
+
+    try:
+        ann = Announcement.model_validate_json(raw)
+        data = ann.manifest_bytes()
+        ring = Keyring()
+        ring.add_pem(key.public_pem())
+        ring.verify(data, ann.key_id, ann.signature())
+        return ann, parse_manifest(data)
+    except (ValueError, BundleError, SignatureError) as exc:
+        raise PublishError(f"the announcement on {topic} is not one this key signed ({exc}): "
+                           "publish the bundle again instead") from None
+
+
+__all__ = ["DEFAULT_EXPIRES_DAYS", "refresh_announcement", "mqtt_retained", "PublishError", "PublishResult", "make_announcement", "mqtt_publish", "prepare", "publish_bundle", "upload"]
