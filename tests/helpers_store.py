@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from helpers_updates import TfliteEngine, make_bundle
+from helpers_updates import FrameLoop, TfliteEngine, make_bundle, write_video
 
 from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle
@@ -20,8 +21,8 @@ from agent.updates.store import ModelStore, UpdatesConfig
 from agent.updates.updater import Updater
 from builder.fleet.publish import make_announcement
 
-CONFIG = UpdatesConfig(trial_frames=3, trial_seconds=0.3, preflight=False, read_timeout_s=2.0,
-                       connect_timeout_s=1.0, total_timeout_s=20.0)
+CONFIG = UpdatesConfig(trial_frames=3, trial_seconds=0.3, trial_max_wait_s=10.0, preflight=False,
+                       read_timeout_s=2.0, connect_timeout_s=1.0, total_timeout_s=20.0, clock_sync="off")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Fleet:
     keyring: Keyring
     http: Any
     bundles: dict[int, Path]
+    video: Path
 
     def announcement(self, version: int) -> bytes:
         src = self.bundles[version]
@@ -49,35 +51,50 @@ def make_fleet(tmp: Path, http: Any, versions: tuple[int, ...] = (1, 2)) -> Flee
     trusted = tmp / "trusted"
     trusted.mkdir()
     shutil.copy(key.save(tmp / "keys" / "fleet.key"), trusted / "fleet.pub")
-    bundles = {v: make_bundle(tmp / f"bundle-v{v}", key, v) for v in versions}
-    return Fleet(tmp, key, Keyring.load(trusted), http, bundles)
+    expires = datetime.now(UTC) + timedelta(days=1)
+    bundles = {v: make_bundle(tmp / f"bundle-v{v}", key, v, expires=expires) for v in versions}
+    return Fleet(tmp, key, Keyring.load(trusted), http, bundles, write_video(tmp / "camera.avi", frames=30))
+
+
+class _Swap:
+    """The updater's swap_engine: into the frame loop while one runs (a trial needs frames), else direct."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.loop: FrameLoop | None = None
+
+    def __call__(self, new: Any) -> Any:
+        if self.loop is not None:
+            return self.loop.swap_engine(new)
+        old, self.engine = self.engine, new
+        return old
 
 
 def start_node(root: Path, keyring: Keyring, fallback: Path | None = None,
                with_keyring: bool = True) -> tuple[Updater, Bundle | None]:
     """A node's startup: recover the store, load the committed bundle (verified), run it."""
     store = ModelStore(root, keep=CONFIG.keep_versions, keyring=keyring if with_keyring else None)
-    engines: dict[str, Any] = {}
-
-    def swap(new: Any) -> Any:
-        old, engines["running"] = engines.get("running"), new
-        return old
-
+    swap = _Swap()
     u = Updater(node="node-1", groups=["lab"], topics=Topics("edgefleet"), store=store, keyring=keyring,
                 config=CONFIG, load_engine=TfliteEngine, swap_engine=swap,
                 publish=lambda topic, payload, retain: None)
     bundle = u.startup(fallback)
     if bundle is not None:
-        engines["running"] = TfliteEngine(bundle)
-        u.set_running(engines["running"], bundle)
+        swap.engine = TfliteEngine(bundle)
+        u.set_running(swap.engine, bundle)
     return u, bundle
 
 
-def run_update(u: Updater, payload: bytes, timeout: float = 60.0) -> None:
-    """Hand one announcement to the updater's worker and wait until it is done with it."""
+def run_update(u: Updater, payload: bytes, video: Path, timeout: float = 60.0) -> None:
+    """Hand one announcement to the updater's worker, with camera frames flowing, and wait for the outcome."""
+    swap = u.swap_engine
+    assert isinstance(swap, _Swap)
+    swap.loop = FrameLoop(video, swap.engine, hook=u.on_frame).start()
     u.start()
     try:
         u.on_announcement(payload, "edgefleet/announce/all")
         assert u.wait_idle(timeout), "update did not finish"
     finally:
         u.stop()
+        swap.loop.stop()
+        swap.engine, swap.loop = swap.loop.engine, None

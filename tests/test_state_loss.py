@@ -31,7 +31,7 @@ def _node_at_v2(fleet: Fleet) -> Path:
     root = fleet.tmp / "state" / "models"
     u, b = start_node(root, fleet.keyring, fallback=fleet.bundles[1])
     assert b is not None and b.manifest.version == 1
-    run_update(u, fleet.announcement(2))
+    run_update(u, fleet.announcement(2), fleet.video)
     st = u.store.load_state()
     assert st.current is not None and st.current.version == 2 and st.high_water == 2, st
     return root

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +34,7 @@ from agent.protocol.messages import UpdateState, UpdateStatus
 from agent.security.signing import Keyring
 from agent.updates.highwater import COMMIT_MARK, HighWaterCounter, is_marked, mark_committed
 from agent.updates.rebuild import scan_versions, set_aside
+from agent.updates.state import ModelRecord, PendingUpdate, StoreState
 
 log = logging.getLogger(__name__)
 
@@ -84,36 +84,6 @@ class UpdatesConfig(BaseModel):
         "unknown_ok: also go ahead when the sync state cannot be read; off: never wait (clock trusted)"
     )
     clock_recheck_s: float = Field(default=30.0, gt=0, description="how often a held announcement re-checks the clock")
-
-
-class ModelRecord(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    name: str
-    version: int
-
-
-class PendingUpdate(BaseModel):
-    """An update between announcement and commit, persisted so a restart knows what to undo."""
-
-    model_config = ConfigDict(extra="ignore")
-    name: str
-    version: int
-    phase: Literal["downloading", "activating", "trial"]
-    reason: str = "update"  # "update" | "rollback" | "pin"
-    started: datetime = Field(default_factory=lambda: datetime.now(UTC))
-
-
-class StoreState(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    current: ModelRecord | None = None
-    previous: ModelRecord | None = None
-    # Committed versions, oldest first; the last one is `current`.
-    committed: list[ModelRecord] = Field(default_factory=list)
-    high_water: int = 0
-    pinned: int | None = None
-    pending: PendingUpdate | None = None
-    last_result: UpdateStatus | None = None
 
 
 def describe_os_error(exc: OSError, what: str) -> str:
@@ -241,6 +211,8 @@ class ModelStore:
         return dst
 
     def remove_version(self, version: int) -> None:
+        # The commit mark goes first: a half-deleted directory is never taken for a committed version.
+        (self.version_dir(version) / COMMIT_MARK).unlink(missing_ok=True)
         shutil.rmtree(self.version_dir(version), ignore_errors=True)
 
     def clear_staging(self, keep: int | None = None) -> None:
@@ -265,6 +237,7 @@ class ModelStore:
                 self.remove_version(v)
                 removed.append(v)
         if removed:
+            fsync_dir(self.versions_dir)  # pruned for good: a power cut does not bring them back
             log.info("pruned model versions %s", removed)
         return removed
 
