@@ -174,21 +174,11 @@ class ModelStore:
         return sorted(int(p.name) for p in self.versions_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
     def promote(self, version: int) -> Path:
-        """Move a fully downloaded and checked staging dir into versions/ (one atomic rename).
-
-        Every staged file and directory is fsynced first: after a power cut the renamed directory holds
-        the verified bytes, not empty files."""
-        src, dst = self.staging_dir(version), self.version_dir(version)
+        """Move a fully downloaded and checked staging dir into versions/ (one atomic rename)."""
         try:
-            _fsync_tree(src)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(src, dst)
-            fsync_dir(self.versions_dir)
-            fsync_dir(self.staging_root)
+            return self._move_in(self.staging_dir(version), version)
         except OSError as exc:
             raise StoreError(describe_os_error(exc, f"installing version {version}")) from exc
-        return dst
 
     def install_copy(self, src: Path, version: int) -> Path:
         """Copy a local bundle directory into versions/ (the node's first model, from the config)."""
@@ -198,16 +188,21 @@ class ModelStore:
                 shutil.rmtree(tmp)
             shutil.copytree(src, tmp)
             (tmp / COMMIT_MARK).unlink(missing_ok=True)  # committed only when the state says so
-            _fsync_tree(tmp)
-            dst = self.version_dir(version)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(tmp, dst)
-            fsync_dir(self.versions_dir)
-            fsync_dir(self.staging_root)
+            return self._move_in(tmp, version)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(describe_os_error(exc, f"installing {src}")) from exc
+
+    def _move_in(self, src: Path, version: int) -> Path:
+        """Rename a staged directory to versions/<version>. Every staged file and directory is fsynced
+        first, so after a power cut the renamed directory holds the verified bytes, not empty files."""
+        dst = self.version_dir(version)
+        _fsync_tree(src)
+        if dst.exists():
+            self.remove_version(version)
+        os.replace(src, dst)
+        fsync_dir(self.versions_dir)
+        fsync_dir(self.staging_root)
         return dst
 
     def remove_version(self, version: int) -> None:
