@@ -2,7 +2,8 @@
 a real Mosquitto) with prefer = "edgetpu", a USB Coral in a fake sysfs and `library` pointing at a fake
 libedgetpu (tests/helpers_native.py) probes it in a child, stays up, runs the bundle's CPU model, publishes
 `degraded` with the library, its version and the TFLite runtime in the reason, and probes again as soon as
-the library file is replaced (not at the next periodic retry, set here far away).
+the library file is replaced (not at the next periodic retry, set here far away). In-process: a cleared
+library is loaded from the probed file, and nothing is probed while this process holds the TPU.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import wait_for
@@ -26,6 +29,9 @@ from helpers_native import build_all
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.inference import tflite
+from agent.inference.backends.base import BackendError
+from agent.inference.backends.edgetpu import EdgeTpuBackend, EdgeTpuConfig
+from agent.inference.backends.probe import cached_verdict, probe_cached, shipped_model
 from agent.protocol.messages import DetectionsMessage, NodeState
 from agent.security.bundle import Bundle, file_entry, write_manifest
 from agent.security.signing import SigningKey
@@ -226,3 +232,58 @@ def test_restart_reuses_the_cached_crash_verdict(
                 proc.wait()
         with recorder.lock:
             recorder.last.pop(STATE, None)
+
+
+# ------------------------------------------------------------------------------------------ in-process
+
+
+@pytest.fixture(scope="module")
+def noop_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_all(tmp_path_factory.mktemp("fake-noop"), ("noop",))["noop"]
+
+
+def tpu_cfg(tmp_path: Path, library: Path, **kw: Any) -> EdgeTpuConfig:
+    if not (tmp_path / "sys").exists():
+        fake_usb_coral(tmp_path / "sys")
+        (tmp_path / "dev").mkdir()
+    return EdgeTpuConfig(library=str(library), sysfs_root=tmp_path / "sys", dev_root=tmp_path / "dev",
+                         state_dir=tmp_path / "state", probe_timeout_s=5.0, **kw)
+
+
+def test_cleared_library_is_loaded_in_process_from_its_real_path(noop_lib: Path, tmp_path: Path) -> None:
+    """A stored ok verdict (here from probing the no-op stand-in with the CPU twin model) lets open() load
+    exactly the probed file, through a symlink as libedgetpu.so.1 is installed, on "usb:0" for "usb"."""
+    link = tmp_path / "libedgetpu.so.1"
+    link.symlink_to(noop_lib)
+    ok = probe_cached(tmp_path / "state", str(link), "usb:0", model=shipped_model(compiled=False))
+    assert ok.cleared, ok.reason
+    cpu_model = shipped_model(compiled=False).path
+    b = EdgeTpuBackend.open(cpu_model, tpu_cfg(tmp_path, link, device="usb"))
+    try:
+        assert b.device == "usb:0" and EdgeTpuBackend.device_held()
+        assert b.run(np.load(shipped_model().input or ""))[0].shape == (1, 1001)
+    finally:
+        b.close()
+    assert not EdgeTpuBackend.device_held()
+
+
+def test_no_probe_while_this_process_holds_the_tpu(noop_lib: Path, libs: dict[str, Path], tmp_path: Path) -> None:
+    """With a backend open, an unprobed library is refused without starting a child; a stored verdict
+    still answers."""
+    cpu_model = shipped_model(compiled=False).path
+    ok = probe_cached(tmp_path / "state", str(noop_lib), "usb:0", model=shipped_model(compiled=False))
+    held = EdgeTpuBackend.open(cpu_model, tpu_cfg(tmp_path, noop_lib))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match="not probed yet and the Edge TPU is in use"):
+            EdgeTpuBackend.open(cpu_model, tpu_cfg(tmp_path, libs["crash"]))
+        assert time.monotonic() - t0 < 1.0  # no child was started
+        assert cached_verdict(tmp_path / "state", str(libs["crash"]), "usb:0") is None
+        second = EdgeTpuBackend.open(cpu_model, tpu_cfg(tmp_path, noop_lib))  # cleared before: fine
+        second.close()
+    finally:
+        held.close()
+    assert ok.cleared
+    with pytest.raises(BackendError, match="SIGSEGV") as exc:  # the TPU is free again: probed now
+        EdgeTpuBackend.open(cpu_model, tpu_cfg(tmp_path, libs["crash"]))
+    assert str(libs["crash"]) in str(exc.value) and VERSION in str(exc.value)
