@@ -16,17 +16,17 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import load_config
-from agent.doctor import CHECKS, Check, run_check, run_checks
 from agent.doctor.model import CheckResult, DoctorContext, ok
+from agent.doctor.registry import CHECKS, Check, run_check, run_checks
 from agent.inference.backends.edgetpu import enumerate_tpus
 from agent.system.clock import STA_UNSYNC, TIME_ERROR, TimexReading, clock_status
 from agent.system.host import HostRoot
 from agent.updates.store import ModelRecord, ModelStore, StoreState
 from builder.fleet.devservices import free_port
-from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TREES = ROOT / "tests" / "data" / "doctor"
@@ -196,7 +196,7 @@ def world_dir() -> Iterator[Path]:
 # Imports happen while still root (this interpreter lives under /root, 0700), then the child drops to nobody.
 DROP_AND_RUN = """
 import logging, os, sys, tomllib
-import agent.cli, agent.config, agent.security.signing, agent.doctor
+import agent.cli, agent.config, agent.security.signing, agent.doctor.registry
 parser = agent.cli.build_parser()
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(agent.cli.dispatch(parser, sys.argv[1:]))
