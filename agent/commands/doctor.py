@@ -35,9 +35,9 @@ def main(args: argparse.Namespace) -> int:
     import logging
 
     from agent.config import AgentConfig, ConfigError, load_config
-    from agent.doctor import run_checks
     from agent.doctor.compat import live_probe, stored_verdict
     from agent.doctor.model import DoctorContext, DoctorReport
+    from agent.doctor.registry import run_checks
     from agent.system.host import HostRoot
 
     logging.basicConfig(level=logging.CRITICAL)  # the probes' retry warnings would repeat the report
