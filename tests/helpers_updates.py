@@ -161,8 +161,9 @@ def make_bundle(
 
 
 def make_variant(src: Path, dst: Path, key_path: Path, version: int, *, golden_bad: bool = False,
-                 garbage: bool = False) -> Path:
-    """A copy of a real bundle as version `version`, optionally broken, re-signed with the fleet key."""
+                 garbage: bool = False, expires: datetime | None = None) -> Path:
+    """A copy of a real bundle as version `version`, optionally broken or with an expiry, re-signed with
+    the fleet key (`edge-builder publish` sets the expiry of what it publishes anyway)."""
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
@@ -178,7 +179,10 @@ def make_variant(src: Path, dst: Path, key_path: Path, version: int, *, golden_b
         exp = np.load(dst / m.golden.expected)
         np.save(dst / m.golden.expected, ((exp.astype(np.int32) + 90) % 256).astype(exp.dtype))
     files = [file_entry(dst, f.path) for f in m.files]
-    write_manifest(dst, m.model_copy(update={"version": version, "files": files}), SigningKey.load(key_path))
+    update: dict[str, Any] = {"version": version, "files": files}
+    if expires is not None:
+        update["expires"] = expires
+    write_manifest(dst, m.model_copy(update=update), SigningKey.load(key_path))
     return dst
 
 
