@@ -7,6 +7,7 @@ import base64
 import json
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,56 @@ def test_signature_covers_target(signed: tuple[Path, Path, SigningKey]) -> None:
 
     with pytest.raises(SignatureError):
         ring.verify(forged.manifest_bytes(), forged.key_id, forged.signature())
+
+
+def test_publish_sets_an_expiry(signed: tuple[Path, Path, SigningKey], mqtt_broker: Any, http_server: Any) -> None:
+    bundle, key_path, _ = signed
+    rc = _cli([str(bundle), "--broker", mqtt_broker.url, "--upload", str(http_server.root),
+               "--http-base", http_server.base_url, "--key", str(key_path)])
+    assert rc == 0
+    m = parse_manifest(Announcement.model_validate_json(_retained(mqtt_broker, "edgefleet/announce/all")).manifest_bytes())
+    assert m.expires is not None
+    assert abs(m.expires - (datetime.now(UTC) + timedelta(days=30))) < timedelta(minutes=5)
+    rc = _cli([str(bundle), "--broker", mqtt_broker.url, "--upload", str(http_server.root),
+               "--http-base", http_server.base_url, "--key", str(key_path), "--expires-days", "2"])
+    m = parse_manifest(Announcement.model_validate_json(_retained(mqtt_broker, "edgefleet/announce/all")).manifest_bytes())
+    assert rc == 0 and m.expires is not None
+    assert abs(m.expires - (datetime.now(UTC) + timedelta(days=2))) < timedelta(minutes=5)
+
+
+def test_refresh_resigns_the_live_announcement_with_a_later_expiry(
+        signed: tuple[Path, Path, SigningKey], mqtt_broker: Any, http_server: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bundle, key_path, key = signed
+    topic = "edgefleet/announce/group/lab"
+    common = ["--broker", mqtt_broker.url, "--upload", str(http_server.root), "--target", "group:lab",
+              "--key", str(key_path)]
+    assert _cli([str(bundle), "--http-base", http_server.base_url, "--expires-days", "1", *common]) == 0
+    old = Announcement.model_validate_json(_retained(mqtt_broker, topic))
+    assert _cli(["--refresh", "--expires-days", "10", *common]) == 0
+    assert "refreshed  mobilenet v3" in capsys.readouterr().out
+    new = Announcement.model_validate_json(_retained(mqtt_broker, topic))
+    ring = Keyring()
+    ring.add_pem(key.public_pem())
+    ring.verify(new.manifest_bytes(), new.key_id, new.signature())
+    m_old, m_new = parse_manifest(old.manifest_bytes()), parse_manifest(new.manifest_bytes())
+    assert m_old.expires is not None and m_new.expires is not None
+    assert m_new.expires - m_old.expires > timedelta(days=8)
+    assert (m_new.version, m_new.files, str(m_new.target), new.base_url) == \
+        (m_old.version, m_old.files, str(m_old.target), old.base_url)
+    assert (http_server.root / "mobilenet" / "3" / "manifest.json").read_bytes() == new.manifest_bytes()
+
+
+def test_refresh_refuses_what_this_key_did_not_sign(signed: tuple[Path, Path, SigningKey], mqtt_broker: Any,
+                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from builder.fleet.publish import make_announcement, mqtt_publish
+
+    bundle, key_path, _ = signed
+    other = SigningKey.generate()
+    ann = make_announcement((bundle / "manifest.json").read_bytes(), other, "http://x/")
+    mqtt_publish(mqtt_broker.url, "edgefleet/announce/all", ann.model_dump_json().encode())
+    assert _cli(["--refresh", "--broker", mqtt_broker.url, "--key", str(key_path)]) == 1
+    assert "not one this key signed" in capsys.readouterr().err
+    empty = "edgefleet/announce/node/nobody"
+    assert _cli(["--refresh", "--broker", mqtt_broker.url, "--key", str(key_path), "--target", "node:nobody"]) == 1
+    assert f"no retained announcement on {empty}" in capsys.readouterr().err
