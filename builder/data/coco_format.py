@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from builder.data.records import BOX_TOLERANCE, SPLIT_ALIASES, Dataset, DatasetError, SplitSource
+from builder.data.layout import BOX_TOLERANCE, SPLIT_ALIASES, DatasetError, DatasetLayout, SplitSource
 from builder.data.report import Problem, add_problem
 
 
@@ -57,7 +57,7 @@ def _parse(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return parsed
 
 
-def load_coco_files(root: Path, files: dict[str, Path]) -> Dataset:
+def load_coco_files(root: Path, files: dict[str, Path]) -> DatasetLayout:
     parsed = _parse(files)
     # One class list for all splits: the union of categories, ordered by category id.
     cats: dict[int, str] = {}
@@ -83,11 +83,11 @@ def load_coco_files(root: Path, files: dict[str, Path]) -> Dataset:
             images.append(cand)
             records[str(cand)] = rec
         sources[split] = SplitSource(images=images, coco=data, coco_file=f, coco_images=records)
-    return Dataset(root=root.resolve(), format="coco", class_names=names, sources=sources)
+    return DatasetLayout(root=root.resolve(), format="coco", class_names=names, sources=sources)
 
 
 def coco_boxes(
-    ds: Dataset, src: SplitSource, img: Path, w: int, h: int, collect: list[Problem] | None
+    ds: DatasetLayout, src: SplitSource, img: Path, w: int, h: int, collect: list[Problem] | None
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Pixel xyxy boxes and class ids of one image (crowd annotations skipped); always 'labelled'."""
     assert src.coco is not None and src.coco_file is not None

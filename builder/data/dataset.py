@@ -21,17 +21,17 @@ This module is the public entry point; the names below live in the modules that 
 
 from __future__ import annotations
 
-from builder.data.loading import load_dataset
-from builder.data.records import (
+from builder.data.layout import (
     BOX_TOLERANCE,
     IMAGE_SUFFIXES,
     SPLIT_ALIASES,
-    Dataset,
     DatasetError,
     Item,
     SplitSource,
     label_path_for,
 )
+from builder.data.loading import load_dataset
+from builder.data.records import Dataset
 from builder.data.report import Problem, SplitStats, ValidationReport
 from builder.data.validation import validate_dataset
 from builder.data.yolo_view import write_yolo_view

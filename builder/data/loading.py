@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from builder.data.coco_format import find_coco_jsons, load_coco_files, split_from_name
-from builder.data.records import Dataset, DatasetError
+from builder.data.layout import DatasetError, DatasetLayout
+from builder.data.records import Dataset
 from builder.data.yolo_format import discover_yolo_splits, find_yaml, load_yolo
 
 
 def load_dataset(path: Path | str) -> Dataset:
     """Load a YOLO-format or COCO-JSON dataset (see builder.data.dataset for the layouts understood)."""
-    p = Path(path).expanduser()
+    return Dataset.of(_layout(Path(path).expanduser()))
+
+
+def _layout(p: Path) -> DatasetLayout:
     if not p.exists():
         raise DatasetError(f"{p} does not exist")
     if p.is_file() and p.suffix.lower() == ".json":

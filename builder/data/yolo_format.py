@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from builder.data.records import (
+from builder.data.layout import (
     BOX_TOLERANCE,
     IMAGE_SUFFIXES,
     SPLIT_ALIASES,
-    Dataset,
     DatasetError,
+    DatasetLayout,
     SplitSource,
 )
 from builder.data.report import Problem, add_problem
@@ -79,7 +79,7 @@ def _class_names(cfg: dict[str, Any], root: Path, where: Path) -> list[str]:
     return names
 
 
-def load_yolo(root: Path, yaml_file: Path | None) -> Dataset:
+def load_yolo(root: Path, yaml_file: Path | None) -> DatasetLayout:
     cfg: dict[str, Any] = _load_yaml(yaml_file) if yaml_file else {}
     where = yaml_file or root
     names = _class_names(cfg, root, where)
@@ -102,7 +102,7 @@ def load_yolo(root: Path, yaml_file: Path | None) -> Dataset:
     if not sources:
         for split, images in discover_yolo_splits(root).items():
             sources[split] = SplitSource(images=images)
-    return Dataset(root=root.resolve(), format="yolo", class_names=names, yaml_file=yaml_file, sources=sources)
+    return DatasetLayout(root=root.resolve(), format="yolo", class_names=names, yaml_file=yaml_file, sources=sources)
 
 
 def _images_from_entry(value: str, base: Path, root: Path, where: Path) -> list[Path]:

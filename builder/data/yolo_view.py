@@ -6,7 +6,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from builder.data.records import Dataset, Item
+from builder.data.layout import Item
+from builder.data.records import Dataset
 
 
 def _label_rows(item: Item) -> list[str]:
