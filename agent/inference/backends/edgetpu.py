@@ -24,12 +24,15 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from agent.inference.backends.base import AcceleratorSettings, BackendError, BackendSettings
 from agent.inference.backends.tflite_backend import TfliteBackend
+
+if TYPE_CHECKING:
+    from agent.inference.backends.probe import ProbeVerdict  # imports the TFLite runtime: not at import time
 
 USB_IDS = {("1a6e", "089a"): "unprogrammed", ("18d1", "9302"): "ready"}
 _TPU_DEVICE = re.compile(r"^(usb|pci)(:\d+)?$")
@@ -144,14 +147,18 @@ class EdgeTpuBackend(TfliteBackend):
             raise BackendError("Edge TPU disabled in config")
         # Always "kind:N", so probe verdicts cached for a device match whatever form the config used.
         spec = select_device(cfg.device, enumerate_tpus(cfg.sysfs_root, cfg.dev_root)).spec
-        library = cleared_library(cfg, spec)
+        verdict = cleared(cfg, spec)
+        assert verdict.identity is not None  # cleared() returns only verdicts for a found file
         from agent.inference import tflite
 
         try:
-            delegate = tflite.load_delegate(library, {"device": spec})
+            delegate = tflite.load_delegate(verdict.identity.realpath, {"device": spec})
             interp = tflite.load_interpreter(model_path, delegates=[delegate])
         except (RuntimeError, ValueError, OSError) as exc:
-            raise BackendError(f"Edge TPU {spec} unusable: {exc}") from exc
+            # Cleared, yet failing here (e.g. the device is busy): name the pair as the probe does.
+            pair = f"library {verdict.identity.realpath} ({verdict.library_version or 'version unknown'}), " \
+                   f"TFLite runtime {verdict.runtime} {verdict.runtime_version}"
+            raise BackendError(f"Edge TPU {spec} unusable: {exc} - {pair}") from exc
         return cls(interp, spec, str(model_path))
 
     @classmethod
@@ -169,9 +176,10 @@ class EdgeTpuBackend(TfliteBackend):
             EdgeTpuBackend._open.discard(self)
 
 
-def cleared_library(cfg: EdgeTpuConfig, spec: str) -> str:
-    """The library file to load in-process, once a child probe cleared it; BackendError naming the library,
-    its version and the TFLite runtime when it did not (or cannot be probed now)."""
+def cleared(cfg: EdgeTpuConfig, spec: str) -> ProbeVerdict:
+    """The child probe's ok verdict for cfg.library on `spec` (its identity: the file to load in-process);
+    BackendError naming the library, its version and the TFLite runtime when it is not ok (or cannot be
+    probed now)."""
     from agent.inference.backends import probe
 
     held = EdgeTpuBackend.device_held()
@@ -183,4 +191,4 @@ def cleared_library(cfg: EdgeTpuConfig, spec: str) -> str:
         raise BackendError(f"Edge TPU {spec}: {cfg.library} not probed yet and the Edge TPU is in use; retrying later")
     if not verdict.cleared or verdict.identity is None:
         raise BackendError(f"Edge TPU {spec} unusable: {verdict.reason}")
-    return verdict.identity.realpath
+    return verdict
