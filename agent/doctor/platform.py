@@ -5,16 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from agent.doctor.model import (
-    CheckResult,
-    DoctorContext,
-    fail,
-    missing_tpu_status,
-    ok,
-    result,
-    wants_edgetpu,
-    warn,
-)
+from agent.doctor.model import CheckResult, DoctorContext, fail, missing_tpu_status, ok, result, wants_edgetpu, warn
 from agent.system.devices import find_libedgetpu, runtime_versions
 from agent.system.host import parse_os_release
 
