@@ -5,7 +5,8 @@ from __future__ import annotations
 import platform
 import sys
 
-from agent.doctor.model import CheckResult, DoctorContext, fail, missing_tpu_status, ok, result, wants_edgetpu, warn
+from agent.doctor import model
+from agent.doctor.model import CheckResult, DoctorContext, fail, ok, result, warn
 from agent.system.devices import find_libedgetpu, runtime_versions
 from agent.system.host import parse_os_release
 
@@ -58,7 +59,7 @@ def check_runtime(ctx: DoctorContext) -> CheckResult:
 def check_libedgetpu(ctx: DoctorContext) -> CheckResult:
     libs = find_libedgetpu(ctx.host)
     if not libs:
-        return result("libedgetpu", missing_tpu_status(ctx.cfg),
+        return result("libedgetpu", model.missing_tpu_status(ctx.cfg),
                       "libedgetpu.so.1 not found in /usr/lib, /usr/lib/<triplet>, /usr/local/lib",
                       "install the libedgetpu build matched to your runtime's TensorFlow version "
                       "(docs/DOCTOR.md); Google's 2021 packages only suit old runtimes")
@@ -81,7 +82,7 @@ def check_compat(ctx: DoctorContext) -> CheckResult:
     The verdict must come from a child process (agent/inference/backends/probe.py), through the hook
     DoctorContext.compat_probe (agent.doctor.compat); without a hook this check says so, never guesses.
     """
-    if not wants_edgetpu(ctx.cfg):
+    if not model.wants_edgetpu(ctx.cfg):
         return ok("edgetpu-compat", "not needed: the config does not use the Edge TPU")
     if ctx.compat_probe is None:
         return warn("edgetpu-compat", "not probed: runtime/libedgetpu compatibility is unknown",
