@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import iou
+from helpers import iou, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError, load_config
@@ -213,7 +213,9 @@ prefer = "cpu"
                             text=True)
     try:
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and "cli/node/runner/detections" not in got:
+        # Detections, state and availability arrive on three topics in no fixed order: wait for all three.
+        wanted = ("cli/node/runner/detections", "cli/node/runner/state", "cli/node/runner/availability")
+        while time.monotonic() < deadline and not all(k in got for k in wanted):
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
         assert "cli/node/runner/detections" in got
@@ -222,8 +224,7 @@ prefer = "cpu"
         assert got["cli/node/runner/availability"] == b"online"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-        time.sleep(0.3)
-        assert got["cli/node/runner/availability"] == b"offline"
+        assert wait_for(lambda: got["cli/node/runner/availability"] == b"offline", 5)
         assert NodeState.model_validate_json(got["cli/node/runner/state"]).status == "stopped"
     finally:
         if proc.poll() is None:
