@@ -131,3 +131,71 @@ def test_promote_is_one_rename(tmp_path: Path) -> None:
     (s / "f").write_text("x")
     dst = store.promote(5)
     assert (dst / "f").read_text() == "x" and not s.exists() and store.installed_versions() == [5]
+
+
+# -- copies of the high-water mark and state loss (unsigned dirs: no keyring, so nothing is run or deleted) --
+def test_counter_file_detects_damage(tmp_path: Path) -> None:
+    from agent.updates.highwater import decode_counter, encode_counter
+
+    data = encode_counter(42)
+    assert decode_counter(data) == 42
+    assert decode_counter(data.replace(b"42", b"43", 1)) is None  # digit flipped: checksum fails
+    assert decode_counter(data[: len(data) // 2]) is None and decode_counter(b"") is None
+    assert decode_counter(b"\xff\xfe") is None
+
+
+def test_high_water_is_the_largest_readable_copy(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.ensure_dirs()
+    st = _committed(1)
+    st.high_water = 5
+    store.save_state(st)
+    assert store.counter.read() == 5
+    assert not store.version_dir(1).exists()  # a commit mark is never written into a missing version
+    stale = st.model_copy(update={"high_water": 3})
+    store.state_path.write_text(stale.model_dump_json())  # an older state.json: the counter keeps 5
+    assert store.load_state().high_water == 5
+    store.counter.path.write_bytes(b"garbage")  # a corrupt counter: state.json's copy counts
+    assert ModelStore(tmp_path).load_state().high_water == 3
+    store.state_path.unlink()
+    store.counter.path.write_bytes(b"")
+    assert ModelStore(tmp_path).load_state().high_water == 0
+
+
+def test_save_state_marks_committed_versions_and_raises_counter(tmp_path: Path) -> None:
+    from agent.updates.highwater import COMMIT_MARK
+
+    store = ModelStore(tmp_path)
+    store.ensure_dirs()
+    for v in (1, 2):
+        _install(store, v)
+    store.save_state(_committed(1))
+    assert (store.version_dir(1) / COMMIT_MARK).is_file() and not (store.version_dir(2) / COMMIT_MARK).exists()
+    store.save_state(_committed(1, 2))
+    assert (store.version_dir(2) / COMMIT_MARK).is_file() and store.counter.read() == 2
+    store.remove_version(2)
+    assert store.installed_versions() == [1]
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "wrong schema"])
+def test_recover_after_state_loss_never_deletes_versions(tmp_path: Path, damage: str) -> None:
+    store = ModelStore(tmp_path)  # no keyring: the bundles cannot be verified, so none is run
+    store.ensure_dirs()
+    for v in (1, 2):
+        _install(store, v)
+    store.save_state(_committed(1, 2))
+    if damage == "missing":
+        store.state_path.unlink()
+    else:
+        store.state_path.write_bytes(b"\x00garbage" if damage == "garbage" else b'{"current": null}')
+    rec = store.recover("n")
+    assert store.installed_versions() == [1, 2]
+    assert rec.current is None and rec.high_water == 2
+    assert "no keyring" in (store.last_recovery or "")
+    assert rec.last_result and rec.last_result.state == UpdateState.FAILED
+    assert len(list(tmp_path.glob("state.json.corrupt-*"))) == (0 if damage == "missing" else 1)
+
+
+def test_new_node_is_not_a_state_loss(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    assert store.recover("n") == StoreState() and store.last_recovery is None
