@@ -10,12 +10,14 @@ mark must never go down from one cut to the next.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from crash_model import Image, Recorder
 from helpers_store import Fleet, make_fleet, run_update, start_node
+from helpers_updates import make_bundle
 
 from agent.security.bundle import Bundle
 from agent.updates.errors import UpdateRejected
@@ -81,14 +83,27 @@ def test_power_cut_at_every_point_of_first_boot_and_update(fleet: Fleet, tmp_pat
     # The update to v2, then to v3 (which prunes v1: keep_versions=2), through the real updater.
     _update_with_power_cuts(fleet, u, root, tmp_path, 2, {"write", "fsync", "rename", "mkdir"})
     _update_with_power_cuts(fleet, u, root, tmp_path, 3, {"write", "fsync", "rename", "rmtree"})
+    # v4 fails its golden self-test: rolled back (its directory removed), v3 keeps running, v4 counts as seen.
+    fleet.bundles[4] = make_bundle(tmp_path / "bundle-v4", fleet.key, 4, golden="bad",
+                                   expires=datetime.now(UTC) + timedelta(days=1))
+    rec = _record_update(fleet, u, root, 4, running=3)
+    for variant, rows in _cuts(fleet, rec, tmp_path / "v4-cuts", None).items():
+        _assert_monotonic(rows, 3)
+        assert {v for _c, v, _h in rows} == {3}, f"{variant}: only the committed v3 may run"
+        assert rows[-1][2] == 4, f"{variant}: the rolled-back v4 stays seen (mark 4)"
+
+
+def _record_update(fleet: Fleet, u: Any, root: Path, version: int, running: int) -> Recorder:
+    rec = Recorder(root)
+    with rec.tracing():
+        run_update(u, fleet.announcement(version), fleet.video)
+    assert u.state.current is not None and u.state.current.version == running, u.state.last_result
+    return rec
 
 
 def _update_with_power_cuts(fleet: Fleet, u: Any, root: Path, tmp: Path, version: int, kinds: set[str]) -> None:
     before = version - 1
-    rec = Recorder(root)
-    with rec.tracing():
-        run_update(u, fleet.announcement(version), fleet.video)
-    assert u.state.current is not None and u.state.current.version == version, u.state.last_result
+    rec = _record_update(fleet, u, root, version, running=version)
     assert kinds <= {op.kind for op in rec.ops}
     # The commit mark is written just before the state.json that commits the version.
     commit_at = next(i for i, op in enumerate(rec.ops) if op.path.startswith(f"versions/{version}/..committed"))
