@@ -258,6 +258,7 @@ class ModelStore:
             lost = f"{self.state_path} names no current model although committed versions are on disk"
         if lost is not None:
             state = self._rebuild(node, lost, state.high_water)
+            self.clear_staging()  # no pending record to resume a download from
             changed = True
         else:
             changed = self._roll_back_pending(state, node)
