@@ -22,7 +22,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -31,12 +30,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent.inference.backends.base import AcceleratorSettings, BackendSettings
-from agent.inference.backends.cpu import CpuBackend
-from agent.inference.backends.cpu import CpuConfig as CpuConfig  # each backend's section, re-exported
-from agent.inference.backends.edgetpu import EdgeTpuBackend
+from agent.camera.config import CameraConfig as CameraConfig  # each part's section, defined beside it
+from agent.inference.backends.cpu import CpuConfig as CpuConfig
 from agent.inference.backends.edgetpu import EdgeTpuConfig as EdgeTpuConfig
-from agent.inference.backends.registry import BACKENDS, BackendSettingsUnion, default_settings
+from agent.inference.config import BackendConfig as BackendConfig
+from agent.inference.config import DetectConfig as DetectConfig
+from agent.inference.config import PublishConfig as PublishConfig
 from agent.protocol.topics import DEFAULT_PREFIX, check_segment
 from agent.updates.store import UpdatesConfig  # [updater] the [updates] section lives beside the model store
 
@@ -110,132 +109,6 @@ class BrokerConfig(_Section):
     @property
     def ws_path(self) -> str:
         return urlparse(self.url).path or "/mqtt"
-
-
-class CameraConfig(_Section):
-    """Where frames come from. `source`: rtsp://…, /dev/videoN, a USB index, a video file,
-    an image directory, or "picamera2". `kind` "auto" guesses from the source."""
-
-    source: str = "/dev/video0"
-    kind: Literal["auto", "rtsp", "usb", "file", "images", "picamera2"] = "auto"
-    loop: bool = Field(default=True, description="video files and image directories start over at the end")
-    realtime: bool = Field(default=True, description="pace files and image directories at `fps`/their own rate")
-    fps: float | None = Field(default=None, gt=0, description="pacing for image directories; files use their own")
-    width: int | None = Field(default=None, gt=0)
-    height: int | None = Field(default=None, gt=0)
-    open_timeout_s: float = Field(default=10.0, gt=0)
-    read_timeout_s: float = Field(default=5.0, gt=0, description="no frame for this long = stalled, reconnect")
-    backoff_initial_s: float = Field(default=0.5, gt=0)
-    backoff_max_s: float = Field(default=30.0, gt=0)
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
-
-    def resolved_kind(self) -> Literal["rtsp", "usb", "file", "images", "picamera2"]:
-        if self.kind != "auto":
-            return self.kind
-        s = self.source
-        if s.startswith(("rtsp://", "rtsps://", "http://", "https://", "rtmp://")):
-            return "rtsp"
-        if s == "picamera2":
-            return "picamera2"
-        if s.isdigit() or s.startswith("/dev/video"):
-            return "usb"
-        if Path(s).is_dir():
-            return "images"
-        return "file"
-
-
-class BackendConfig(_Section):
-    """Which backends run the bundle, Frigate-detector style: one section per backend under
-    `[backend.detectors.<name>]`, told apart by `type` ("edgetpu", "cpu"; the name is the type when
-    `type` is omitted). `prefer` names the type to run; the CPU is the fallback either way. A type
-    without a section runs with its defaults.
-
-    The old flat form (`[backend.edgetpu]`, `[backend.cpu]`, EDGE_AGENT_BACKEND__CPU__THREADS) still
-    loads, with a deprecation warning: it is validated in place (errors name `backend.edgetpu.device`)
-    and folded into `detectors`.
-    """
-
-    prefer: str = "edgetpu"
-    detectors: dict[str, BackendSettingsUnion] = Field(default_factory=dict)
-    legacy_edgetpu: EdgeTpuConfig | None = Field(default=None, alias="edgetpu", exclude=True, repr=False)
-    legacy_cpu: CpuConfig | None = Field(default=None, alias="cpu", exclude=True, repr=False)
-
-    @field_validator("prefer")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in BACKENDS:
-            raise ValueError(f"prefer must be one of {', '.join(BACKENDS)}, not {v!r}")
-        return v
-
-    @field_validator("detectors", mode="before")
-    @classmethod
-    def _type_from_name(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: {"type": k, **d} if isinstance(d, dict) and "type" not in d else d for k, d in v.items()}
-        return v
-
-    @model_validator(mode="after")
-    def _complete(self) -> BackendConfig:
-        legacy = [s for s in (self.legacy_edgetpu, self.legacy_cpu) if s is not None]
-        if legacy:
-            old = ", ".join(f"[backend.{s.type}]" for s in legacy)
-            log.warning("config: %s is deprecated: write [backend.detectors.<name>] with type = \"<type>\" "
-                        "(docs/agent.example.toml); loading it as such", old)
-        seen: dict[str, str] = {}
-        for name, d in self.detectors.items():
-            if d.type in seen:
-                raise ValueError(f"detectors {seen[d.type]!r} and {name!r} are both of type {d.type!r}; one per type")
-            seen[d.type] = name
-        for s in legacy:  # what the old section sets wins over a new section of its type (e.g. an old env var)
-            name = seen.get(s.type, s.type)
-            base = self.detectors.get(name)
-            self.detectors[name] = base.model_copy(update={k: getattr(s, k) for k in s.model_fields_set}) if base else s
-        for type_ in BACKENDS:
-            if not any(d.type == type_ for d in self.detectors.values()):
-                self.detectors[type_] = default_settings(type_)
-        self.legacy_edgetpu = self.legacy_cpu = None
-        return self
-
-    def settings(self, type_: str) -> BackendSettings:
-        """The section of backend `type_` (every registered type has one after validation)."""
-        return next(d for d in self.detectors.values() if d.type == type_)
-
-    def preferred(self) -> AcceleratorSettings | None:
-        """The preferred backend's settings when it is an enabled accelerator; None = the CPU only."""
-        s = self.settings(self.prefer)
-        return s if isinstance(s, AcceleratorSettings) and s.enabled else None
-
-    @property
-    def edgetpu(self) -> EdgeTpuConfig:
-        s = self.settings(EdgeTpuBackend.name)
-        assert isinstance(s, EdgeTpuConfig)
-        return s
-
-    @property
-    def cpu(self) -> CpuConfig:
-        s = self.settings(CpuBackend.name)
-        assert isinstance(s, CpuConfig)
-        return s
-
-
-class DetectConfig(_Section):
-    score_threshold: float = Field(default=0.4, ge=0, le=1)
-    iou_threshold: float = Field(default=0.5, ge=0, le=1)
-    class_agnostic_nms: bool = Field(
-        default=True, description="boxes overlapping at IoU > iou_threshold are one object even across classes: "
-        "only the highest score is reported (off: one report per class, as COCO evaluation counts)")
-    max_detections: int = Field(default=100, ge=1)
-    classes: list[str] | None = Field(default=None, description="report only these class names")
-    target_fps: float | None = Field(default=None, gt=0, description="cap inference rate; None = as fast as possible")
-
-
-class PublishConfig(_Section):
-    max_rate_hz: float = Field(default=5.0, gt=0, description="detection messages per second at most")
-    publish_empty: bool = Field(default=False, description="also publish frames without detections")
-    snapshot: bool = Field(default=False, description="publish a JPEG on the snapshot topic on detection")
-    snapshot_interval_s: float = Field(default=10.0, ge=0)
-    snapshot_quality: int = Field(default=80, ge=10, le=100)
-    snapshot_max_width: int = Field(default=640, ge=32)
 
 
 class TelemetryConfig(_Section):

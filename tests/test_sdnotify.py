@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service.sdnotify import SdNotifier, WatchdogPinger, watchdog_interval_s
+from agent.system.sdnotify import SdNotifier, WatchdogPinger, watchdog_interval_s
 
 
 class NotifySocket:

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from agent.camera.config import CameraConfig
 from agent.camera.factory import make_source
 from agent.camera.frame import CameraState, Frame, LatestFrame
 from agent.camera.source import FrameSource, SourceError, redact
-from agent.config import CameraConfig
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from agent.camera.config import CameraConfig
 from agent.camera.image_dir import ImageDirSource
 from agent.camera.opencv_source import OpenCvSource
 from agent.camera.picamera import Picamera2Source
 from agent.camera.source import FrameSource
-from agent.config import CameraConfig
 
 
 def make_source(cfg: CameraConfig) -> FrameSource:

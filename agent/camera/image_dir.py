@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.camera.config import CameraConfig
 from agent.camera.source import FrameSource, SourceError
-from agent.config import CameraConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 

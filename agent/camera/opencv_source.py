@@ -10,8 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.camera.config import CameraConfig
 from agent.camera.source import FrameSource, SourceError, redact
-from agent.config import CameraConfig
 
 
 class OpenCvSource(FrameSource):

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.camera.config import CameraConfig
 from agent.camera.source import FrameSource, SourceError
-from agent.config import CameraConfig
 
 
 class Picamera2Source(FrameSource):

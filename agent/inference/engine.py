@@ -20,10 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.config import AgentConfig
 from agent.inference import decode
 from agent.inference.backends import registry
 from agent.inference.backends.base import Backend, BackendError, BackendSettings
+from agent.inference.config import EngineConfig
 from agent.inference.decode import DecodeError, Decoder, Detections
 from agent.inference.decode.nms import class_agnostic_nms
 from agent.inference.preprocess import LetterboxInfo, letterbox, letterbox_params, normalize_boxes, to_input
@@ -57,7 +57,7 @@ def make_decoder(bundle: Bundle, backend: Backend) -> Decoder:
     return decode.make_decoder(bundle.manifest.layout, backend.outputs, (backend.input.shape[1], backend.input.shape[2]))
 
 
-def open_backend(bundle: Bundle, cfg: AgentConfig, type_: str) -> Backend:
+def open_backend(bundle: Bundle, cfg: EngineConfig, type_: str) -> Backend:
     """The bundle's model for backend `type_`, opened with its config section."""
     cls = registry.backend_class(type_)
     rel = getattr(bundle.manifest.models, cls.model, None)
@@ -66,7 +66,7 @@ def open_backend(bundle: Bundle, cfg: AgentConfig, type_: str) -> Backend:
     return cls.open(bundle.path(rel), backend_settings(cfg, type_))
 
 
-def backend_settings(cfg: AgentConfig, type_: str) -> BackendSettings:
+def backend_settings(cfg: EngineConfig, type_: str) -> BackendSettings:
     """Backend `type_`'s config section; a `state_dir` field left unset (the Edge TPU's probe verdict
     cache) becomes the agent's state_dir."""
     s = cfg.backend.settings(type_)
@@ -78,7 +78,7 @@ def backend_settings(cfg: AgentConfig, type_: str) -> BackendSettings:
 class Engine:
     """Thread-safe: infer() and invoke_raw() serialize on one lock (one interpreter)."""
 
-    def __init__(self, bundle: Bundle, cfg: AgentConfig, backend: Backend, degraded_reason: str | None = None):
+    def __init__(self, bundle: Bundle, cfg: EngineConfig, backend: Backend, degraded_reason: str | None = None):
         self.bundle = bundle
         self.cfg = cfg
         self._backend = backend
@@ -112,7 +112,7 @@ class Engine:
     # ------------------------------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, bundle: Bundle, cfg: AgentConfig) -> Engine:
+    def load(cls, bundle: Bundle, cfg: EngineConfig) -> Engine:
         """Open the bundle on the preferred accelerator if possible, else on the CPU (degraded if the
         accelerator was wanted). Raises EngineError only when the CPU model cannot run either."""
         m = bundle.manifest
@@ -384,7 +384,7 @@ class Engine:
         }
 
 
-def preferred_type(bundle: Bundle, cfg: AgentConfig) -> str | None:
+def preferred_type(bundle: Bundle, cfg: EngineConfig) -> str | None:
     """The backend type to run when it works: the config's enabled accelerator, if the bundle has a model
     for it; None = the CPU only."""
     accel = cfg.backend.preferred()

@@ -30,7 +30,7 @@ import numpy as np
 
 from agent.camera.capture import Camera
 from agent.camera.frame import Frame
-from agent.config import DetectConfig, PublishConfig
+from agent.inference.config import DetectConfig, PublishConfig
 from agent.inference.frames import EngineLike, FrameResult, FrameStats
 from agent.protocol.messages import Detection, DetectionsMessage
 from agent.protocol.topics import Topics

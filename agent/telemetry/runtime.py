@@ -37,7 +37,7 @@ class TelemetryRuntime:
         camera: Any = None,
         notifier: Any = None,
     ) -> None:
-        from agent.service.sdnotify import SdNotifier, WatchdogPinger
+        from agent.system.sdnotify import SdNotifier, WatchdogPinger
         from agent.telemetry.power import build_power_monitor
         from agent.telemetry.thermal import ThermalMonitor
 
