@@ -1,7 +1,10 @@
 """The bundles the dashboard offers for rollout: every directory holding a manifest.json under --bundles.
 
 The page only ever names a bundle by the id listed here, never by a path, so a browser cannot make the
-server publish an arbitrary directory.
+server publish an arbitrary directory. A bundle is offered only if its manifest is signed by a trusted
+key and every file matches it (Bundle.load with the keyring): the dashboard re-targets what a trusted
+builder signed, it never vouches for a folder someone dropped into --bundles. Others are listed with
+`refused` saying why.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME
-from agent.security.bundle import BundleError, parse_manifest
+from agent.security.bundle import Bundle, BundleError, parse_manifest
+from agent.security.signing import Keyring, SignatureError
 
 
 class BundleInfo(BaseModel):
@@ -30,13 +34,25 @@ class BundleInfo(BaseModel):
     models: dict[str, str | None] = {}
     metrics: dict[str, dict[str, float | int | None]] = {}
     error: str | None = None  # unreadable manifest: listed, but not publishable
+    refused: str | None = None  # not signed by a trusted key, or files do not match: not publishable
 
 
 def _bundle_id(path: Path) -> str:
     return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
 
 
-def describe(path: Path, root: Path) -> BundleInfo:
+def verify(path: Path, keyring: Keyring | None) -> str | None:
+    """Why the bundle at `path` must not be published (None: a trusted key signed it and every file matches)."""
+    if keyring is None:
+        return "no trusted keys to check it against (--trusted-keys)"
+    try:
+        Bundle.load(path, keyring)
+    except (BundleError, SignatureError) as exc:
+        return f"not signed by a trusted key or altered: {exc}"
+    return None
+
+
+def describe(path: Path, root: Path, keyring: Keyring | None = None) -> BundleInfo:
     rel = path.relative_to(root).as_posix() if path != root else "."
     info = BundleInfo(id=_bundle_id(path), path=str(path), root=str(root), rel=rel)
     sig = path / SIGNATURE_NAME
@@ -55,10 +71,11 @@ def describe(path: Path, root: Path) -> BundleInfo:
     info.size_bytes = m.total_size()
     info.models = {"cpu": m.models.cpu, "edgetpu": m.models.edgetpu}
     info.metrics = {k: v.model_dump(exclude_none=True) for k, v in m.metrics.items()}
+    info.refused = verify(path, keyring)
     return info
 
 
-def find_bundles(roots: list[Path], depth: int = 2) -> list[BundleInfo]:
+def find_bundles(roots: list[Path], depth: int = 2, *, keyring: Keyring | None = None) -> list[BundleInfo]:
     """Bundle directories under each root (the root itself, or up to `depth` levels below), newest first."""
     found: dict[str, BundleInfo] = {}
     for root in roots:
@@ -72,6 +89,6 @@ def find_bundles(roots: list[Path], depth: int = 2) -> list[BundleInfo]:
             candidates += frontier
         for c in candidates:
             if (c / MANIFEST_NAME).is_file():
-                info = describe(c, root)
+                info = describe(c, root, keyring)
                 found.setdefault(info.id, info)
     return sorted(found.values(), key=lambda b: (b.name or "", -(b.version or 0), b.path))

@@ -1,18 +1,24 @@
 """Rollout from the dashboard: publish one listed bundle to a target (all | group:G | node:N).
 
 Publishing is builder.fleet.publish's job (check the files, re-target and sign the manifest with the fleet key,
-optionally copy the bundle where nodes fetch it, publish the retained Announcement); this module only maps
-the dashboard's settings onto it.
+optionally copy the bundle where nodes fetch it, publish the retained Announcement); this module maps the
+dashboard's settings onto it and adds the one rule the dashboard enforces: only a bundle already signed by a
+trusted key is re-targeted. The check runs on a private copy, and that very copy is what gets published,
+so a folder swapped between the check and the signing cannot slip through.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.protocol.manifest import Target
+from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME, Target
 from agent.protocol.topics import Topics
-from builder.dashboard.bundles import BundleInfo
+from agent.security.bundle import BundleError, parse_manifest
+from agent.security.signing import Keyring, SignatureError
+from builder.dashboard.bundles import BundleInfo, verify
 
 
 class RolloutError(RuntimeError):
@@ -27,6 +33,7 @@ class PublishConfig:
     key: Path | None = None  # fleet signing key (publishing re-signs the re-targeted manifest)
     upload_dir: Path | None = None  # copy bundles here (as NAME/VERSION/) before announcing
     ca_file: Path | None = None
+    trusted_keys: Path | None = None  # keys a bundle must already be signed by (default: the .pub beside key)
 
     def problem(self) -> str | None:
         """Why rollout is disabled, or None."""
@@ -35,6 +42,16 @@ class PublishConfig:
         if not self.http_base:
             return "no --http-base: the dashboard does not know where nodes fetch bundle files"
         return None
+
+    def keyring(self) -> Keyring | None:
+        """The trusted keys (read on every call: an operator may revoke a key without a restart)."""
+        source = self.trusted_keys or (self.key.with_suffix(".pub") if self.key else None)
+        if source is None or not source.exists():
+            return None
+        try:
+            return Keyring.load(source)
+        except SignatureError:
+            return None
 
 
 def publish(info: BundleInfo, target: Target, cfg: PublishConfig) -> str:
@@ -50,9 +67,28 @@ def publish(info: BundleInfo, target: Target, cfg: PublishConfig) -> str:
     base = cfg.http_base.rstrip("/")
     # Without an upload dir, the --bundles directory itself is what --http-base serves.
     http_base = base if cfg.upload_dir is not None or info.rel == "." else f"{base}/{info.rel}"
-    try:
-        result = publish_bundle(Path(info.path), cfg.broker_url, target, cfg.key, http_base=http_base,
-                                upload_dir=cfg.upload_dir, prefix=cfg.topics.prefix, ca_file=cfg.ca_file)
-    except PublishError as exc:
-        raise RolloutError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="edge-dashboard-") as tmp:
+        checked = _verified_copy(Path(info.path), Path(tmp) / "bundle", cfg.keyring())
+        try:
+            result = publish_bundle(checked, cfg.broker_url, target, cfg.key, http_base=http_base,
+                                    upload_dir=cfg.upload_dir, prefix=cfg.topics.prefix, ca_file=cfg.ca_file)
+        except PublishError as exc:
+            raise RolloutError(str(exc)) from None
     return result.topic
+
+
+def _verified_copy(src: Path, dst: Path, keyring: Keyring | None) -> Path:
+    """Copy the manifest, its signature and the files it lists to `dst`, then verify the copy."""
+    try:
+        m = parse_manifest((src / MANIFEST_NAME).read_bytes())
+        dst.mkdir(parents=True)
+        for rel in (MANIFEST_NAME, SIGNATURE_NAME, *(f.path for f in m.files)):
+            if (src / rel).is_file():  # a missing file is reported by the verification below
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / rel, dst / rel)
+    except (OSError, BundleError) as exc:
+        raise RolloutError(f"cannot read bundle {src}: {exc}") from None
+    why = verify(dst, keyring)
+    if why is not None:
+        raise RolloutError(f"bundle {src.name} refused: {why}")
+    return dst

@@ -1,11 +1,17 @@
 """The dashboard's HTTP server (stdlib): the static page, a JSON API, and Server-Sent Events.
 
-    GET  /                    the page (static/index.html, app.js, style.css: our own code, no libraries)
+    GET  /                    the page (static/index.html, app.js, style.css: our own code, no libraries);
+                              /?token=T logs in: sets the session cookie and redirects to /
+    GET  /api/session         200 when logged in (the page shows its login prompt on 401)
     GET  /api/events          SSE: one `snapshot` event, then `delta` events with only what changed
     GET  /api/state           the snapshot as plain JSON (scripts, the terminal twin, tests)
-    GET  /api/bundles         bundles found under --bundles
+    GET  /api/bundles         bundles found under --bundles (untrusted ones listed as refused)
     POST /api/rollout         {"bundle": id, "target": "all" | "group:G" | "node:N"} -> publish
     GET  /api/snapshot/NODE   the node's last JPEG snapshot, if it publishes them
+
+Access (builder.dashboard.auth): every request's Host must be on the allow-list; every /api/ route needs
+the token (Bearer or the login cookie); a POST also needs an allowed Origin. The page and its static files
+load without a token. Logins and POSTs, refused ones included, go to the audit log.
 
 Each SSE connection is one thread that sleeps on the state's condition variable, so an idle fleet costs
 nothing; changes are coalesced for `batch_s` so a 50-node fleet at 1 Hz makes a few small events per second.
@@ -14,14 +20,17 @@ nothing; changes are coalesced for `batch_s` so a 50-node fleet at 1 Hz makes a 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from agent.protocol.manifest import Target
+from builder.dashboard.audit import AuditLog
+from builder.dashboard.auth import AccessError, AccessPolicy
 from builder.dashboard.bundles import BundleInfo, find_bundles
 from builder.dashboard.link import FleetLink
 from builder.dashboard.rollout import PublishConfig, RolloutError, publish
@@ -31,13 +40,24 @@ STATIC = Path(__file__).with_name("static")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
 KEEPALIVE_S = 15.0
+IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing (slowloris, a stuck TLS handshake) is dropped
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Server-side TLS (1.2+) from a PEM certificate chain and key (ssl.SSLError/OSError when unusable)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
 
 
 class Dashboard:
     """State + MQTT link + HTTP server, started and stopped together."""
 
     def __init__(self, state: FleetState, link: FleetLink | None, bundle_roots: list[Path],
-                 publish_cfg: PublishConfig, host: str = "127.0.0.1", port: int = 0, batch_s: float = 0.2) -> None:
+                 publish_cfg: PublishConfig, host: str = "127.0.0.1", port: int = 0, batch_s: float = 0.2,
+                 access: AccessPolicy | None = None, audit: AuditLog | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.state = state
         self.link = link
         self.bundle_roots = [Path(p) for p in bundle_roots]
@@ -48,6 +68,14 @@ class Dashboard:
         self._publish_lock = threading.Lock()
         self.httpd = _Server((host, port), _Handler)
         self.httpd.dashboard = self
+        self.tls = tls
+        if tls is not None:
+            # The handshake happens on the first read, in the connection's own thread, not in accept().
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
+        self.access = access or AccessPolicy()
+        self.access.tls = tls is not None
+        self.access.listening(host, self.port)
+        self.audit = audit
         self._thread: threading.Thread | None = None
 
     @property
@@ -57,7 +85,12 @@ class Dashboard:
     @property
     def url(self) -> str:
         host = str(self.httpd.server_address[0])
-        return f"http://{host}:{self.port}"
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def login_url(self) -> str:
+        return self.access.login_url(self.url)
 
     def start(self) -> Dashboard:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="dashboard-http", daemon=True)
@@ -70,9 +103,11 @@ class Dashboard:
         self.httpd.server_close()
         if self.link is not None:
             self.link.stop()
+        if self.audit is not None:
+            self.audit.close()
 
     def bundles(self) -> list[BundleInfo]:
-        found = find_bundles(self.bundle_roots)
+        found = find_bundles(self.bundle_roots, keyring=self.publish_cfg.keyring())
         self._bundles = {b.id: b for b in found}
         return found
 
@@ -89,11 +124,18 @@ class Dashboard:
         info = self._bundles.get(bundle_id)
         if info is None:
             raise RolloutError(f"unknown bundle id {bundle_id!r}; reload the bundle list")
+        if info.refused:
+            raise RolloutError(f"bundle {info.rel} refused: {info.refused}")
         with self._publish_lock:  # one publish at a time: two clicks must not interleave announcements
             topic = publish(info, target, self.publish_cfg)
             assert info.name is not None and info.version is not None
             r = self.state.add_rollout(info.rel, info.name, info.version, target)
         return {"ok": True, "topic": topic, "rollout": r.model_dump()}
+
+    def record(self, who: str, remote: str, action: str, outcome: str, target: str | None = None,
+               **detail: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(who, remote, action, outcome, target, **detail)
 
 
 class _Server(ThreadingHTTPServer):
@@ -105,6 +147,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # the page polls nothing, but a browser's requests would flood the terminal
@@ -114,12 +157,17 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.dashboard
 
     # ---- helpers -------------------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
+    def _send(self, status: int, body: bytes, ctype: str, cache: bool = False,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "max-age=60" if cache else "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")  # no clickjacking of the Publish button
+        self.send_header("Referrer-Policy", "no-referrer")  # never leak a ?token= URL
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -130,16 +178,63 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json({"ok": False, "error": message}, status)
 
+    @property
+    def remote(self) -> str:
+        return str(self.client_address[0])
+
+    def _access(self, mutating: bool) -> str | None:
+        """The caller's identity for the audit log if allowed; else send 401/403 and return None."""
+        try:
+            self.dash.access.check_host(self.headers.get("Host"))
+            if mutating:  # checked before the token: a cross-site page must not even probe it
+                self.dash.access.check_origin(self.headers.get("Origin"))
+            self.dash.access.check_token(self.headers.get("Authorization"), self.headers.get("Cookie"))
+        except AccessError as exc:
+            if mutating:
+                self.dash.record("anonymous", self.remote, urlparse(self.path).path, f"denied {exc.status}: {exc}")
+            extra = {"WWW-Authenticate": 'Bearer realm="edge-dashboard"'} if exc.status == 401 else None
+            self._send(exc.status, dumps({"ok": False, "error": str(exc)}).encode(), "application/json",
+                       headers=extra)
+            return None
+        return self.dash.access.token_id
+
     # ---- routes --------------------------------------------------------------------------------------
     def do_HEAD(self) -> None:
         self.do_GET()
 
     def do_GET(self) -> None:
-        path = urlparse(self.path).path
+        url = urlparse(self.path)
+        path = url.path
+        if path.startswith("/api/"):
+            if self._access(mutating=False) is not None:
+                self._api_get(path)
+            return None
+        try:
+            self.dash.access.check_host(self.headers.get("Host"))
+        except AccessError as exc:
+            return self._error(exc.status, str(exc))
         if path in ("/", "/index.html"):
-            return self._static("index.html")
+            token = parse_qs(url.query).get("token")
+            return self._login(token[0]) if token else self._static("index.html")
         if path.startswith("/static/"):
             return self._static(path[len("/static/"):])
+        if path == "/healthz":
+            connected = self.dash.link is not None and self.dash.link.connected.is_set()
+            return self._json({"ok": True, "broker": connected}, 200 if connected else 503)
+        self._error(404, f"no such page: {path}")
+
+    def _login(self, token: str) -> None:
+        """`/?token=T`: a good token sets the session cookie and redirects to / (the token leaves the URL bar)."""
+        if not self.dash.access.valid(token):
+            self.dash.record("anonymous", self.remote, "login", "denied 401: bad token")
+            body = (STATIC / "index.html").read_bytes()
+            return self._send(401, body, CONTENT_TYPES[".html"])
+        self.dash.record(self.dash.access.token_id, self.remote, "login", "ok")
+        self._send(303, b"", "text/plain", headers={"Location": "/", "Set-Cookie": self.dash.access.set_cookie()})
+
+    def _api_get(self, path: str) -> None:
+        if path == "/api/session":
+            return self._json({"ok": True, "who": self.dash.access.token_id})
         if path == "/api/events":
             return self._events()
         if path == "/api/state":
@@ -154,32 +249,36 @@ class _Handler(BaseHTTPRequestHandler):
             if jpeg is None:
                 return self._error(404, "no snapshot from that node")
             return self._send(200, jpeg, "image/jpeg")
-        if path == "/healthz":
-            connected = self.dash.link is not None and self.dash.link.connected.is_set()
-            return self._json({"ok": True, "broker": connected}, 200 if connected else 503)
-        self._error(404, f"no such page: {path}")
+        self._error(404, f"no such endpoint: {path}")
 
     def do_POST(self) -> None:
         path = urlparse(self.path).path
+        self.close_connection = True  # a refused request's body is never read: do not parse it as the next one
+        who = self._access(mutating=True)
+        if who is None:
+            return None
         if path != "/api/rollout":
             return self._error(404, f"no such endpoint: {path}")
-        # Cross-site forms cannot send application/json without a CORS preflight, which we never grant;
-        # a browser's Origin must also be this very server.
+        # Cross-site forms cannot send application/json without a CORS preflight, which we never grant.
         if not self.headers.get("Content-Type", "").startswith("application/json"):
+            self.dash.record(who, self.remote, "publish", "error 415: not application/json")
             return self._error(415, "send application/json")
-        origin = self.headers.get("Origin")
-        if origin and urlparse(origin).netloc != self.headers.get("Host"):
-            return self._error(403, "cross-origin rollout refused")
         try:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(min(length, 65536)) or b"{}")
             bundle_id, target = str(body["bundle"]), str(body.get("target", "all"))
         except (ValueError, KeyError, TypeError):
+            self.dash.record(who, self.remote, "publish", "error 400: malformed body")
             return self._error(400, 'body must be {"bundle": ID, "target": "all|group:G|node:N"}')
         try:
-            self._json(self.dash.rollout(bundle_id, target))
+            out = self.dash.rollout(bundle_id, target)
         except RolloutError as exc:
-            self._error(400, str(exc))
+            self.dash.record(who, self.remote, "publish", f"error 400: {exc}", target, bundle=bundle_id)
+            return self._error(400, str(exc))
+        r = out["rollout"]
+        self.dash.record(who, self.remote, "publish", "ok", target, bundle=bundle_id, path=r["bundle"],
+                         name=r["name"], version=r["version"], topic=out["topic"])
+        self._json(out)
 
     def _static(self, name: str) -> None:
         # Only files that exist directly in static/: no subdirectories, no "..".

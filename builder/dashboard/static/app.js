@@ -85,7 +85,34 @@ function connect() {
   es.addEventListener("snapshot", e => onEvent(JSON.parse(e.data)));
   es.addEventListener("delta", e => onEvent(JSON.parse(e.data)));
   es.onopen = () => { link.textContent = "live"; link.className = "pill ok"; };
-  es.onerror = () => { link.textContent = "reconnecting…"; link.className = "pill warn"; };  // EventSource retries by itself
+  es.onerror = async () => {  // EventSource retries by itself, but not past a lost login (401)
+    link.textContent = "reconnecting…"; link.className = "pill warn";
+    if (!(await loggedIn())) { es.close(); showLogin("the session ended (the dashboard restarted?): log in again"); }
+  };
+}
+
+// ---- login -------------------------------------------------------------------------------------------
+// The session cookie is HttpOnly: the page cannot read it, it asks the server whether it is logged in.
+async function loggedIn() {
+  try {
+    return (await fetch("/api/session", { cache: "no-store" })).ok;
+  } catch (e) {
+    return true;  // the server is down, not the login: let EventSource keep retrying
+  }
+}
+
+function showLogin(why) {
+  document.getElementById("login").hidden = false;
+  document.getElementById("main").hidden = true;
+  const link = document.getElementById("link");
+  link.textContent = "logged out"; link.className = "pill bad";
+  document.getElementById("login-msg").textContent = why || "";
+}
+
+function login(ev) {
+  ev.preventDefault();
+  const token = document.getElementById("login-token").value.trim();
+  if (token) location.assign(`/?token=${encodeURIComponent(token)}`);  // the server sets the cookie, redirects to /
 }
 
 // ---- node table ------------------------------------------------------------------------------------
@@ -281,10 +308,12 @@ async function loadBundles() {
   try {
     const r = await fetch("/api/bundles");
     const d = await r.json();
-    sel.replaceChildren(...d.bundles.map(b => h("option", { value: b.id, disabled: !!b.error, title: b.error || b.path },
-      b.error ? `${b.rel} (unusable: ${b.error})` : `${b.name} v${b.version}  —  ${b.rel}${b.signed ? "" : " (unsigned)"}`)));
+    if (!r.ok) return message(`cannot list bundles: ${d.error}`, true);
+    const why = b => b.error ? `unusable: ${b.error}` : b.refused ? `refused: ${b.refused}` : null;
+    sel.replaceChildren(...d.bundles.map(b => h("option", { value: b.id, disabled: !!why(b), title: why(b) || b.path },
+      why(b) ? `${b.rel} (${why(b)})` : `${b.name} v${b.version}  —  ${b.rel}`)));
     if (!d.bundles.length) sel.append(h("option", { value: "", disabled: true }, `no bundles under ${d.roots.join(", ") || "--bundles"}`));
-    document.getElementById("publish").disabled = !d.bundles.some(b => !b.error) || !!d.problem;
+    document.getElementById("publish").disabled = !d.bundles.some(b => !why(b)) || !!d.problem;
     if (d.problem) message(`rollout disabled: ${d.problem}`, true);
   } catch (e) {
     message(`cannot list bundles: ${e}`, true);
@@ -367,6 +396,10 @@ document.getElementById("rollout-form").addEventListener("submit", publish);
 document.getElementById("reload-bundles").addEventListener("click", loadBundles);
 document.getElementById("target-kind").addEventListener("change", fillTargetValues);
 document.getElementById("target-value").addEventListener("focus", fillTargetValues);
+document.getElementById("login-form").addEventListener("submit", login);
 setInterval(() => { tick(); queueRender(true); }, 1000);  // ages and "silent" need the clock, not just events
-loadBundles();
-connect();
+loggedIn().then(ok => {
+  if (!ok) return showLogin(new URLSearchParams(location.search).has("token") ? "wrong token" : "");
+  loadBundles();
+  connect();
+});
