@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from builder.dashboard.link import FleetLink
+    from builder.dashboard.state import FleetState
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,29 +41,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(func=_watch)
 
 
-def _connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _connect(args: argparse.Namespace) -> tuple[FleetState, FleetLink] | None:
+    """The fleet's state fed from the broker, or None after printing why it could not connect."""
     from agent.protocol.topics import DEFAULT_PREFIX, Topics
-    from builder.dashboard.link import FleetLink
+    from builder.dashboard.link import FleetLink, LinkError
     from builder.dashboard.state import FleetState
 
     state = FleetState(Topics(args.prefix or DEFAULT_PREFIX))
-    link = FleetLink(args.broker, state, ca_file=args.ca_file).start()
-    return state, link
+    try:
+        return state, FleetLink(args.broker, state, ca_file=args.ca_file).start()
+    except (LinkError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from builder.dashboard.link import LinkError
     from builder.dashboard.state import dumps
     from builder.dashboard.table import format_table, node_status
 
-    try:
-        state, link = _connect(args)
-    except (LinkError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (connected := _connect(args)) is None:
         return 1
+    state, link = connected
     try:
         time.sleep(max(0.0, args.wait))
     finally:
@@ -76,15 +82,12 @@ def _status(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     import time
 
-    from builder.dashboard.link import LinkError
     from builder.dashboard.state import NodeView
     from builder.dashboard.table import changes, format_table
 
-    try:
-        state, link = _connect(args)
-    except (LinkError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (connected := _connect(args)) is None:
         return 1
+    state, link = connected
     tty = sys.stdout.isatty()
     seen: dict[str, NodeView] = {}
     recent: list[str] = []
