@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.inference.decode.yolo_nas import DecodeError, Detections, Quant, dequantize
+from agent.inference.decode.base import DecodeError, Decoder, Detections, Quant, dequantize
 from agent.inference.preprocess import LetterboxInfo, unletterbox_boxes
 from agent.inference.tensors import TensorInfo
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 _ROLES = ("boxes", "classes", "scores", "count")
 
 
-class SsdDecoder:
+class SsdDecoder(Decoder):
     """Binds output roles once (from names/shapes); decode() per frame."""
 
     def __init__(
@@ -42,12 +42,10 @@ class SsdDecoder:
         quant: Sequence[Quant] | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
-        self.num_classes = int(num_classes)
-        self.input_h, self.input_w = (input_size, input_size) if isinstance(input_size, int) else input_size
         shapes = [tuple(int(d) for d in s) for s in output_shapes]
         if len(shapes) != 4:
             raise DecodeError(f"an SSD postprocess model has 4 outputs (boxes, classes, scores, count), not {len(shapes)}")
-        self.quant: list[Quant] = list(quant) if quant is not None else [None] * 4
+        super().__init__(num_classes, input_size, 4, quant)
         self.index: dict[str, int] = self._by_name(names) if names else {}
         # Named outputs say which is which; otherwise the classes/scores pair is settled by content.
         self._pair_resolved = bool(self.index)
@@ -90,20 +88,11 @@ class SsdDecoder:
 
     @classmethod
     def from_tensors(
-        cls, tensors: Sequence[TensorInfo], num_classes: int, input_size: int | tuple[int, int]
+        cls, tensors: Sequence[TensorInfo], num_classes: int, input_size: int | tuple[int, int], **kw: Any
     ) -> SsdDecoder:
         """Bound to a backend's output tensors (quantization and names read from each tensor)."""
         return cls(num_classes, input_size, [t.shape for t in tensors], [t.quant for t in tensors],
                    names=[t.name for t in tensors])
-
-    @classmethod
-    def from_details(
-        cls, details: Sequence[dict[str, Any]], num_classes: int, input_size: int | tuple[int, int]
-    ) -> SsdDecoder:
-        """From a TFLite interpreter's get_output_details()."""
-        from agent.inference.tflite import tensor_info
-
-        return cls.from_tensors([tensor_info(d) for d in details], num_classes, input_size)
 
     @classmethod
     def from_layout(cls, tensors: Sequence[TensorInfo], layout: OutputLayout, input_size: tuple[int, int]) -> SsdDecoder:

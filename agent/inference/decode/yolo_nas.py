@@ -16,36 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.inference.decode.base import DecodeError, Decoder, Detections, Quant, dequantize
 from agent.inference.decode.nms import batched_nms
 from agent.inference.preprocess import LetterboxInfo, unletterbox_boxes
 from agent.inference.tensors import TensorInfo
 
 if TYPE_CHECKING:
     from agent.protocol.manifest import OutputLayout
-
-Quant = tuple[float, int] | None
-
-
-class DecodeError(ValueError):
-    """The model's outputs do not look like a YOLO-NAS body (wrong count, shapes or classes)."""
-
-
-@dataclass
-class Detections:
-    """Boxes xyxy (in frame pixels when a LetterboxInfo was given, else canvas pixels)."""
-
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
-    classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
 
 @dataclass(frozen=True)
 class _Level:
@@ -82,20 +64,12 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def dequantize(a: np.ndarray, q: Quant) -> np.ndarray:
-    """Real values of a tensor from its own (scale, zero_point); float tensors pass through."""
-    if q is None or a.dtype.kind == "f":
-        return a.astype(np.float32, copy=False)
-    scale, zp = q
-    return (a.astype(np.float32) - np.float32(zp)) * np.float32(scale)
-
-
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-class YoloNasDecoder:
+class YoloNasDecoder(Decoder):
     """Stateless per frame; binds the output order once from the output shapes."""
 
     def __init__(
@@ -107,14 +81,12 @@ class YoloNasDecoder:
         strides: Sequence[int] = (8, 16, 32),
         reg_max: int = 16,
     ) -> None:
-        self.num_classes = int(num_classes)
-        self.input_h, self.input_w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        super().__init__(num_classes, input_size, len(output_shapes), quant)
         self.strides = tuple(int(s) for s in strides)
         self.reg_max = int(reg_max)
         self.reg_channels = 4 * (self.reg_max + 1)
         if self.num_classes == self.reg_channels:
             raise DecodeError(f"{self.num_classes} classes is ambiguous with {self.reg_channels} DFL channels")
-        self.quant: list[Quant] = list(quant) if quant is not None else [None] * len(output_shapes)
         if len(self.quant) != len(output_shapes):
             raise DecodeError("one quantization entry per output is needed")
         self.levels = self._match([tuple(int(d) for d in s) for s in output_shapes])
@@ -127,15 +99,6 @@ class YoloNasDecoder:
     ) -> YoloNasDecoder:
         """Bound to a backend's output tensors (quantization read from each tensor)."""
         return cls(num_classes, input_size, [t.shape for t in tensors], [t.quant for t in tensors], **kw)
-
-    @classmethod
-    def from_details(
-        cls, details: Sequence[dict[str, Any]], num_classes: int, input_size: int | tuple[int, int], **kw: Any
-    ) -> YoloNasDecoder:
-        """From a TFLite interpreter's get_output_details()."""
-        from agent.inference.tflite import tensor_info
-
-        return cls.from_tensors([tensor_info(d) for d in details], num_classes, input_size, **kw)
 
     @classmethod
     def from_layout(
@@ -251,3 +214,6 @@ class YoloNasDecoder:
 
 
 __all__ = ["DecodeError", "Detections", "YoloNasDecoder", "logit"]
+
+
+__all__ = ["DecodeError", "Detections", "Quant", "YoloNasDecoder", "dequantize"]  # the shared names, as before
