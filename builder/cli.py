@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "builder.commands.publish",
     "builder.commands.dashboard",
     "builder.commands.fleet",
+    "builder.commands.rollout",
 ]
 
 

@@ -1,0 +1,223 @@
+"""edge-builder rollout start|status|pause|resume|abort: staged, health-gated rollouts (docs/ROLLOUTS.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from builder.rollout.engine import RolloutEngine
+    from builder.rollout.state import RolloutState
+    from builder.rollout.store import RolloutStore
+
+EXIT = {"completed": 0, "halted": 3, "aborted": 4, "paused": 0, "running": 0}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rollout", help="roll a bundle out wave by wave, gated on each node's health",
+                       description="Announce a bundle per node (announce/node/ID), wave by wave; a wave advances "
+                       "when enough of its nodes committed and stayed healthy for the soak time, and halts the "
+                       "rollout when too many fail. See docs/ROLLOUTS.md.")
+    rs = p.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+    s = rs.add_parser("start", help="start (or, same bundle, resume) a rollout and run it to its end")
+    s.add_argument("bundle", type=Path, help="bundle directory (manifest.json + model files)")
+    s.add_argument("--broker", required=True, help="broker URL, e.g. mqtt://127.0.0.1:1883")
+    s.add_argument("--key", type=Path, required=True, help="private signing key (edge-builder keygen)")
+    s.add_argument("--http-base", metavar="URL", required=True,
+                   help="URL nodes fetch files from (of the bundle, or of --upload DIR)")
+    s.add_argument("--upload", type=Path, metavar="DIR", help="copy the bundle into DIR/<name>/<version>/ first")
+    s.add_argument("--waves", required=True, metavar="SPEC", help="comma list of counts, percentages, rest: 1,25%%,rest")
+    s.add_argument("--target", default="all", help="all | group:NAME (default all)")
+    s.add_argument("--success-threshold", type=float, default=1.0, metavar="F",
+                   help="fraction of a wave's nodes that must commit and stay healthy (default 1.0)")
+    s.add_argument("--failure-threshold", type=float, default=0.0, metavar="F",
+                   help="fraction of a wave's nodes failing above which the rollout halts (default 0: any)")
+    s.add_argument("--soak", type=float, default=30.0, metavar="S", help="seconds a node must stay healthy (default 30)")
+    s.add_argument("--max-latency-ratio", type=float, default=1.5, metavar="R",
+                   help="p95 invoke latency after / before, at most (default 1.5)")
+    s.add_argument("--max-error-rate", type=float, default=0.05, metavar="F",
+                   help="inference errors / frames after the update, at most (default 0.05)")
+    s.add_argument("--max-detection-rate-change", type=float, default=None, metavar="F",
+                   help="relative change of detections per second, at most (e.g. 0.5; default: not gated)")
+    s.add_argument("--wave-timeout", type=float, default=900.0, metavar="S",
+                   help="a node without a result this long after its announcement fails (default 900)")
+    s.add_argument("--rollback-on-halt", action="store_true",
+                   help="when a wave halts the rollout, send `rollback` to its nodes that run the new version")
+    s.add_argument("--discover", type=float, default=3.0, metavar="S",
+                   help="seconds to listen for the fleet's retained state before planning (default 3)")
+    s.add_argument("--prefix", default="edgefleet", help="MQTT topic prefix (default edgefleet)")
+    s.set_defaults(func=_start)
+    st = rs.add_parser("status", help="show the rollout's waves, nodes and why it stopped")
+    st.add_argument("--json", action="store_true", help="print the record as JSON")
+    st.set_defaults(func=_status)
+    for name, helptext in (("pause", "hold the rollout before its next wave"),
+                           ("resume", "resume a paused rollout, or run an abandoned one again")):
+        q = rs.add_parser(name, help=helptext)
+        q.set_defaults(func=_control, action=name)
+    a = rs.add_parser("abort", help="stop the rollout; withdraw its pending announcements")
+    a.add_argument("--rollback", action="store_true", help="also roll back nodes that run the new version")
+    a.set_defaults(func=_control, action="abort")
+    for q in (st, *[rs.choices[n] for n in ("pause", "resume", "abort")], s):
+        q.add_argument("--state-dir", type=Path, default=None,
+                       help="where rollouts are recorded (default $EDGE_ROLLOUT_DIR or ~/.local/state/edge-builder/rollouts)")
+        q.add_argument("--id", default=None, help="rollout id (default: the newest)")
+
+
+def _start(args: argparse.Namespace) -> int:
+    import time
+
+    from builder.rollout.gates import Thresholds
+    from builder.rollout.plan import PlanError, create
+    from builder.rollout.state import RolloutSettings
+    from builder.rollout.store import RolloutStore, RolloutStoreError
+    from builder.rollout.waves import WaveSpecError, parse_waves
+
+    store = RolloutStore(args.state_dir)
+    try:
+        parse_waves(args.waves)
+        old = store.load(args.id) if (args.id or (store.root / "current").exists()) else None
+    except (WaveSpecError, RolloutStoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = RolloutSettings(bundle=str(args.bundle.resolve()), broker=args.broker, key=str(args.key.resolve()),
+                               http_base=args.http_base, upload=str(args.upload.resolve()) if args.upload else None,
+                               prefix=args.prefix, target=args.target, waves_spec=args.waves,
+                               rollback_on_halt=args.rollback_on_halt)
+    if old is not None and not old.done and old.settings.bundle == settings.bundle:
+        print(f"resuming rollout {old.id}")
+        return _run(store, old)
+    th = Thresholds(success=args.success_threshold, failure=args.failure_threshold, soak_s=args.soak,
+                    max_latency_ratio=args.max_latency_ratio, max_error_rate=args.max_error_rate,
+                    max_detection_rate_change=args.max_detection_rate_change, wave_timeout_s=args.wave_timeout)
+    try:
+        link = _link(settings.broker, settings.prefix)
+        time.sleep(max(0.0, args.discover))
+        state = create(settings, th, link.known())
+    except (PlanError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    store.save(state)
+    store.set_current(state.id)
+    print(f"rollout {state.id}")
+    return _run(store, state, link)
+
+
+def _link(broker: str, prefix: str):  # type: ignore[no-untyped-def]
+    from agent.protocol.topics import Topics
+    from builder.rollout.link import RolloutLink
+
+    return RolloutLink(broker, Topics(prefix)).start()
+
+
+def _engine(store: RolloutStore, state: RolloutState, link=None) -> RolloutEngine:  # type: ignore[no-untyped-def]
+    from agent.protocol.topics import Topics
+    from builder.rollout.announce import Announcer
+    from builder.rollout.engine import RolloutEngine
+
+    s = state.settings
+    link = link or _link(s.broker, s.prefix)
+    announcer = Announcer(Path(s.bundle), Path(s.key), s.http_base, Path(s.upload) if s.upload else None,
+                          Topics(s.prefix))
+    return RolloutEngine(state, store, link, announcer, claim=store.claim(state.id))
+
+
+def _run(store: RolloutStore, state: RolloutState, link=None) -> int:  # type: ignore[no-untyped-def]
+    from builder.fleet.publish import PublishError
+    from builder.rollout.link import LinkError
+    from builder.rollout.store import ClaimError
+
+    try:
+        engine = _engine(store, state, link)
+        assert engine.claim is not None
+        engine.claim.acquire()
+    except (ClaimError, LinkError, PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    engine.on_event = lambda line: print(line, flush=True)
+    try:
+        final = engine.run()
+    except KeyboardInterrupt:
+        print("interrupted: the rollout stays recorded; `edge-builder rollout resume` carries on", file=sys.stderr)
+        return 130
+    except ClaimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.claim.release()
+        engine.link.stop()
+    print(f"rollout {final.id}: {final.phase}" + (f" ({final.reason})" if final.reason else ""))
+    return EXIT.get(final.phase, 1)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from builder.rollout.store import RolloutStore, RolloutStoreError
+
+    store = RolloutStore(args.state_dir)
+    try:
+        st = store.load(args.id)
+    except RolloutStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    runner = store.claim(st.id).live_holder()
+    if args.json:
+        print(json.dumps({**json.loads(st.model_dump_json()), "runner": runner}, indent=2))
+        return 0
+    print(f"rollout  {st.id}: {st.name} v{st.version} to {st.settings.target}, waves {st.settings.waves_spec}")
+    print(f"phase    {st.phase}" + (f" ({st.reason})" if st.reason else ""))
+    print(f"wave     {min(st.current_wave + 1, len(st.waves))} of {len(st.waves)}")
+    print(f"runner   {runner['owner'] + ' pid ' + str(runner['pid']) if runner else 'none'}")
+    for p in sorted(st.nodes.values(), key=lambda p: (p.wave, p.node)):
+        print(f"  w{p.wave + 1}  {p.node:<20} {p.status:<10} {p.reason or ''}")
+    for line in st.events[-5:]:
+        print(f"  {line}")
+    return 0
+
+
+def _control(args: argparse.Namespace) -> int:
+    import time
+
+    from builder.fleet.publish import PublishError
+    from builder.rollout.link import LinkError
+    from builder.rollout.state import set_phase
+    from builder.rollout.store import RolloutStore, RolloutStoreError
+
+    store = RolloutStore(args.state_dir)
+    try:
+        st = store.load(args.id)
+    except RolloutStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rollback = bool(getattr(args, "rollback", False))
+    runner = store.claim(st.id).live_holder()
+    if runner is not None:  # the live runner applies it at its next tick
+        store.request(st.id, args.action, rollback)
+        print(f"{args.action} requested from the runner {runner['owner']} of {st.id}")
+        return 0
+    if st.done:
+        print(f"rollout {st.id} is already {st.phase}", file=sys.stderr)
+        return 1
+    if args.action == "pause":
+        set_phase(st, "paused", "paused by the operator (no runner)", time.time())
+        store.save(st)
+        print(f"rollout {st.id}: paused")
+        return 0
+    if args.action == "resume":
+        if st.phase == "paused":
+            set_phase(st, "running", None, time.time())
+        print(f"resuming rollout {st.id}")
+        return _run(store, st)
+    try:
+        engine = _engine(store, st)
+    except (LinkError, PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        engine.abort(rollback)
+    finally:
+        engine.link.stop()
+    print(f"rollout {st.id}: aborted")
+    return 0

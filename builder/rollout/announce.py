@@ -1,0 +1,52 @@
+"""Per-node announcements: the bundle's manifest re-targeted to `node:ID`, signed, retained on
+{prefix}/announce/node/ID. A node only acts on a manifest whose signed target matches it, so a copy
+replayed onto another node's topic or onto announce/all is refused: nodes outside the current wave
+never see the new version. Built on builder.fleet.publish's public pieces (prepare, upload,
+make_announcement)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.protocol.manifest import Target
+from agent.protocol.topics import Topics
+from agent.security.signing import SigningKey
+from builder.fleet.publish import PublishError, make_announcement, prepare, upload
+from builder.rollout.link import RolloutLink
+
+
+class Announcer:
+    def __init__(self, bundle_dir: Path, key_path: Path, http_base: str, upload_dir: Path | None,
+                 topics: Topics) -> None:
+        self.bundle_dir, self.http_base, self.upload_dir, self.topics = bundle_dir, http_base, upload_dir, topics
+        try:
+            self.key = SigningKey.load(key_path)
+        except Exception as exc:  # noqa: BLE001 - SignatureError or OSError: say which key
+            raise PublishError(f"signing key {key_path}: {exc}") from None
+
+    def place_files(self, first_node: str) -> str:
+        """Copy the files where nodes fetch them (once per rollout); returns the base URL.
+
+        The server's copy of manifest.json is signed for `first_node` only: nodes never fetch it, and a
+        copy someone replays can target nobody but a node of wave 1."""
+        if self.upload_dir is None:
+            return self.http_base.rstrip("/") + "/"
+        bundle, data, sig = prepare(self.bundle_dir, Target(kind="node", value=first_node), self.key)
+        upload(bundle, data, sig, self.upload_dir)
+        m = bundle.manifest
+        return f"{self.http_base.rstrip('/')}/{m.name}/{m.version}/"
+
+    def announce(self, link: RolloutLink, node: str, base_url: str) -> str:
+        target = Target(kind="node", value=node)
+        _, data, _ = prepare(self.bundle_dir, target, self.key)
+        ann = make_announcement(data, self.key, base_url)
+        topic = self.topics.announce(target)
+        link.publish(topic, ann.model_dump_json().encode(), retain=True)
+        return topic
+
+    def withdraw(self, link: RolloutLink, node: str) -> None:
+        """Clear the node's retained announcement (an empty retained message deletes it)."""
+        link.publish(self.topics.announce(Target(kind="node", value=node)), b"", retain=True)
+
+
+__all__ = ["Announcer"]
