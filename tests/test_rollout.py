@@ -1,0 +1,152 @@
+"""Rollout pure logic: wave sizing, health gates, state transitions, the persisted record and the claim."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.rollout.gates import DetectionSample, Health, Sample, Thresholds, judge, measure, wave_verdict
+from builder.rollout.state import RolloutSettings, advance, expire, new_state, on_update, set_phase
+from builder.rollout.store import ClaimError, RolloutStore, RolloutStoreError
+from builder.rollout.waves import WaveSize, WaveSpecError, parse_waves, plan_waves
+
+NODES = [f"n{i:02d}" for i in range(10)]
+
+
+# -- waves -----------------------------------------------------------------------------------------------
+def test_parse_waves() -> None:
+    assert parse_waves("1, 25% ,rest") == [WaveSize("count", 1), WaveSize("percent", 25), WaveSize("rest")]
+    for bad in ("", "1,,2", "rest,1", "0", "-1", "150%", "0%", "x", "1.5"):
+        with pytest.raises(WaveSpecError):
+            parse_waves(bad)
+
+
+def test_plan_waves_counts_percentages_rest() -> None:
+    assert plan_waves(parse_waves("1,25%,rest"), NODES[::-1]) == [["n00"], NODES[1:4], NODES[4:]]
+    assert plan_waves(parse_waves("1,1,rest"), ["c", "a", "b"]) == [["a"], ["b"], ["c"]]
+    # fewer nodes than waves: empty waves dropped; a tiny percentage still takes one node
+    assert plan_waves(parse_waves("1,1,rest"), ["a"]) == [["a"]]
+    assert plan_waves(parse_waves("1%,rest"), NODES) == [["n00"], NODES[1:]]
+    # without `rest` the nodes left over are not part of the rollout
+    assert plan_waves(parse_waves("2,10%"), NODES) == [["n00", "n01"], ["n02"]]
+    assert plan_waves(parse_waves("100%"), NODES) == [NODES]
+
+
+# -- gates -----------------------------------------------------------------------------------------------
+def test_measure_from_samples() -> None:
+    s = [Sample(t, 1, 10.0 + t, frames=10 * t, errors=t // 5) for t in range(11)]
+    s += [Sample(20, 2, 99.0, 0, 0)]
+    d = [DetectionSample(t, 1, 2) for t in range(11)]
+    h = measure(s, d, 1, 0, 10)
+    assert h.samples == 11 and h.p95_ms == 15.0
+    assert h.error_rate == pytest.approx(2 / 100)
+    assert h.detection_rate == pytest.approx(22 / 10)
+    assert measure(s, d, 3, 0, 100) == Health()
+
+
+def test_judge_gates() -> None:
+    th = Thresholds(max_latency_ratio=1.5, max_error_rate=0.05, max_detection_rate_change=0.5)
+    before = Health(p95_ms=10.0, error_rate=0.0, detection_rate=2.0, samples=5)
+    assert judge(before, Health(14.0, 0.01, 2.5, 5), th).ok
+    v = judge(before, Health(16.0, 0.10, 0.5, 5), th)
+    assert not v.ok and len(v.reasons) == 3 and "1.60x" in v.reasons[0]
+    # missing numbers: that gate is skipped, said so, not failed
+    v = judge(Health(), Health(error_rate=0.0), th)
+    assert v.ok and v.skipped == ["latency", "detection rate"]
+    off = Thresholds(max_latency_ratio=None, max_error_rate=None, max_detection_rate_change=None)
+    assert judge(before, Health(100.0, 1.0, 0.0), off).ok
+
+
+def test_wave_verdict_thresholds() -> None:
+    strict = Thresholds()
+    assert wave_verdict(["healthy", "healthy"], strict) == "passed"
+    assert wave_verdict(["healthy", "committed"], strict) == "running"
+    assert wave_verdict(["healthy", "failed"], strict) == "failed"
+    lax = Thresholds(success=0.5, failure=0.5)
+    assert wave_verdict(["healthy", "failed"], lax) == "passed"
+    assert wave_verdict(["failed", "failed", "announced"], lax) == "failed"
+    assert wave_verdict(["healthy", "failed", "failed", "failed"], Thresholds(success=0.25, failure=1.0)) == "passed"
+    assert wave_verdict(["failed", "failed"], Thresholds(success=0.5, failure=1.0)) == "failed"  # all done, none ok
+
+
+# -- state -----------------------------------------------------------------------------------------------
+def _state(waves: list[list[str]], th: Thresholds | None = None):  # type: ignore[no-untyped-def]
+    settings = RolloutSettings(bundle="/b", broker="mqtt://x", key="/k", http_base="http://h", waves_spec="1,rest")
+    return new_state("r1", "m", 7, settings, waves, th or Thresholds())
+
+
+def test_transitions_advance_and_complete() -> None:
+    st = _state([["a"], ["b", "c"]])
+    th = st.settings.gates()
+    assert th == Thresholds()
+    st.nodes["a"].status = "announced"
+    assert not on_update(st, "a", 6, "committed", None, 1.0)  # another version: not ours
+    assert not on_update(st, "b", 7, "committed", None, 1.0)  # not announced yet
+    assert on_update(st, "a", 7, "committed", None, 1.0) and st.nodes["a"].status == "committed"
+    assert advance(st, th, 2.0) == "running" and st.current_wave == 0
+    st.nodes["a"].status = "healthy"
+    assert advance(st, th, 3.0) == "passed" and st.current_wave == 1 and st.phase == "running"
+    for n in ("b", "c"):
+        st.nodes[n].status = "healthy"
+    assert advance(st, th, 4.0) == "passed" and st.phase == "completed" and st.done
+
+
+def test_failure_halts_with_reason() -> None:
+    st = _state([["a"], ["b"]])
+    st.nodes["a"].status = "announced"
+    assert on_update(st, "a", 7, "rolled_back", "golden self-test failed", 1.0)
+    assert advance(st, st.settings.gates(), 2.0) == "failed"
+    assert st.phase == "halted" and "wave 1 failed" in (st.reason or "") and "self-test" in (st.reason or "")
+    assert st.current_wave == 0 and st.nodes["b"].status == "waiting"
+    assert not set_phase(st, "running", None, 3.0)  # halted is final
+
+
+def test_timeout_pause_resume() -> None:
+    st = _state([["a"]], Thresholds(wave_timeout_s=10))
+    th = st.settings.gates()
+    st.nodes["a"].status, st.nodes["a"].announced_at = "announced", 0.0
+    expire(st, th, 5.0)
+    assert st.nodes["a"].status == "announced"
+    assert set_phase(st, "paused", "op", 6.0) and advance(st, th, 6.0) == "running"
+    assert set_phase(st, "running", None, 7.0)
+    expire(st, th, 11.0)
+    assert st.nodes["a"].status == "failed" and "no result" in (st.nodes["a"].reason or "")
+
+
+# -- store and claim ---------------------------------------------------------------------------------------
+def test_store_roundtrip_and_requests(tmp_path: Path) -> None:
+    store = RolloutStore(tmp_path)
+    with pytest.raises(RolloutStoreError):
+        store.load()
+    st = _state([["a"], ["b"]])
+    store.save(st)
+    store.set_current(st.id)
+    assert store.load() == st
+    store.request(st.id, "abort", rollback=True)
+    req = store.take_request(st.id)
+    assert req is not None and req["action"] == "abort" and req["rollback"] is True
+    assert store.take_request(st.id) is None
+    (tmp_path / f"{st.id}.json").write_text("{")
+    with pytest.raises(RolloutStoreError):
+        store.load()
+
+
+def test_claim_excludes_second_runner_until_stale(tmp_path: Path) -> None:
+    store = RolloutStore(tmp_path)
+    one = store.claim("r1", owner="one", ttl_s=0.5)
+    two = store.claim("r1", owner="two", ttl_s=0.5)
+    one.acquire()
+    with pytest.raises(ClaimError, match="run by one"):
+        two.acquire()
+    assert two.live_holder() is not None and one.live_holder() is None
+    one.heartbeat()
+    time.sleep(0.6)  # one died: its heartbeat went stale
+    two.acquire()
+    with pytest.raises(ClaimError, match="lost to two"):
+        one.heartbeat()
+    one.release()  # not its claim any more: leaves it alone
+    assert two.holder() is not None and two.holder()["owner"] == "two"  # type: ignore[index]
+    two.release()
+    assert two.holder() is None
