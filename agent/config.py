@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -34,6 +35,7 @@ from agent.camera.config import CameraConfig as CameraConfig  # each part's sect
 from agent.inference.backends.cpu import CpuConfig as CpuConfig
 from agent.inference.backends.edgetpu import EdgeTpuConfig as EdgeTpuConfig
 from agent.inference.config import BackendConfig as BackendConfig
+from agent.inference.config import CameraEntry as CameraEntry
 from agent.inference.config import DetectConfig as DetectConfig
 from agent.inference.config import PublishConfig as PublishConfig
 from agent.protocol.topics import DEFAULT_PREFIX, check_segment
@@ -135,6 +137,9 @@ class AgentConfig(BaseSettings):
     topic_prefix: str = DEFAULT_PREFIX
     broker: BrokerConfig = BrokerConfig()
     camera: CameraConfig = CameraConfig()
+    cameras: list[CameraEntry] = Field(
+        default_factory=list, description="[[cameras]]: several named cameras; without it [camera] is one camera "
+        "named `default`")
     backend: BackendConfig = BackendConfig()
     detect: DetectConfig = DetectConfig()
     publish: PublishConfig = PublishConfig()
@@ -161,6 +166,22 @@ class AgentConfig(BaseSettings):
         for part in v.split("/"):
             check_segment(part, "topic_prefix")
         return v
+
+    @model_validator(mode="after")
+    def _one_camera_form(self) -> AgentConfig:
+        if self.cameras and "camera" in self.model_fields_set:
+            raise ValueError("use either [camera] or [[cameras]], not both")
+        names = [c.name for c in self.cameras]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"camera names must be unique: {', '.join(dup)}")
+        return self
+
+    def camera_entries(self) -> list[CameraEntry]:
+        """The cameras to run: [[cameras]], or the single [camera] as one camera named `default`."""
+        if self.cameras:
+            return list(self.cameras)
+        return [CameraEntry(name="default", **self.camera.model_dump())]
 
     @classmethod
     def settings_customise_sources(

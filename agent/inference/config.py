@@ -9,10 +9,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.camera.config import CameraConfig
 from agent.inference.backends.base import AcceleratorSettings, BackendSettings
 from agent.inference.backends.cpu import CpuBackend, CpuConfig
 from agent.inference.backends.edgetpu import EdgeTpuBackend, EdgeTpuConfig
 from agent.inference.backends.registry import BACKENDS, BackendSettingsUnion, default_settings
+from agent.protocol.topics import check_segment
 
 log = logging.getLogger("agent.config")  # deprecation warnings read as config messages
 
@@ -104,6 +106,61 @@ class DetectConfig(BaseModel):
     max_detections: int = Field(default=100, ge=1)
     classes: list[str] | None = Field(default=None, description="report only these class names")
     target_fps: float | None = Field(default=None, gt=0, description="cap inference rate; None = as fast as possible")
+
+
+class DetectOverrides(BaseModel):
+    """A camera's own detection settings; unset keys inherit [detect]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_threshold: float | None = Field(default=None, ge=0, le=1)
+    class_agnostic_nms: bool | None = None
+    classes: list[str] | None = None
+
+    def apply(self, base: DetectConfig) -> DetectConfig:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+Polygon = list[tuple[float, float]]
+
+
+class CameraEntry(CameraConfig):
+    """One `[[cameras]]` entry: a named camera, its own pacing, detect overrides and zones (polygons in
+    normalized frame coordinates; a detection counts only when its box's bottom-centre is in one)."""
+
+    name: str = "default"
+    target_fps: float | None = Field(default=None, gt=0, description="cap this camera's inference rate")
+    detect: DetectOverrides = Field(default_factory=DetectOverrides)
+    zones: list[Polygon] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_segment(v, "camera name")
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, v: list[Polygon]) -> list[Polygon]:
+        for poly in v:
+            if len(poly) < 3:
+                raise ValueError("a zone needs at least 3 points")
+            if any(not (0 <= x <= 1 and 0 <= y <= 1) for x, y in poly):
+                raise ValueError("zone points are normalized: 0 <= x, y <= 1")
+        return v
+
+
+def engine_detect(base: DetectConfig, cameras: list[CameraEntry]) -> DetectConfig:
+    """What the shared engine decodes with: permissive enough for every camera (lowest threshold, every
+    class any camera wants, cross-class NMS only if all want it); each camera then filters its own."""
+    per = [c.detect.apply(base) for c in cameras] or [base]
+    classes: list[str] | None = None
+    if all(d.classes is not None for d in per):
+        classes = sorted({n for d in per for n in d.classes or []})
+    return base.model_copy(update={
+        "score_threshold": min(d.score_threshold for d in per),
+        "class_agnostic_nms": all(d.class_agnostic_nms for d in per),
+        "classes": classes,
+    })
 
 
 class PublishConfig(BaseModel):
