@@ -361,8 +361,8 @@ class NodeHarness:
         from agent.service.commands import CommandsHandler, paho_responder
 
         self.topics = Topics(self.prefix)
-        self.store = ModelStore(self.state_dir / "models", keep=self.config.keep_versions)
         self.keyring = Keyring.load(self.keys_dir)
+        self.store = ModelStore(self.state_dir / "models", keep=self.config.keep_versions, keyring=self.keyring)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"agent-{self.node}",
                                   protocol=mqtt.MQTTv5)
         self.updater = Updater(

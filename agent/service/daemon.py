@@ -170,7 +170,8 @@ class AgentService:
     def _make_updater(self) -> Updater | None:
         if not self.cfg.updates.enabled or self.keyring is None:
             return None
-        store = ModelStore(self.cfg.state_dir / "models", keep=self.cfg.updates.keep_versions)
+        # The keyring lets the store rebuild a lost state.json from the verified bundles it holds.
+        store = ModelStore(self.cfg.state_dir / "models", keep=self.cfg.updates.keep_versions, keyring=self.keyring)
         return Updater(
             node=self.node, groups=list(self.cfg.groups), topics=self.topics, store=store, keyring=self.keyring,
             config=self.cfg.updates, load_engine=self.make_engine, swap_engine=self.install_engine,
