@@ -144,7 +144,7 @@ def main() -> int:
             node_id="bench", topic_prefix="edgefleet", broker={"url": broker.url},
             camera={"source": str(video), "loop": True, "realtime": False}, backend={"prefer": "cpu"},
             state_dir=work / "state", trusted_keys_dir=trusted, bundle=bundle,
-            updates={"trial_frames": 30, "trial_seconds": 10},
+            updates={"trial_frames": 30, "trial_seconds": 10, "clock_sync": "off"},
         )
         svc = AgentService(cfg)
         frames: list[tuple[float, int | None]] = []

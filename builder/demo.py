@@ -85,7 +85,10 @@ def _start_agent(builder_cli: str, agent_cli: str, out: Path, broker: LocalBroke
         f'[broker]\nurl = "{broker.url}"\n\n'
         f'[camera]\nsource = "{out / "camera.mp4"}"\nkind = "file"\nloop = true\nrealtime = true\n\n'
         '[backend]\nprefer = "edgetpu"\n\n[detect]\nscore_threshold = 0.35\n\n'
-        '[publish]\nmax_rate_hz = 2.0\n\n[telemetry]\ninterval_s = 5.0\n'
+        '[publish]\nmax_rate_hz = 2.0\n\n[telemetry]\ninterval_s = 5.0\n\n'
+        # The demo's bundle expires in 30 days like any published one; a node waits for a synchronized clock
+        # before it trusts an expiry, and a workstation or container may not report one (docs/UPDATES.md).
+        '[updates]\nclock_sync = "off"\n'
     )
     log = open(out / "agent.log", "wb")  # noqa: SIM115 - handed to the child; our copy lives until the demo exits
     return subprocess.Popen([agent_cli, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)

@@ -48,7 +48,8 @@ def service(tmp_path: Path, mqtt_broker: Any, trained_bundle: Path, trained_bund
         camera={"source": str(scene_video), "loop": True, "realtime": True},
         backend={"prefer": "cpu"}, state_dir=tmp_path / "state", trusted_keys_dir=trained_bundle_keys,
         bundle=trained_bundle, state_interval_s=60,
-        updates={"trial_frames": 20, "trial_seconds": 10, "read_timeout_s": 2, "connect_timeout_s": 2},
+        updates={"trial_frames": 20, "trial_seconds": 10, "read_timeout_s": 2, "connect_timeout_s": 2,
+                 "clock_sync": "off"},  # this container's kernel reports an unsynchronized clock
     )
     svc = AgentService(cfg)
     frame_log: list[tuple[int, float, int | None, str | None]] = []  # (camera index, time, version, error)
