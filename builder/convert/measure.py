@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from builder.convert.options import ConvertOptions, Log
 from builder.convert.stages import SHIPPED_VARIANTS, Calibration, Prepared, Runners, VariantFiles
-from builder.evaluate.evaluator import EvalResult, bar, evaluate_runner, time_runner
+from builder.evaluate import latency
+from builder.evaluate.evaluator import EvalResult, bar, evaluate_runner
 from builder.evaluate.metrics import ImageBoxes, paired_bootstrap
 from builder.evaluate.runners import Runner
 
 
 @dataclass
 class Evaluation:
-    variants: dict[str, dict[str, Any]]  # key → mAP (with a dataset), latency_ms, size_bytes
+    variants: dict[str, dict[str, Any]]  # key → mAP (with a dataset), latency (latency.LatencyResult.entry), size
     int8_drop_ci95: tuple[float, float] | None  # quant vs pytorch_fp32, mAP50-95, paired bootstrap
+    latency_method: dict[str, Any] | None = None  # latency.method_dict: how the latencies were measured
 
 
 def evaluate_stage(
@@ -32,15 +35,19 @@ def evaluate_stage(
             evals[key] = ev
             entry.update(map50_95=ev.result.map50_95, map50=ev.result.map50, images=ev.result.images,
                          per_class=ev.result.as_dict(prep.model.class_names)["per_class"], decode_ms=ev.decode_ms)
-        entry["latency_ms"] = time_runner(runner, calib.canvases[0], n=opts.latency_runs)
         entry["size_bytes"] = files.path(key).stat().st_size if key != "pytorch_fp32" else None
         results[key] = entry
+    # One latency measurement for all variants (builder.evaluate.latency, the method `make bench` uses too).
+    canvas = calib.canvases[0]
+    lat = latency.measure({k: partial(r, canvas) for k, r in order}, "fp32", opts.latency_runs, opts.threads)
+    for key, entry in results.items():
+        entry.update(lat.entry(key))
         acc = f"mAP50-95 {entry['map50_95']:.4f} mAP50 {entry['map50']:.4f}, " if "map50_95" in entry else ""
-        log(f"      {key:<13} {acc}{entry['latency_ms']:.1f} ms")
+        log(f"      {key:<13} {acc}{lat.ms[key].text('.1f')} ms, {lat.ratio[key].text()} × FP32 TFLite")
     ci = None
     if prep.items and "quant" in evals:
         ci = int8_interval(prep, evals, results, log)
-    return Evaluation(results, ci)
+    return Evaluation(results, ci, lat.method())
 
 
 def int8_interval(

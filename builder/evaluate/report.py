@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from builder.evaluate import cpuinfo, latency
+
 VARIANT_LABELS = {
     "pytorch_fp32": "PyTorch FP32",
     "fp32": "TFLite FP32",
@@ -20,11 +22,52 @@ def _f(x: Any, fmt: str = ".4f") -> str:
     return "—" if x is None else format(x, fmt)
 
 
-def markdown(report: dict[str, Any]) -> str:
+def _range(e: dict[str, Any], key: str, low: str, high: str, fmt: str) -> str:
+    """`median (p10–p90)`, or the bare median of a report written before latencies had a spread."""
+    lo, hi = e.get(low), e.get(high)
+    return _f(e.get(key), fmt) + (f" ({lo:{fmt}}–{hi:{fmt}})" if lo is not None and hi is not None else "")
+
+
+def variant_table(report: dict[str, Any]) -> list[str]:
     v = report["variants"]
     ref = v.get("pytorch_fp32", {})
     fp32_lat = v.get("fp32", {}).get("latency_ms")
     fp32_size = v.get("fp32", {}).get("size_bytes")
+    lines = [
+        "| variant | mAP50-95 | mAP50 | Δ mAP50-95 vs PyTorch (points) | CPU latency, ms: median (p10–p90) "
+        "| × FP32 TFLite: paired, median (p10–p90) | size | × FP32 TFLite |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, e in v.items():
+        m = e.get("map50_95")
+        drop = None if m is None or ref.get("map50_95") is None else (m - ref["map50_95"]) * 100
+        lat, size = e.get("latency_ms"), e.get("size_bytes")
+        ratio = _range(e, "latency_ratio", "latency_ratio_p10", "latency_ratio_p90", ".2f") if "latency_ratio" in e else \
+            _f(lat / fp32_lat if lat and fp32_lat else None, ".2f")
+        lines.append(
+            f"| {VARIANT_LABELS.get(k, k)} | {_f(m)} | {_f(e.get('map50'))} | {_f(drop, '+.2f')} | "
+            f"{_range(e, 'latency_ms', 'latency_p10_ms', 'latency_p90_ms', '.1f')} | {ratio} | "
+            f"{_f(size / 1e6 if size else None, '.1f')} MB | {_f(size / fp32_size if size and fp32_size else None, '.2f')} |"
+        )
+    return lines
+
+
+def latency_lines(report: dict[str, Any]) -> list[str]:
+    """How the latencies were measured, and on which CPU (INT8 speed depends on its dot-product instructions)."""
+    lines = []
+    if report.get("latency_method"):
+        lines.append(f"Latency method: {report['latency_method']['text']}.")
+    if report.get("cpu"):
+        c = report["cpu"]
+        dot = "has" if c.get("int8_dot_product") else "lacks"
+        lines.append(f"CPU: {c['model']} ({c['arch']}, {c['cpus']} CPUs); int8 ISA flags: "
+                     f"{' '.join(c['int8_flags']) or 'none'}; {dot} int8 dot-product instructions (x86 VNNI, "
+                     "Arm SDOT/UDOT), on which INT8's CPU speed-up depends (docs/CONVERSION.md).")
+    return ["", *lines] if lines else []
+
+
+def markdown(report: dict[str, Any]) -> str:
+    v = report["variants"]
     lines = [
         f"# {report['name']} v{report['version']}: conversion report",
         "",
@@ -32,18 +75,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"calibrated on {report['calibration']['images']} images from `{report['calibration']['source']}`"
         + (f"; evaluated on the validation split of `{report['dataset']}`" if report.get("dataset") else "; no dataset given, so no accuracy"),
         "",
-        f"| variant | mAP50-95 | mAP50 | Δ mAP50-95 vs PyTorch (points) | CPU latency ({report['threads']} threads, median of {report['latency_runs']}) | × FP32 TFLite | size | × FP32 TFLite |",
-        "|---|---|---|---|---|---|---|---|",
+        *variant_table(report),
+        *latency_lines(report),
     ]
-    for k, e in v.items():
-        m = e.get("map50_95")
-        drop = None if m is None or ref.get("map50_95") is None else (m - ref["map50_95"]) * 100
-        lat, size = e.get("latency_ms"), e.get("size_bytes")
-        lines.append(
-            f"| {VARIANT_LABELS.get(k, k)} | {_f(m)} | {_f(e.get('map50'))} | {_f(drop, '+.2f')} | {_f(lat, '.1f')} ms | "
-            f"{_f(lat / fp32_lat if lat and fp32_lat else None, '.2f')} | "
-            f"{_f(size / 1e6 if size else None, '.1f')} MB | {_f(size / fp32_size if size and fp32_size else None, '.2f')} |"
-        )
     if report.get("int8_drop_ci95"):
         lo, hi = report["int8_drop_ci95"]
         n = v.get("quant", {}).get("images")
@@ -108,6 +142,11 @@ def plot(report: dict[str, Any], path: Path) -> bool:
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    # Measured here and now, so this machine is the one the latencies were measured on.
+    report.setdefault("cpu", cpuinfo.read().as_dict())
+    if "latency_runs" in report:
+        report.setdefault("latency_method", latency.method_dict(report["latency_runs"], latency.WARMUP,
+                                                                report.get("threads"), "fp32"))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(markdown(report))
     plot(report, out_dir / "report.png")
