@@ -150,9 +150,13 @@ def test_shipped_mosquitto_config_starts_and_enforces(tmp_path: Path) -> None:
     pki = make_test_pki(tmp_path / "certs", ("server",))["server"]
     (tmp_path / "acl").write_text(ACL)
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd"), "node-a", USERS["node-a"]], check=True)
-    tls_port, plain_port = free_port(), free_port()
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd-admin"), "fleet-admin",
+                    USERS["fleet-admin"]], check=True)
+    tls_port, plain_port, admin_port = free_port(), free_port(), free_port()
     conf = (ROOT / "docs" / "mosquitto" / "edge-fleet.conf").read_text()
-    for old, new in (("/etc/mosquitto/passwd", tmp_path / "passwd"), ("/etc/mosquitto/edge-fleet.acl", tmp_path / "acl"),
+    for old, new in (("/etc/mosquitto/passwd-admin", tmp_path / "passwd-admin"),
+                     ("/etc/mosquitto/passwd\n", f"{tmp_path / 'passwd'}\n"),
+                     ("/etc/mosquitto/edge-fleet.acl", tmp_path / "acl"), ("listener 8884", f"listener {admin_port} 127.0.0.1"),
                      ("/var/lib/mosquitto/", f"{tmp_path}/"), ("/etc/mosquitto/certs/server.crt", pki.cert),
                      ("/etc/mosquitto/certs/server.key", pki.key), ("/etc/mosquitto/certs/ca.crt", pki.ca),
                      ("listener 8883", f"listener {tls_port} 127.0.0.1"), ("listener 1883 ", f"listener {plain_port} ")):

@@ -3,13 +3,17 @@
     {prefix}/node/{node}/availability   retained  "online" | "offline" (LWT)
     {prefix}/node/{node}/state          retained  NodeState
     {prefix}/node/{node}/telemetry                Telemetry
-    {prefix}/node/{node}/detections               DetectionsMessage
-    {prefix}/node/{node}/snapshot                 JPEG bytes
+    {prefix}/node/{node}/detections               DetectionsMessage (camera `default`; alias of the next)
+    {prefix}/node/{node}/snapshot                 JPEG bytes (camera `default`)
+    {prefix}/node/{node}/camera/{name}/detections DetectionsMessage of one camera
+    {prefix}/node/{node}/camera/{name}/snapshot   JPEG bytes of one camera
     {prefix}/node/{node}/update         retained  UpdateStatus
     {prefix}/node/{node}/cmd                      CommandRequest (v5 response topic + correlation data)
     {prefix}/announce/all               retained  Announcement
     {prefix}/announce/group/{group}     retained  Announcement
     {prefix}/announce/node/{node}       retained  Announcement
+    {prefix}/keyring                    retained  KeyringMessage (signed by the root key; nodes only read it)
+    {prefix}/admin/{client}/replies/... CommandResponse (the only place a node answers a command)
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ class Topics:
     def snapshot(self, node: str) -> str:
         return self.node(node, "snapshot")
 
+    def camera_detections(self, node: str, camera: str) -> str:
+        return self.node(node, f"camera/{check_segment(camera, 'camera name')}/detections")
+
+    def camera_snapshot(self, node: str, camera: str) -> str:
+        return self.node(node, f"camera/{check_segment(camera, 'camera name')}/snapshot")
+
     def update(self, node: str) -> str:
         return self.node(node, "update")
 
@@ -64,6 +74,23 @@ class Topics:
 
     def response(self, node: str) -> str:
         return self.node(node, "cmd/response")
+
+    def keyring(self) -> str:
+        return f"{self.prefix}/keyring"
+
+    def admin_replies(self, client: str) -> str:
+        """The reply subtree of one admin tool: it puts this (or a topic below it) in a command's Response Topic."""
+        return f"{self.prefix}/admin/{check_segment(client, 'client id')}/replies"
+
+    def is_reply_topic(self, topic: str, node: str) -> bool:
+        """Where `node` may answer a command: its own cmd/response or under {prefix}/admin/{client}/replies."""
+        if topic == self.response(node):
+            return True
+        head = f"{self.prefix}/admin/"
+        if not topic.startswith(head) or len(topic) > 512:
+            return False
+        parts = topic[len(head):].split("/")
+        return len(parts) >= 2 and parts[1] == "replies" and all(_SEGMENT.match(p) for p in parts)
 
     def announce(self, target: Target) -> str:
         if target.kind == "all":

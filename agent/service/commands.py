@@ -2,8 +2,11 @@
 
 The request carries a Response Topic and Correlation Data (MQTT v5 properties); the response
 (CommandResponse JSON) goes to that topic with the same correlation data. Without a response topic
-the answer goes to {prefix}/node/{node}/cmd/response. Runs in paho's callback thread, so anything
-slow (a rollback swaps engines) is handed to the updater's worker; reads answer at once.
+the answer goes to {prefix}/node/{node}/cmd/response. A response topic elsewhere than the node's own
+cmd/response or an admin tool's reply subtree ({prefix}/admin/{client}/replies/...) is refused: the
+request is dropped, so a command can never make a node write on someone else's topic. Runs in paho's
+callback thread, so anything slow (a rollback swaps engines) is handed to the updater's worker; reads
+answer at once.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class CommandsHandler:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) or self.topics.response(self.node)
         correlation = getattr(props, "CorrelationData", None)
+        if not isinstance(response_topic, str) or not self.topics.is_reply_topic(response_topic, self.node):
+            log.warning("command refused: response topic %r is outside %s/...", response_topic,
+                        self.topics.admin_replies("CLIENT"))
+            return
+        correlation = bytes(correlation) if isinstance(correlation, bytes | bytearray) else None
         self.handle(bytes(msg.payload), response_topic, correlation)
 
     def handle(self, payload: bytes, response_topic: str, correlation: bytes | None) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import ssl
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,8 +287,12 @@ class MqttClient:
 
 
 def probe_broker(cfg: BrokerConfig, timeout: float = 5.0) -> str | None:
-    """Connect once and disconnect; None when it worked, else the reason (for `edge-agent check`)."""
-    client = MqttClient(cfg, client_id=f"edge-agent-check-{int(time.time() * 1000) % 100000}")
+    """Connect once and disconnect; None when it worked, else the reason (for `edge-agent check`).
+
+    Always under an id of its own, never broker.client_id: a broker drops the older connection of a duplicate
+    client id, which would kick the running daemon and fire its last will."""
+    own_id = f"edge-agent-check-{secrets.token_hex(4)}"
+    client = MqttClient(cfg.model_copy(update={"client_id": None}), client_id=own_id)
     client.start()
     try:
         if client.wait_connected(timeout):
