@@ -1,4 +1,6 @@
 """The dashboard server over a real Mosquitto: SSE snapshot + deltas, fault isolation, rollout publishing.
+Every request is a real HTTP request on loopback, authenticated with the login token (tests/test_dashboard_access.py
+refuses the unauthenticated ones).
 
 Nodes here are builder.dashboard.loadgen SimNodes: SIMULATED nodes speaking the real payload models over
 the real broker (their figures are made up; nothing is measured). The real agents are in the browser test.
@@ -22,6 +24,8 @@ from agent.protocol.manifest import Manifest, Target
 from agent.protocol.messages import Announcement
 from agent.protocol.topics import Topics
 from agent.security.signing import Keyring, SigningKey
+from builder.dashboard.audit import AuditLog
+from builder.dashboard.auth import AccessPolicy
 from builder.dashboard.link import FleetLink, LinkError
 from builder.dashboard.loadgen import SimNode
 from builder.dashboard.rollout import PublishConfig
@@ -30,14 +34,16 @@ from builder.dashboard.state import FleetState
 from builder.fleet.devservices import LocalBroker
 
 T = Topics("edgefleet")
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class SSE:
     """A minimal Server-Sent Events reader over http.client (what the page's EventSource does)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        self.conn.request("GET", "/api/events")
+        self.conn.request("GET", "/api/events", headers=AUTH if headers is None else headers)
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200 and self.resp.getheader("Content-Type") == "text/event-stream"
 
@@ -72,7 +78,8 @@ def dash(mqtt_broker: LocalBroker, tmp_path: Path) -> Iterator[Dashboard]:
     state = FleetState(T)
     link = FleetLink(mqtt_broker.url, state).start()
     cfg = PublishConfig(mqtt_broker.url, T, http_base="http://127.0.0.1:9/bundles", key=key)
-    d = Dashboard(state, link, [tmp_path / "bundles"], cfg, batch_s=0.05).start()
+    d = Dashboard(state, link, [tmp_path / "bundles"], cfg, batch_s=0.05, access=AccessPolicy(TOKEN),
+                  audit=AuditLog(tmp_path / "audit.jsonl")).start()
     yield d
     d.stop()
 
@@ -87,19 +94,25 @@ def by_id(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["id"]: n for n in ev["nodes"]}
 
 
+def fleet_key(d: Dashboard) -> SigningKey:
+    assert d.publish_cfg.key is not None
+    return SigningKey.load(d.publish_cfg.key)
+
+
 def post(d: Dashboard, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """A POST as the logged-in page sends it (token, same Origin); `headers` override."""
     c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=20)
     c.request("POST", "/api/rollout", body=json.dumps(body),
-              headers={"Content-Type": "application/json", **(headers or {})})
+              headers={"Content-Type": "application/json", "Origin": d.url, **AUTH, **(headers or {})})
     r = c.getresponse()
     out = r.status, json.loads(r.read())
     c.close()
     return out
 
 
-def get(d: Dashboard, path: str) -> tuple[int, bytes, str]:
+def get(d: Dashboard, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
     c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
-    c.request("GET", path)
+    c.request("GET", path, headers=AUTH if headers is None else headers)
     r = c.getresponse()
     out = r.status, r.read(), r.getheader("Content-Type") or ""
     c.close()
@@ -142,8 +155,8 @@ def test_rollout_from_the_api_publishes_a_signed_retained_announcement(dash: Das
                                                                        mqtt_broker: LocalBroker) -> None:
     assert dash.publish_cfg.key is not None
     root = dash.bundle_roots[0]
-    tiny_bundle(root / "shapes-v2", "shapes", 2)
-    tiny_bundle(root / "shapes-v3", "shapes", 3)
+    tiny_bundle(root / "shapes-v2", "shapes", 2, fleet_key(dash))
+    tiny_bundle(root / "shapes-v3", "shapes", 3, fleet_key(dash))
     status, body, _ = get(dash, "/api/bundles")
     listing = json.loads(body)
     assert status == 200 and listing["problem"] is None
@@ -176,6 +189,8 @@ def test_rollout_from_the_api_publishes_a_signed_retained_announcement(dash: Das
     ring.verify(ann.manifest_bytes(), ann.key_id, ann.signature())  # raises if not signed by the fleet key
     m = Manifest.model_validate_json(ann.manifest_bytes())
     assert (m.name, m.version, str(m.target)) == ("shapes", 2, "group:lab")
+    # Only re-targeted: every file entry is the one the trusted builder signed.
+    assert m.files == Manifest.model_validate_json((root / "shapes-v2" / "manifest.json").read_bytes()).files
     assert ann.base_url.rstrip("/") == "http://127.0.0.1:9/bundles/shapes-v2"
     assert wait_until(lambda: len(dash.state.rollouts()) == 1, 5)
     assert dash.state.rollouts()[0]["target"] == "group:lab"
@@ -183,7 +198,7 @@ def test_rollout_from_the_api_publishes_a_signed_retained_announcement(dash: Das
 
 def test_rollout_refuses_bad_requests_with_clear_errors(dash: Dashboard, tmp_path: Path) -> None:
     root = dash.bundle_roots[0]
-    tiny_bundle(root / "shapes-v2", "shapes", 2)
+    tiny_bundle(root / "shapes-v2", "shapes", 2, fleet_key(dash))
     bid = json.loads(get(dash, "/api/bundles")[1])["bundles"][0]["id"]
     assert post(dash, {"bundle": "nope"}) == (400, {"ok": False, "error": "unknown bundle id 'nope'; reload the bundle list"})
     status, out = post(dash, {"bundle": bid, "target": "group:"})
@@ -195,7 +210,8 @@ def test_rollout_refuses_bad_requests_with_clear_errors(dash: Dashboard, tmp_pat
     status, out = post(dash, {"target": "all"})
     assert status == 400
     c = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
-    c.request("POST", "/api/rollout", body="bundle=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    c.request("POST", "/api/rollout", body="bundle=x",
+              headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": dash.url, **AUTH})
     assert c.getresponse().status == 415
     c.close()
     # A bundle whose file no longer matches its manifest is refused by builder.fleet.publish, not announced.

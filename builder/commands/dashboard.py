@@ -129,8 +129,20 @@ def _serve(dash: Any, args: argparse.Namespace, cfg: Any) -> int:
     import signal
     import time
 
-    dash.start()
     signal.signal(signal.SIGTERM, _interrupt)  # systemd/tests stop us with SIGTERM: shut down cleanly
+    try:
+        dash.start()
+        _announce(dash, args, cfg)
+        while True:  # short naps: a SIGTERM delivered to another thread only runs our handler when we wake
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dash.stop()
+    return 0
+
+
+def _announce(dash: Any, args: argparse.Namespace, cfg: Any) -> None:
     print(f"dashboard: {dash.url}/  (broker {args.broker}, prefix {cfg.topics.prefix}, "
           f"audit log {dash.audit.path})", flush=True)
     if dash.access.generated:  # Jupyter's way: the one URL that logs in (a token the operator set stays unprinted)
@@ -140,14 +152,6 @@ def _serve(dash: Any, args: argparse.Namespace, cfg: Any) -> int:
     elif args.bundles and cfg.keyring() is None:
         print("note: no trusted keys (--trusted-keys, or the .pub beside --key): every bundle is refused",
               file=sys.stderr)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        dash.stop()
-    return 0
 
 
 def _interrupt(signum: int, frame: object) -> None:

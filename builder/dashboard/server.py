@@ -40,6 +40,7 @@ STATIC = Path(__file__).with_name("static")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
 KEEPALIVE_S = 15.0
+ACTIONS = {"/api/rollout": "publish"}  # POST route -> audit log action
 IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing (slowloris, a stuck TLS handshake) is dropped
 
 
@@ -99,7 +100,8 @@ class Dashboard:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.httpd.shutdown()
+        if self._thread is not None and self._thread.is_alive():  # shutdown() waits forever on an unserved server
+            self.httpd.shutdown()
         self.httpd.server_close()
         if self.link is not None:
             self.link.stop()
@@ -191,7 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.dash.access.check_token(self.headers.get("Authorization"), self.headers.get("Cookie"))
         except AccessError as exc:
             if mutating:
-                self.dash.record("anonymous", self.remote, urlparse(self.path).path, f"denied {exc.status}: {exc}")
+                path = urlparse(self.path).path
+                self.dash.record("anonymous", self.remote, ACTIONS.get(path, path), f"denied {exc.status}: {exc}")
             extra = {"WWW-Authenticate": 'Bearer realm="edge-dashboard"'} if exc.status == 401 else None
             self._send(exc.status, dumps({"ok": False, "error": str(exc)}).encode(), "application/json",
                        headers=extra)
