@@ -4,6 +4,7 @@ keeps only the freshest frame."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -37,6 +38,16 @@ class LatestFrame:
         self._frame: Frame | None = None
         self._taken = True
         self.dropped = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (outside this slot's lock) after every put: a scheduler watching several slots."""
+        self._listeners.append(fn)
+
+    @property
+    def ready(self) -> bool:
+        """A frame is waiting that nobody took yet."""
+        return not self._taken
 
     def put(self, frame: Frame) -> None:
         with self._cond:
@@ -44,6 +55,8 @@ class LatestFrame:
                 self.dropped += 1
             self._frame, self._taken = frame, False
             self._cond.notify_all()
+        for fn in self._listeners:
+            fn()
 
     def get(self, timeout: float | None = None) -> Frame | None:
         with self._cond:

@@ -64,6 +64,8 @@ class FrameResult:
     backend: str | None
     engine: Any = None  # the engine that ran this frame (the OTA trial tells old from new)
     outputs: Sequence[np.ndarray] | None = None  # raw outputs, attached only while a trial watches them
+    camera: str = "default"  # the [[cameras]] name the frame came from
+    device: str | None = None  # where it ran ("usb:0", "cpu", …): a TPU pool spreads cameras over devices
 
     @property
     def latency_s(self) -> float:

@@ -1,13 +1,16 @@
-"""The frame pipeline: capture thread → inference thread → publisher thread.
+"""The frame pipeline: capture threads (one per camera) → inference loops → publisher thread.
 
 - Capture (agent.camera.capture.Camera) keeps only the freshest frame; stale ones are dropped and counted.
-- Inference takes the freshest frame, runs the Engine (letterbox straight into the input tensor, invoke,
-  decode), paces itself to `target_fps` if set, and calls the per-frame hooks. A failing frame is counted
+- Each inference loop (`workers`: one per accelerator of a pool) takes the freshest frame of the camera
+  that waited longest (agent.inference.scheduler), runs the Engine (letterbox straight into the input tensor, invoke,
+  decode), filters the detections by that camera's settings and zones (agent.inference.feeds), paces itself
+  to `target_fps` if set, and calls the per-frame hooks. A failing frame is counted
   and reported, never fatal.
 - Publishing (MQTT, JPEG encoding) runs on its own thread behind a small queue so a slow broker or
   encoder never delays the next invoke.
 - swap_engine() replaces the model between two frames: the frame after the swap runs on the new engine,
-  none is skipped, nothing restarts (the OTA updater's hot-swap point).
+  none is skipped, nothing restarts (the OTA updater's hot-swap point). It returns once no loop still
+  runs a frame on the old engine, so the caller may close it.
 
 Hooks for other parts of the agent (all run on the inference thread; keep them short, never block):
   add_frame_hook(fn(FrameResult))  every inferred frame: stats, detections, errors (telemetry, OTA trial)
@@ -21,19 +24,20 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
-
-import cv2
-import numpy as np
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from agent.camera.capture import Camera
 from agent.camera.frame import Frame
-from agent.inference.config import DetectConfig, PublishConfig
+from agent.inference.config import DetectConfig
+from agent.inference.feeds import Feed
 from agent.inference.frames import EngineLike, FrameResult, FrameStats
-from agent.protocol.messages import Detection, DetectionsMessage
-from agent.protocol.topics import Topics
+from agent.inference.publisher import DetectionPublisher, PublishCounters, Publisher, encode_snapshot
+from agent.inference.scheduler import FairScheduler
+from agent.protocol.messages import Detection
+
+__all__ = ["DetectionPublisher", "Feed", "Pipeline", "PipelineCounters", "PublishCounters", "Publisher",
+           "encode_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +58,17 @@ TickHook = Callable[[], None]
 class Pipeline:
     def __init__(
         self,
-        camera: Camera,
+        camera: Camera | Sequence[Feed],
         engine: EngineLike | None,
         detect: DetectConfig | None = None,
         sink: FrameHook | None = None,
         publish_queue: int = 4,
+        workers: int = 1,
     ) -> None:
-        self.camera = camera
+        self.feeds = [Feed("default", camera)] if isinstance(camera, Camera) else list(camera)
+        self.scheduler = FairScheduler(self.feeds)
+        self.camera = self.feeds[0].camera  # the first (or only) camera
+        self.workers = max(1, workers)
         self._engine = engine
         self.detect = detect or DetectConfig()
         self._sink = sink
@@ -74,6 +82,7 @@ class Pipeline:
         self._swapped_out: EngineLike | None = None
         self._swapped = threading.Condition()
         self._swap_seq = 0
+        self._inflight: dict[int, int] = {}  # id(engine) → loops running a frame on it (under _swapped)
         self._stop = threading.Event()
         self._outq: queue.Queue[FrameResult] = queue.Queue(maxsize=publish_queue)
         self._threads: list[threading.Thread] = []
@@ -103,9 +112,10 @@ class Pipeline:
             return self
         self._stop.clear()
         self._threads = [
-            threading.Thread(target=self._infer_loop, name="inference", daemon=True),
-            threading.Thread(target=self._publish_loop, name="publisher", daemon=True),
+            threading.Thread(target=self._infer_loop, name=f"inference-{i}" if i else "inference", daemon=True)
+            for i in range(self.workers)
         ]
+        self._threads.append(threading.Thread(target=self._publish_loop, name="publisher", daemon=True))
         for t in self._threads:
             t.start()
         return self
@@ -136,7 +146,10 @@ class Pipeline:
                     old, self._engine = self._engine, new
                     self.counters.swaps += 1
                     return old
-                return self._swapped_out
+                old = self._swapped_out
+                # other loops may still be inside a frame on the old engine: let them finish it
+                self._swapped.wait_for(lambda: not self._inflight.get(id(old)), timeout)
+                return old
 
     def _apply_swap(self) -> None:
         with self._swapped:
@@ -161,32 +174,46 @@ class Pipeline:
                 if delay > 0 and self._stop.wait(delay):
                     break
             t0 = time.perf_counter()
-            frame = self.camera.get(timeout=0.25)
+            taken = self.scheduler.take(timeout=0.25)
             wait = time.perf_counter() - t0
-            if frame is None:
+            if taken is None:
                 continue
             self._apply_swap()  # a swap requested while we waited still lands between two frames
             if self.detect.target_fps:
                 next_due = time.monotonic() + 1.0 / self.detect.target_fps
-            engine = self._engine
+            with self._swapped:
+                engine = self._engine
+                if engine is not None:
+                    self._inflight[id(engine)] = self._inflight.get(id(engine), 0) + 1
             if engine is None:
                 self.counters.no_model += 1
                 continue
-            self._run_one(engine, frame, wait)
+            try:
+                self._run_one(engine, taken[0], taken[1], wait)
+            finally:
+                with self._swapped:
+                    self._inflight[id(engine)] -= 1
+                    if not self._inflight[id(engine)]:
+                        del self._inflight[id(engine)]
+                    self._swapped.notify_all()
 
-    def _run_one(self, engine: EngineLike, frame: Frame, wait: float) -> None:
+    def _run_one(self, engine: EngineLike, feed: Feed, frame: Frame, wait: float) -> None:
         error: str | None = None
         dets: list[Detection] = []
         pre = inv = post = 0.0
+        device: str | None = None
         try:
             dets, st = engine.infer_timed(frame.image)
             pre, inv, post = st.preprocess_s, st.invoke_s, st.postprocess_s
+            device = getattr(st, "device", None) or getattr(engine, "device", None)
+            dets = feed.filter(dets)
         except Exception as exc:  # one bad frame or a broken model must not stop the loop
             error = f"{type(exc).__name__}: {exc}"
             self.counters.errors += 1
             if self.counters.errors in (1, 10, 100) or self.counters.errors % 1000 == 0:
                 log.warning("inference failed (%d so far): %s", self.counters.errors, error)
         self.counters.frames += 1
+        feed.record(len(dets), error is not None, device, pre + inv + post)
         stats = FrameStats(
             index=frame.index,
             frame_ts=frame.ts,
@@ -202,7 +229,7 @@ class Pipeline:
         )
         self.last_stats = stats
         result = FrameResult(frame, dets, stats, getattr(engine, "model_name", None), stats.model_version,
-                             stats.backend, engine)
+                             stats.backend, engine, camera=feed.name, device=device)
         for hook in list(self._frame_hooks):
             try:
                 hook(result)
@@ -238,72 +265,3 @@ class Pipeline:
                 self._sink(result)
             except Exception:
                 log.exception("publishing a result failed")
-
-
-# ---------------------------------------------------------------------------------------------- publishing
-
-
-class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool: ...
-
-
-@dataclass
-class PublishCounters:
-    messages: int = 0
-    rate_limited: int = 0
-    snapshots: int = 0
-    failed: int = 0
-
-
-@dataclass
-class DetectionPublisher:
-    """Turns FrameResults into DetectionsMessages on the detections topic, at most `max_rate_hz`,
-    plus an optional JPEG snapshot on detection. Runs on the publisher thread."""
-
-    client: Publisher
-    topics: Topics
-    node_id: str
-    cfg: PublishConfig = field(default_factory=PublishConfig)
-    counters: PublishCounters = field(default_factory=PublishCounters)
-    _last_pub: float = -1e9
-    _last_snap: float = -1e9
-    _had_detections: bool = False
-
-    def __call__(self, result: FrameResult) -> None:
-        now = time.monotonic()
-        has = bool(result.detections)
-        # An empty message when objects leave the scene, so subscribers can clear their view.
-        cleared = self._had_detections and not has
-        if not has and not self.cfg.publish_empty and not cleared:
-            return
-        if now - self._last_pub < 1.0 / self.cfg.max_rate_hz and not cleared:
-            self.counters.rate_limited += 1
-            return
-        msg = DetectionsMessage(
-            node=self.node_id,
-            frame_ts=result.frame.ts,
-            frame_index=result.frame.index,
-            model_name=result.model_name or "",
-            model_version=result.model_version or 0,
-            backend=result.backend or "",
-            detections=result.detections,
-        )
-        if self.client.publish(self.topics.detections(self.node_id), msg.model_dump_json()):
-            self.counters.messages += 1
-        else:
-            self.counters.failed += 1
-        self._last_pub = now
-        self._had_detections = has
-        if has and self.cfg.snapshot and now - self._last_snap >= self.cfg.snapshot_interval_s:
-            jpeg = encode_snapshot(result.frame.image, self.cfg.snapshot_max_width, self.cfg.snapshot_quality)
-            if jpeg is not None and self.client.publish(self.topics.snapshot(self.node_id), jpeg):
-                self.counters.snapshots += 1
-                self._last_snap = now
-
-
-def encode_snapshot(image: np.ndarray, max_width: int, quality: int) -> bytes | None:
-    h, w = image.shape[:2]
-    if w > max_width:
-        image = cv2.resize(image, (max_width, max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    return buf.tobytes() if ok else None
