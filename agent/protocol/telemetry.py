@@ -84,6 +84,19 @@ class MqttLink(_Msg):
     denied_publishes: int = Field(default=0, description="publishes refused by the broker (ACL)")
 
 
+class CameraTelemetry(_Msg):
+    """One camera of a multi-camera node over the last window (issue 16)."""
+
+    state: str | None = Field(default=None, description="streaming | stalled | reconnecting | …")
+    device: str | None = Field(default=None, description="where its frames run: usb:0, pci:0, cpu")
+    camera_fps: float = 0.0
+    inference_fps: float = 0.0
+    dropped_fps: float = Field(default=0.0, description="frames replaced before inference")
+    frames_dropped: int = Field(default=0, description="total since start")
+    latency: StageLatency | None = Field(default=None, description="model time (preprocess+invoke+postprocess)")
+    end_to_end: StageLatency | None = Field(default=None, description="capture → detections")
+
+
 class Telemetry(_Msg):
     node: str
     ts: datetime = Field(default_factory=utcnow)
@@ -105,3 +118,4 @@ class Telemetry(_Msg):
     temperatures: Temperatures = Field(default_factory=Temperatures)
     throttle: ThrottleInfo | None = None
     mqtt: MqttLink = Field(default_factory=MqttLink)
+    cameras: dict[str, CameraTelemetry] = Field(default_factory=dict, description="per camera, keyed by name")

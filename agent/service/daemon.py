@@ -26,7 +26,9 @@ from typing import Any
 from agent import __version__
 from agent.camera.sources import Camera, CameraState
 from agent.config import AgentConfig
+from agent.inference.config import engine_detect
 from agent.inference.engine import Engine, EngineError
+from agent.inference.feeds import Feed
 from agent.inference.frames import FrameResult
 from agent.inference.pipeline import DetectionPublisher, Pipeline
 from agent.protocol.messages import ModelRef, NodeState
@@ -42,15 +44,24 @@ log = logging.getLogger(__name__)
 
 
 class AgentService:
-    def __init__(self, cfg: AgentConfig, camera: Camera | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, camera: Camera | None = None,
+                 cameras: dict[str, Camera] | None = None) -> None:
+        """`camera` replaces the first camera, `cameras` any camera by name (tests)."""
         self.cfg = cfg
         self.node = cfg.node_id
         self.topics = Topics(cfg.topic_prefix)
         self.mqtt = MqttClient(cfg.broker, client_id=f"edge-agent-{self.node}",
                                availability_topic=self.topics.availability(self.node))
-        self.camera = camera or Camera(cfg.camera)
+        entries = cfg.camera_entries()
+        self.engine_detect = engine_detect(cfg.detect, entries)  # the shared decode; each camera filters its own
+        given = dict(cameras or {})
+        if camera is not None:
+            given[entries[0].name] = camera
+        self.feeds = [Feed.from_entry(e, cfg.detect, self.engine_detect, given.get(e.name)) for e in entries]
+        self.cameras = {f.name: f.camera for f in self.feeds}
+        self.camera = self.feeds[0].camera  # the first (with [camera]: the only) camera
         self.publisher = DetectionPublisher(self.mqtt, self.topics, self.node, cfg.publish)
-        self.pipeline = Pipeline(self.camera, None, cfg.detect, sink=self.publisher)
+        self.pipeline = Pipeline(self.feeds, None, cfg.detect, sink=self.publisher, workers=_workers(cfg))
         self.keyring = self._load_keyring()
         # [updater] issue 6: OTA model updates (agent/updates/updater.py) and the MQTT v5 commands.
         self.updater: Updater | None = self._make_updater()
@@ -69,7 +80,8 @@ class AgentService:
         self.pipeline.add_tick_hook(self._on_tick)
         self.mqtt.add_on_connect(self._on_connect)
         # [telemetry] issue 7: telemetry thread, power/thermal, HA discovery, sd_notify READY/STATUS/WATCHDOG
-        self.telemetry = TelemetryRuntime(cfg, self.mqtt, self.topics, __version__, camera=self.camera)
+        self.telemetry = TelemetryRuntime(cfg, self.mqtt, self.topics, __version__, camera=self.camera,
+                                          feeds=self.feeds)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -78,7 +90,8 @@ class AgentService:
             return self
         self._started = True
         self.mqtt.start()
-        self.camera.start()
+        for cam in self.cameras.values():
+            cam.start()
         engine = self._load_initial_engine()
         if engine is not None:
             self.pipeline.swap_engine(engine)
@@ -99,7 +112,8 @@ class AgentService:
             self.updater.stop()
         self.telemetry.stop()  # [telemetry] STOPPING=1, publisher thread
         self.pipeline.stop()
-        self.camera.stop()
+        for cam in self.cameras.values():
+            cam.stop()
         self.publish_state(status="stopped", force=True)
         self.mqtt.stop()
         engine = self.pipeline.engine
@@ -242,8 +256,10 @@ class AgentService:
         u.on_frame(result)
 
     def make_engine(self, bundle: Bundle) -> Engine:
-        """Engine factory (the updater's load_engine)."""
-        return Engine.load(bundle, self.cfg)
+        """Engine factory (the updater's load_engine): decodes with the settings every camera can filter from."""
+        cfg = self.cfg if self.engine_detect == self.cfg.detect else self.cfg.model_copy(
+            update={"detect": self.engine_detect})
+        return Engine.load(bundle, cfg)
 
     def install_engine(self, engine: Any) -> Any:
         """Hot-swap between two frames (the updater's swap_engine); returns the previous engine."""
@@ -266,9 +282,11 @@ class AgentService:
             else:
                 status = "error" if self.error and "waiting" not in self.error else "starting"
                 reason = self.error
-            if self.camera.state not in (CameraState.STREAMING, CameraState.STARTING, CameraState.CONNECTING):
-                cam_reason = f"camera {self.camera.state.value}: {self.camera.last_error or ''}".strip(": ")
-                reason = f"{reason}; {cam_reason}" if reason else cam_reason
+            for name, cam in self.cameras.items():
+                if cam.state not in (CameraState.STREAMING, CameraState.STARTING, CameraState.CONNECTING):
+                    label = "camera" if len(self.cameras) == 1 else f"camera {name}"
+                    cam_reason = f"{label} {cam.state.value}: {cam.last_error or ''}".strip(": ")
+                    reason = f"{reason}; {cam_reason}" if reason else cam_reason
         model = None
         if engine is not None:
             model = ModelRef(name=engine.model_name, version=engine.model_version)
@@ -317,6 +335,7 @@ class AgentService:
             "dropped": c.dropped,
             "publish_dropped": p.counters.publish_dropped,
             "camera": c.status(),
+            "cameras": {f.name: f.status() for f in p.feeds},
             "camera_reconnects": c.reconnects,
             "mqtt_reconnects": m.counters.reconnects,
             "mqtt_dropped": m.counters.dropped,
@@ -340,6 +359,13 @@ class AgentService:
         # paho's thread: only flag; the service loop publishes (retained state is replayed by MqttClient).
         with self._state_lock:
             self._last_state_key = None
+
+
+def _workers(cfg: AgentConfig) -> int:
+    """One inference loop per device of the preferred accelerator's pool (one without a pool)."""
+    accel = cfg.backend.preferred()
+    devices = getattr(accel, "devices", None)
+    return max(1, len(devices)) if isinstance(devices, list) else 1
 
 
 def _safe(fn: Callable[[], None]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.protocol.telemetry import (
     STAGES,
+    CameraTelemetry,
     Counters,
     MqttLink,
     PowerInfo,
@@ -63,6 +64,7 @@ class TelemetryCollector:
         throttle: Callable[[], ThrottleInfo | None] | None = None,
         mqtt_stats: Callable[[], MqttLink] | None = None,
         camera_totals: Callable[[], tuple[int, int]] | None = None,
+        cameras: Callable[[float, bool], dict[str, CameraTelemetry]] | None = None,
     ) -> None:
         self.node = node
         self.agent_version = agent_version
@@ -79,6 +81,8 @@ class TelemetryCollector:
         #: cumulative (frames captured, frames dropped) from the camera; windows use the deltas
         self.camera_totals = camera_totals
         self._cam_last = (0, 0)
+        #: per-camera figures for a window of `dt` seconds (multi-camera nodes)
+        self.cameras = cameras
         #: invoke time accumulated in the window: the Coral's duty cycle for the power estimate
         self._busy_s = 0.0
 
@@ -152,7 +156,12 @@ class TelemetryCollector:
             temperatures=temps,
             throttle=_safe(self.throttle),
             mqtt=_safe(self.mqtt_stats) or MqttLink(),
+            cameras=self._cameras(dt, reset),
         )
+
+    def _cameras(self, dt: float, reset: bool) -> dict[str, CameraTelemetry]:
+        read = self.cameras
+        return (_safe(lambda: read(dt, reset)) if read is not None else None) or {}
 
     def _camera_window(self, wc: dict[str, int], reset: bool) -> None:
         """Window counts of captured/dropped frames from the camera's cumulative totals (when it has them)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,13 +35,14 @@ class Entity:
     entity_category: str | None = None
     options: tuple[str, ...] | None = None
     precision: int | None = None
+    parts: tuple[str, ...] | None = None  # the field path when a key holds a dot (camera names may)
 
     def value_template(self) -> str:
         # Guard every optional parent so a missing sensor (no TPU temperature, no vcgencmd) renders as
         # unknown instead of a template error in Home Assistant's log.
-        parts = self.field.split(".")
-        guards = [".".join(["value_json", *parts[:i]]) for i in range(1, len(parts))]
-        expr = ".".join(["value_json", *parts])
+        parts = [p if p.isidentifier() else f"[{json.dumps(p)}]" for p in (self.parts or self.field.split("."))]
+        guards = [_path(parts[:i]) for i in range(1, len(parts))]
+        expr = _path(parts)
         if self.component == "binary_sensor":
             cond = " and ".join([*guards, expr])
             return "{{ 'ON' if (" + cond + ") else 'OFF' }}"
@@ -49,6 +50,29 @@ class Entity:
             return "{{ " + expr + " if " + expr + " is not none else 'unknown' }}"
         cond = " and ".join(guards) + f" and {expr} is not none"
         return "{{ " + expr + " if (" + cond + ") else 'unknown' }}"
+
+
+def _path(parts: list[str]) -> str:
+    return "value_json" + "".join(p if p.startswith("[") else f".{p}" for p in parts)
+
+
+def camera_entities(camera: str) -> tuple[Entity, ...]:
+    """One camera's sensors, read from `cameras.<name>` of the node's telemetry (issue 16)."""
+    oid, label = f"camera_{_object_id(camera)}", f"Camera {camera}"
+
+    def e(leaf: str, name: str, *path: str, **kw: Any) -> Entity:
+        return Entity(f"{oid}_{leaf}", f"{label} {name}", "telemetry", ".".join(("cameras", camera, *path)),
+                      parts=("cameras", camera, *path), **kw)
+
+    return (
+        e("fps", "inference rate", "inference_fps", unit="fps", precision=1, icon="mdi:speedometer"),
+        e("camera_fps", "frame rate", "camera_fps", unit="fps", precision=1, icon="mdi:cctv"),
+        e("dropped_fps", "dropped frames", "dropped_fps", unit="fps", precision=1, icon="mdi:delete-clock"),
+        e("latency_p95", "latency p95", "latency", "p95_ms", unit="ms", device_class="duration", precision=1,
+          icon="mdi:timer-outline"),
+        e("state", "state", "state", state_class=None, icon="mdi:cctv", entity_category="diagnostic"),
+        e("device", "device", "device", state_class=None, icon="mdi:chip", entity_category="diagnostic"),
+    )
 
 
 def _lat(stage: str, q: str, name: str) -> Entity:
@@ -119,16 +143,16 @@ def state_topics(topics: Topics, node: str) -> dict[Source, str]:
 
 
 def discovery_messages(
-    topics: Topics, node: str, agent_version: str, prefix: str = DISCOVERY_PREFIX
+    topics: Topics, node: str, agent_version: str, prefix: str = DISCOVERY_PREFIX, cameras: Sequence[str] = ()
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(config topic, payload) for every entity of this node; publish retained."""
+    """(config topic, payload) for every entity of this node (and of each of its `cameras`); publish retained."""
     src = state_topics(topics, node)
     oid = _object_id(node)
     device = _device(node, agent_version)
     availability = [{"topic": topics.availability(node), "payload_available": Availability.ONLINE.value,
                      "payload_not_available": Availability.OFFLINE.value}]
     out: list[tuple[str, dict[str, Any]]] = []
-    for e in ENTITIES:
+    for e in (*ENTITIES, *(x for c in cameras for x in camera_entities(c))):
         cfg: dict[str, Any] = {
             "name": e.name,
             "unique_id": f"edgefleet_{oid}_{e.object_id}",
@@ -179,17 +203,18 @@ def entity_fields(topics: Topics, node: str) -> list[tuple[str, str, str]]:
 def publish_discovery(
     publish: Callable[[str, bytes, bool], Any], topics: Topics, node: str, agent_version: str,
     prefix: str = DISCOVERY_PREFIX,
+    cameras: Sequence[str] = (),
 ) -> int:
     """publish(topic, payload, retain) for every config; returns how many were sent."""
-    msgs = discovery_messages(topics, node, agent_version, prefix)
+    msgs = discovery_messages(topics, node, agent_version, prefix, cameras)
     for topic, cfg in msgs:
         publish(topic, json.dumps(cfg, separators=(",", ":")).encode(), True)
     return len(msgs)
 
 
-def removal_messages(node: str, prefix: str = DISCOVERY_PREFIX) -> Iterable[str]:
+def removal_messages(node: str, prefix: str = DISCOVERY_PREFIX, cameras: Sequence[str] = ()) -> Iterable[str]:
     """Config topics to clear (empty retained payload) when a node is decommissioned."""
     oid = _object_id(node)
-    for e in ENTITIES:
+    for e in (*ENTITIES, *(x for c in cameras for x in camera_entities(c))):
         yield f"{prefix}/{e.component}/{oid}/{e.object_id}/config"
     yield f"{prefix}/update/{oid}/model/config"

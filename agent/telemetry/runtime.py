@@ -36,8 +36,10 @@ class TelemetryRuntime:
         *,
         camera: Any = None,
         notifier: Any = None,
+        feeds: Any = None,
     ) -> None:
         from agent.system.sdnotify import SdNotifier, WatchdogPinger
+        from agent.telemetry.cameras import CameraWindows
         from agent.telemetry.power import build_power_monitor
         from agent.telemetry.thermal import ThermalMonitor
 
@@ -48,6 +50,9 @@ class TelemetryRuntime:
         self.node = cfg.node_id
         self.agent_version = agent_version
         self.camera = camera
+        self.feeds = list(feeds or [])
+        self.camera_windows = CameraWindows(self.feeds)
+        cams = [f.camera for f in self.feeds] or ([camera] if camera is not None else [])
         self.thermal = ThermalMonitor()
         self.collector = TelemetryCollector(
             self.node,
@@ -55,7 +60,8 @@ class TelemetryRuntime:
             temperatures=self.thermal.temperatures,
             throttle=self.thermal.throttle,
             mqtt_stats=self._mqtt_stats,
-            camera_totals=(lambda: (camera.frames, camera.dropped)) if camera is not None else None,
+            camera_totals=(lambda: (sum(c.frames for c in cams), sum(c.dropped for c in cams))) if cams else None,
+            cameras=self.camera_windows.snapshot if self.feeds else None,
         )
         self.power = build_power_monitor(
             self.collector.duty_cycle,
@@ -92,7 +98,7 @@ class TelemetryRuntime:
         self._discovery_sent = True
 
         n = publish_discovery(lambda t, p, r: self.mqtt.publish(t, p, qos=1, retain=r), self.topics, self.node,
-                              self.agent_version, self.tcfg.hass_prefix)
+                              self.agent_version, self.tcfg.hass_prefix, cameras=[f.name for f in self.feeds])
         log.debug("published %d Home Assistant discovery configs", n)
 
     # -- hooks --------------------------------------------------------------------------------------------
@@ -105,6 +111,9 @@ class TelemetryRuntime:
             self.collector.count("inference_errors")
             self.collector.count("frames_inferred")
             return
+        if self.feeds:
+            self.camera_windows.record(result.camera, st.preprocess_s + st.invoke_s + st.postprocess_s,
+                                       st.end_to_end_s)
         self.collector.record_frame({
             "capture_wait": st.capture_wait_s,
             "preprocess": st.preprocess_s,
