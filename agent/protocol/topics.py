@@ -8,6 +8,7 @@
     {prefix}/node/{node}/camera/{name}/detections DetectionsMessage of one camera
     {prefix}/node/{node}/camera/{name}/snapshot   JPEG bytes of one camera
     {prefix}/node/{node}/update         retained  UpdateStatus
+    {prefix}/node/{node}/keyring        retained  KeyringStatus (version, last refusal)
     {prefix}/node/{node}/cmd                      CommandRequest (v5 response topic + correlation data)
     {prefix}/announce/all               retained  Announcement
     {prefix}/announce/group/{group}     retained  Announcement
@@ -77,6 +78,10 @@ class Topics:
 
     def keyring(self) -> str:
         return f"{self.prefix}/keyring"
+
+    def keyring_status(self, node: str) -> str:
+        """Retained: the keyring version a node runs and why it refused the last keyring message, if it did."""
+        return self.node(node, "keyring")
 
     def admin_replies(self, client: str) -> str:
         """The reply subtree of one admin tool: it puts this (or a topic below it) in a command's Response Topic."""

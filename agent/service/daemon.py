@@ -34,6 +34,7 @@ from agent.inference.pipeline import DetectionPublisher, Pipeline
 from agent.protocol.messages import ModelRef, NodeState
 from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle, BundleError
+from agent.security.keyring_store import load_trust
 from agent.security.signing import Keyring, SignatureError
 from agent.service.mqtt import MqttClient
 from agent.telemetry.runtime import TelemetryRuntime
@@ -97,6 +98,7 @@ class AgentService:
             self.pipeline.swap_engine(engine)
         self.pipeline.start()
         self._start_updater()  # [updater] worker thread, announcement and command subscriptions
+        self._start_keyring()  # the root-signed keyring on {prefix}/keyring (docs/KEYS.md)
         self.telemetry.start()  # [telemetry]
         self.publish_state(force=True)
         return self
@@ -146,10 +148,23 @@ class AgentService:
             log.warning("trusted keys dir %s missing: bundles cannot be verified", d)
             return None
         try:
-            return Keyring.load(d)
+            # the provisioned keys, or the newer keyring installed over MQTT if it chains from them
+            return load_trust(d, self.cfg.state_dir / "keyring")
         except SignatureError as exc:
             log.error("cannot read trusted keys: %s", exc)
             return None
+
+    def _start_keyring(self) -> None:
+        from agent.service.keyring_link import KeyringLink, KeyringStatus
+
+        if self.keyring is None:
+            return
+
+        def report(status: KeyringStatus) -> None:
+            self.mqtt.publish(self.topics.keyring_status(self.node), status.model_dump_json(), qos=1, retain=True)
+
+        self.keyring_link = KeyringLink(self.cfg.state_dir / "keyring", self.keyring, report)
+        self.mqtt.subscribe(self.topics.keyring(), self.keyring_link.on_message, qos=1)
 
     def _load_initial_engine(self) -> Engine | None:
         """The model to run at start: the model store's committed bundle (crash rule applied), else the
