@@ -31,7 +31,7 @@ from builder.dashboard.state import FleetState
 from builder.fleet.devservices import LocalBroker, free_port, wait_port
 
 T = Topics("edgefleet")
-API_GETS = ["/api/session", "/api/state", "/api/bundles", "/api/snapshot/node-a", "/api/events"]
+API_GETS = ["/api/state", "/api/bundles", "/api/snapshot/node-a", "/api/events"]
 
 
 def _dashboard(tmp_path: Path, broker_url: str | None, **kw: object) -> Dashboard:
@@ -75,7 +75,9 @@ def test_every_api_route_and_the_event_stream_need_the_token(dash: Dashboard) ->
         assert get(dash, path, headers={"Authorization": f"Basic {TOKEN}"})[0] == 401, path
     status, headers, _ = request(dash, "GET", "/api/events", {})
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
-    assert get(dash, "/api/session")[0] == 200
+    # The page asks whether it is logged in without the token (a logged-out page is not an error).
+    assert json.loads(get(dash, "/api/session", headers={})[1]) == {"ok": True, "logged_in": False}
+    assert json.loads(get(dash, "/api/session")[1])["logged_in"] is True
     sse = SSE(dash.port)  # with the token: the stream opens
     assert sse.next()["type"] == "snapshot"
     sse.close()
@@ -101,7 +103,7 @@ def test_state_changing_requests_need_token_host_and_origin(dash: Dashboard) -> 
     for host in ("evil.example", f"evil.example:{dash.port}", f"127.0.0.1:{dash.port + 1}", ""):
         hdrs = {"Host": host, "Origin": f"http://{host}"}
         assert post(dash, body, headers=hdrs)[0] == 403, host
-        for path in ("/", "/static/app.js", *API_GETS):
+        for path in ("/", "/static/app.js", "/api/session", *API_GETS):
             assert get(dash, path, headers={**AUTH, "Host": host})[0] == 403, (host, path)
     for host in (f"localhost:{dash.port}", f"[::1]:{dash.port}", "dash.example.org"):
         assert get(dash, "/api/session", headers={**AUTH, "Host": host})[0] == 200, host
@@ -209,7 +211,7 @@ def test_direct_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
         assert r.status == 303 and "Secure" in (r.getheader("Set-Cookie") or "")
         c.request("GET", "/api/session", headers=AUTH)
         r = c.getresponse()
-        assert r.status == 200 and json.loads(r.read())["ok"]
+        assert r.status == 200 and json.loads(r.read())["logged_in"] is True
         c.close()
         c = http.client.HTTPSConnection("localhost", d.port, timeout=10, context=client)
         c.request("POST", "/api/rollout", body=b"{}", headers={"Content-Type": "application/json", **AUTH,
@@ -249,7 +251,7 @@ def test_the_command_prints_a_login_url_and_honours_the_env_token(mqtt_broker: L
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         c.request("GET", "/api/session", headers=AUTH)
-        assert c.getresponse().status == 200
+        assert json.loads(c.getresponse().read())["logged_in"] is True
         c.close()
     finally:
         proc.terminate()

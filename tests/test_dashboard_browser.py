@@ -1,6 +1,7 @@
 """End to end in a real browser: broker + two agents + `edge-builder dashboard`, driven through headless Chromium.
 
-The page must show both nodes with their model versions; a rollout published from the page must reach both
+The page must first show its login prompt (no token yet), then log in with the token the command printed
+(typed into the prompt, as an operator pasting it would); then show both nodes with their model versions; a rollout published from the page must reach both
 nodes (each node's update followed to `committed`, both rows at the new version); malformed telemetry from
 one node must mark only that node faulty. The screenshot goes to test-artifacts/dashboard.png.
 
@@ -208,18 +209,40 @@ def dashboard_cmd() -> list[str]:
     return [sys.executable, "-m", "builder.cli", "dashboard"]
 
 
+@dataclass
+class DashboardProc:
+    url: str
+    token: str  # from the login URL the command printed at start (Jupyter's way)
+    audit_log: Path
+
+
+def _login_url(log: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("open to log in: "):
+                return line.split()[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"the dashboard printed no login URL:\n{log.read_text()}")
+
+
 @pytest.fixture
-def dashboard_url(fleet: Fleet, mqtt_broker: LocalBroker, http_server: FileServer, tmp_path: Path) -> Iterator[str]:
+def dashboard(fleet: Fleet, mqtt_broker: LocalBroker, http_server: FileServer,
+              tmp_path: Path) -> Iterator[DashboardProc]:
     port = free_port()
     log = tmp_path / "dashboard.log"
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_DASHBOARD_TOKEN"}  # let it generate one
     with open(log, "wb") as out:
         proc = subprocess.Popen([*dashboard_cmd(), "--broker", mqtt_broker.url, "--port", str(port),
                                  "--bundles", str(http_server.root), "--http-base", http_server.base_url,
-                                 "--key", str(fleet.key)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                                 "--key", str(fleet.key), "--audit-log", str(tmp_path / "audit.jsonl")],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     fleet.logs.append(log)
     try:
         wait_port(port, 20)
-        yield f"http://127.0.0.1:{port}"
+        url = _login_url(log, 10)
+        assert url.startswith(f"http://127.0.0.1:{port}/?token=")
+        yield DashboardProc(f"http://127.0.0.1:{port}", url.split("=", 1)[1], tmp_path / "audit.jsonl")
     finally:
         proc.terminate()
         proc.wait(10)
@@ -246,14 +269,33 @@ def _wait(drv: Any, pred: Any, timeout: float, what: str, fleet: Fleet) -> Any:
     raise AssertionError(f"timed out waiting for {what}; page rows: {_rows(drv)}\n{fleet.tail()}")
 
 
+def _log_in(drv: Any, dashboard: DashboardProc, fleet: Fleet) -> None:
+    """Without a token the page shows only its login prompt; the token typed there logs in (cookie)."""
+    from selenium.webdriver.common.by import By
+
+    drv.get(dashboard.url + "/")
+    prompt = drv.find_element(By.ID, "login")
+    _wait(drv, lambda: prompt.is_displayed(), 10, "the login prompt", fleet)
+    assert not drv.find_element(By.ID, "main").is_displayed()
+    assert drv.find_element(By.ID, "link").text == "logged out"
+    drv.find_element(By.ID, "login-token").send_keys(dashboard.token)
+    drv.find_element(By.ID, "login-submit").click()
+    _wait(drv, lambda: drv.current_url == dashboard.url + "/" and drv.find_element(By.ID, "main").is_displayed(),
+          10, "the page after login", fleet)
+    assert not drv.find_element(By.ID, "login").is_displayed()
+    assert all(c["httpOnly"] and c["sameSite"] == "Strict" for c in drv.get_cookies())  # not readable by scripts
+
+
 def test_dashboard_in_chromium_shows_nodes_and_rolls_out_to_both(
-        browser: Any, fleet: Fleet, dashboard_url: str, mqtt_broker: LocalBroker, artifacts_dir: Path) -> None:
+        browser: Any, fleet: Fleet, dashboard: DashboardProc, mqtt_broker: LocalBroker, artifacts_dir: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
+    from builder.dashboard.audit import read
+
     drv = browser
-    drv.get(dashboard_url + "/")
     try:
+        _log_in(drv, dashboard, fleet)
         old, new = str(fleet.old_version), str(fleet.new_version)
         _wait(drv, lambda: all(_rows(drv).get(n, {}).get("version") == old for n in NODES), 90,
               f"both nodes at v{old}", fleet)
@@ -266,6 +308,8 @@ def test_dashboard_in_chromium_shows_nodes_and_rolls_out_to_both(
         Select(drv.find_element(By.ID, "target-kind")).select_by_value("all")
         drv.find_element(By.ID, "publish").click()
         _wait(drv, lambda: "published" in drv.find_element(By.ID, "rollout-msg").text, 20, "the publish reply", fleet)
+        published = [e for e in read(dashboard.audit_log) if e["action"] == "publish"]
+        assert [(e["outcome"], e["target"], e["version"]) for e in published] == [("ok", "all", fleet.new_version)]
 
         def states() -> dict[str, str]:
             return drv.execute_script("""

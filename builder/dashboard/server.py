@@ -2,7 +2,7 @@
 
     GET  /                    the page (static/index.html, app.js, style.css: our own code, no libraries);
                               /?token=T logs in: sets the session cookie and redirects to /
-    GET  /api/session         200 when logged in (the page shows its login prompt on 401)
+    GET  /api/session         {"logged_in": bool} (no token needed: the page shows its login prompt on false)
     GET  /api/events          SSE: one `snapshot` event, then `delta` events with only what changed
     GET  /api/state           the snapshot as plain JSON (scripts, the terminal twin, tests)
     GET  /api/bundles         bundles found under --bundles (untrusted ones listed as refused)
@@ -208,6 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlparse(self.path)
         path = url.path
+        if path == "/api/session":
+            return self._session()
         if path.startswith("/api/"):
             if self._access(mutating=False) is not None:
                 self._api_get(path)
@@ -235,9 +237,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.dash.record(self.dash.access.token_id, self.remote, "login", "ok")
         self._send(303, b"", "text/plain", headers={"Location": "/", "Set-Cookie": self.dash.access.set_cookie()})
 
+    def _session(self) -> None:
+        """Whether this browser is logged in: 200 either way (a logged-out page is normal, not an error)."""
+        access = self.dash.access
+        try:
+            access.check_host(self.headers.get("Host"))
+        except AccessError as exc:
+            return self._error(exc.status, str(exc))
+        try:
+            access.check_token(self.headers.get("Authorization"), self.headers.get("Cookie"))
+        except AccessError:
+            return self._json({"ok": True, "logged_in": False})
+        self._json({"ok": True, "logged_in": True, "who": access.token_id})
+
     def _api_get(self, path: str) -> None:
-        if path == "/api/session":
-            return self._json({"ok": True, "who": self.dash.access.token_id})
         if path == "/api/events":
             return self._events()
         if path == "/api/state":

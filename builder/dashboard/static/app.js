@@ -95,7 +95,8 @@ function connect() {
 // The session cookie is HttpOnly: the page cannot read it, it asks the server whether it is logged in.
 async function loggedIn() {
   try {
-    return (await fetch("/api/session", { cache: "no-store" })).ok;
+    const r = await fetch("/api/session", { cache: "no-store" });
+    return r.ok && (await r.json()).logged_in;
   } catch (e) {
     return true;  // the server is down, not the login: let EventSource keep retrying
   }
