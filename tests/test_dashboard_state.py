@@ -226,6 +226,23 @@ def test_find_bundles_lists_good_and_broken_bundles(tmp_path: Path) -> None:
     assert [b.rel for b in find_bundles([tmp_path / "shapes-v1"])] == ["."]
 
 
+def test_find_bundles_offers_only_bundles_a_trusted_key_signed(tmp_path: Path) -> None:
+    from agent.security.signing import Keyring
+
+    fleet = SigningKey.generate()
+    ring = Keyring()
+    ring.add_pem(fleet.public_pem())
+    tiny_bundle(tmp_path / "ours", "shapes", 1, fleet)
+    tiny_bundle(tmp_path / "theirs", "shapes", 2)  # signed by some other key
+    tiny_bundle(tmp_path / "bare", "shapes", 3, fleet)
+    (tmp_path / "bare" / "manifest.sig").unlink()
+    found = {b.rel: b for b in find_bundles([tmp_path], keyring=ring)}
+    assert found["ours"].refused is None
+    assert "unknown signing key" in (found["theirs"].refused or "")
+    assert "manifest.sig" in (found["bare"].refused or "") and not found["bare"].signed
+    assert all(b.refused and "no trusted keys" in b.refused for b in find_bundles([tmp_path]))
+
+
 def test_dashboard_imports_no_ml_framework() -> None:
     """The dashboard runs from the builder venv but must start fast: no torch, TensorFlow or onnx."""
     import subprocess

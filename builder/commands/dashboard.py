@@ -147,6 +147,9 @@ def _announce(dash: Any, args: argparse.Namespace, cfg: Any) -> None:
           f"audit log {dash.audit.path})", flush=True)
     if dash.access.generated:  # Jupyter's way: the one URL that logs in (a token the operator set stays unprinted)
         print(f"open to log in: {dash.login_url}", flush=True)
+    if dash.tls is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: plain HTTP on {args.host}: the token crosses the network in clear; use --tls-cert/--tls-key "
+              "or a TLS reverse proxy (docs/DASHBOARD.md)", file=sys.stderr)
     if args.bundles and cfg.problem():
         print(f"note: rollout is disabled: {cfg.problem()}", file=sys.stderr)
     elif args.bundles and cfg.keyring() is None:
