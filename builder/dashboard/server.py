@@ -40,6 +40,9 @@ STATIC = Path(__file__).with_name("static")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
 KEEPALIVE_S = 15.0
+# Our own scripts only (an injected <script> or inline handler does not run); snapshots are blob:/data: images.
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 ACTIONS = {"/api/rollout": "publish"}  # POST route -> audit log action
 IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing (slowloris, a stuck TLS handshake) is dropped
 
@@ -86,6 +89,7 @@ class Dashboard:
     @property
     def url(self) -> str:
         host = str(self.httpd.server_address[0])
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # an URL this machine can open (allowed Host)
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
@@ -169,6 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "max-age=60" if cache else "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")  # no clickjacking of the Publish button
+        self.send_header("Content-Security-Policy", CSP)
         self.send_header("Referrer-Policy", "no-referrer")  # never leak a ?token= URL
         self.end_headers()
         if self.command != "HEAD":
