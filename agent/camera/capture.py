@@ -79,6 +79,7 @@ class Camera:
         self.stalls = 0
         self.frames = 0
         self._index = 0
+        self._stalled = False  # the last session stalled: report `stalled` until a frame comes, not `reconnecting`
         self._gen = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,6 +132,7 @@ class Camera:
         if self.state != CameraState.STREAMING:
             self.state = CameraState.STREAMING
             self.last_error = None
+            self._stalled = False
         self._index += 1
         self.frames += 1
         self.slot.put(Frame(img, time.time(), time.monotonic(), self._index))
@@ -138,7 +140,7 @@ class Camera:
     def _supervise(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            self.state = CameraState.CONNECTING if attempt == 0 else CameraState.RECONNECTING
+            self.state = self._retry_state(attempt)
             self._gen += 1
             try:
                 source = self._factory()
@@ -159,12 +161,17 @@ class Camera:
             if self._stop.is_set():
                 break
             self.reconnects += 1
-            self.state = CameraState.RECONNECTING
+            self.state = self._retry_state(1)
             delay = self.backoff_delay(attempt)
             attempt += 1
             log.warning("camera %s: %s; reconnect in %.1f s", self.description, self.last_error, delay)
             self._stop.wait(delay)
         self.state = CameraState.STOPPED
+
+    def _retry_state(self, attempt: int) -> CameraState:
+        if self._stalled:
+            return CameraState.STALLED
+        return CameraState.CONNECTING if attempt == 0 else CameraState.RECONNECTING
 
     def _watch(self, s: _Session) -> None:
         """Wait for the session to end, or abandon it on open timeout or stall."""
@@ -173,17 +180,20 @@ class Camera:
             if s.done.wait(0.05):
                 if s.error:
                     self.last_error = s.error
+                    self._stalled = False
                 return
             now = time.monotonic()
             if not s.opened.is_set():
                 if now - t0 > self.cfg.open_timeout_s:
                     self.last_error = f"open timed out after {self.cfg.open_timeout_s:g} s"
+                    self._stalled = False
                     self._gen += 1  # abandon: the thread exits whenever its call returns
                     return
                 continue
             if now - s.last_frame > self.cfg.read_timeout_s:
                 self.stalls += 1
                 self.state = CameraState.STALLED
+                self._stalled = True
                 self.last_error = f"no frame for {self.cfg.read_timeout_s:g} s (stalled)"
                 self._gen += 1
                 return
