@@ -151,17 +151,24 @@ def _run(store: RolloutStore, state: RolloutState, link=None) -> int:  # type: i
     return EXIT.get(final.phase, 1)
 
 
-def _status(args: argparse.Namespace) -> int:
-    import json
-
+def _load(args: argparse.Namespace) -> tuple[RolloutStore, RolloutState] | None:
     from builder.rollout.store import RolloutStore, RolloutStoreError
 
     store = RolloutStore(args.state_dir)
     try:
-        st = store.load(args.id)
+        return store, store.load(args.id)
     except RolloutStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    loaded = _load(args)
+    if loaded is None:
         return 1
+    store, st = loaded
     runner = store.claim(st.id).live_holder()
     if args.json:
         print(json.dumps({**json.loads(st.model_dump_json()), "runner": runner}, indent=2))
@@ -183,14 +190,11 @@ def _control(args: argparse.Namespace) -> int:
     from builder.fleet.publish import PublishError
     from builder.rollout.link import LinkError
     from builder.rollout.state import set_phase
-    from builder.rollout.store import RolloutStore, RolloutStoreError
 
-    store = RolloutStore(args.state_dir)
-    try:
-        st = store.load(args.id)
-    except RolloutStoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _load(args)
+    if loaded is None:
         return 1
+    store, st = loaded
     rollback = bool(getattr(args, "rollback", False))
     runner = store.claim(st.id).live_holder()
     if runner is not None:  # the live runner applies it at its next tick

@@ -8,9 +8,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 from builder.rollout.announce import Announcer
-from builder.rollout.gates import judge, measure
+from builder.rollout.gates import Health, judge, measure
 from builder.rollout.link import NodeSeen, RolloutLink
 from builder.rollout.state import RolloutState, advance, expire, mark, on_update, set_phase
 from builder.rollout.store import Claim, RolloutStore
@@ -137,8 +138,7 @@ class RolloutEngine:
             if seen.running_version not in (None, self.state.version):
                 mark(self.state, p.node, "failed", f"runs v{seen.running_version} after the soak", now)
                 continue
-            start = p.announced_at or p.committed_at
-            before = measure(seen.samples, seen.detections, p.previous_version, start - BASELINE_S, start)
+            before = Health(**p.baseline) if p.baseline else Health()  # type: ignore[arg-type]
             after = measure(seen.samples, seen.detections, self.state.version, p.committed_at, now)
             v = judge(before, after, th)
             note = f"gates skipped (no data): {', '.join(v.skipped)}" if v.skipped else None
@@ -153,6 +153,9 @@ class RolloutEngine:
         for p in waiting:
             seen = self.link.snapshot(p.node)
             p.previous_version = seen.running_version if seen else None
+            if seen is not None:
+                base = measure(seen.samples, seen.detections, p.previous_version, now - BASELINE_S, now)
+                p.baseline = asdict(base)
             topic = self.announcer.announce(self.link, p.node, self.state.base_url)
             p.status, p.announced_at = "announced", now
             self.state.log(f"{p.node}: announced v{self.state.version} on {topic} "

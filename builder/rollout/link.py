@@ -54,10 +54,11 @@ class RolloutLink:
         self.nodes: dict[str, NodeSeen] = {}
         self.lock = threading.Lock()
         self._responses: dict[bytes, CommandResponse] = {}
-        self._reply_topic = f"{topics.prefix}/rollout/replies/{uuid.uuid4().hex[:12]}"
+        client_id = f"edge-rollout-{uuid.uuid4().hex[:8]}"
+        # Nodes answer only under {prefix}/admin/{client}/replies (agent.service.commands).
+        self._reply_topic = f"{topics.admin_replies(client_id)}/rollout"
         self._ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                                  client_id=f"edge-rollout-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=client_id)
         if username or u.username:
             self.client.username_pw_set(username or u.username, password or u.password)
         if u.scheme in ("mqtts", "ssl"):

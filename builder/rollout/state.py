@@ -31,6 +31,7 @@ class NodeProgress(BaseModel):
     announced_at: float | None = None
     committed_at: float | None = None
     rolled_back: bool = False  # by this rollout (--rollback-on-halt / abort --rollback)
+    baseline: dict[str, float | None] | None = None  # gates.Health before the announcement (kept across restarts)
 
 
 class RolloutSettings(BaseModel):
