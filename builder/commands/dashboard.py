@@ -91,6 +91,20 @@ def _security(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return access, audit, tls
 
 
+def _check_broker(args: argparse.Namespace) -> None:
+    """A malformed broker URL is refused before anything is created (the audit log included)."""
+    from builder.dashboard.link import LinkError, make_client
+
+    try:
+        make_client(args.broker, "edge-dashboard-check", args.ca_file)
+    except LinkError as exc:
+        raise _BadBroker(str(exc)) from None
+
+
+class _BadBroker(Exception):
+    pass
+
+
 def _run(args: argparse.Namespace) -> int:
     from agent.protocol.topics import DEFAULT_PREFIX, Topics
     from builder.dashboard.link import FleetLink, LinkError
@@ -101,10 +115,14 @@ def _run(args: argparse.Namespace) -> int:
     try:
         topics = Topics(args.prefix or DEFAULT_PREFIX)
         _check_paths(args)
+        _check_broker(args)
         access, audit, tls = _security(args)
     except (ValueError, _Refused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except _BadBroker as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     state = FleetState(topics, history=args.history)
     try:
         link = FleetLink(args.broker, state, ca_file=args.ca_file).start()
