@@ -150,3 +150,53 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     write_boot_files(spec, tmp_path, force=True)
     assert stat.S_ISREG((tmp_path / "user-data").stat().st_mode)
     assert (tmp_path / "meta-data").read_text() != first  # a fresh instance-id: cloud-init runs again
+
+
+@needs_yaml
+def test_first_boot_removes_secrets_from_the_boot_partition(tmp_path: Path, pki: dict[str, Path]) -> None:
+    """The runcmd step, run for real with its paths moved into tmp: it scrubs the boot partition's user-data
+    only once the secrets are installed under /etc/edge-agent/credentials, and what it leaves is still a
+    valid, secret-free cloud-config."""
+    from agent.service.provision import BOOT_DIRS, CRED_DIR, SCRUBBED_USER_DATA
+
+    boot = tmp_path / "boot-firmware"
+    boot.mkdir()
+    assert _run(["--node-id", "cam-7", "--broker", "mqtts://broker.lan:8883", "--username", "cam-7",
+                 "--password", "pw-for-cam-7", "--key", str(pki["key"]), "--cert", str(pki["cert"]),
+                 "--out", str(boot)]) == 0
+    ud = yaml.safe_load((boot / "user-data").read_text())
+    key_text = pki["key"].read_text()
+    assert "pw-for-cam-7" in (boot / "user-data").read_text()
+    writes = [f["path"] for f in ud["write_files"]]
+    assert f"{CRED_DIR}/mqtt-password" in writes and f"{CRED_DIR}/client.key" in writes
+    scrub = [c for c in ud["runcmd"] if c[0] == "env"]
+    assert len(scrub) == 1
+    venv_at = next(i for i, c in enumerate(ud["runcmd"]) if c[:3] == ["python3", "-m", "venv"])
+    assert ud["runcmd"].index(scrub[0]) < venv_at  # before anything slow that could fail first
+    creds = tmp_path / "creds"
+    env_arg, script = scrub[0][1], scrub[0][-1]
+    script = script.replace(CRED_DIR, str(creds)).replace(" ".join(BOOT_DIRS), f"{boot} {tmp_path / 'nothing'}")
+    run = [*scrub[0][:1], env_arg, *scrub[0][2:-1], script]
+
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("pw-for-cam-7\n")  # the key is not installed yet: keep everything
+    assert subprocess.run(run, capture_output=True, text=True, timeout=30).returncode == 0
+    assert "pw-for-cam-7" in (boot / "user-data").read_text()
+
+    (creds / "client.key").write_text(key_text)
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    left = (boot / "user-data").read_text()
+    assert left == SCRUBBED_USER_DATA
+    assert "pw-for-cam-7" not in left and "PRIVATE KEY" not in left
+    assert sorted(p.name for p in boot.iterdir()) == ["meta-data", "network-config", "user-data"]
+    if shutil.which("cloud-init"):
+        proc = subprocess.run(["cloud-init", "schema", "--config-file", str(boot / "user-data")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_scrub_step_without_secrets(tmp_path: Path) -> None:
+    from agent.service.provision import scrub_boot_secrets_cmd
+
+    assert scrub_boot_secrets_cmd(ProvisionSpec(node_id="n1", broker="mqtt://10.0.0.2:1883")) is None

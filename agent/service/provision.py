@@ -33,6 +33,10 @@ SYSTEMD_DIR = ROOT / "systemd"
 CORAL_APT_LINE = "deb [signed-by=/etc/apt/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main"
 CORAL_KEY_URL = "https://packages.cloud.google.com/apt/doc/apt-key.gpg"
 CRED_DIR = "/etc/edge-agent/credentials"
+#: where Raspberry Pi OS mounts the FAT boot partition that holds the NoCloud seed (Bookworm, then older)
+BOOT_DIRS = ("/boot/firmware", "/boot")
+SCRUBBED_USER_DATA = ("#cloud-config\n# edge-agent: the per-node secrets this file carried were removed after first boot;\n"
+                      f"# they live in {CRED_DIR} (root only). Re-provision the card to change them.\n{{}}\n")
 #: where systemd exposes LoadCredential=creds:/etc/edge-agent/credentials to the service
 RUN_CRED = "/run/credentials/edge-agent.service/creds_"
 
@@ -254,6 +258,9 @@ def _runcmd(spec: ProvisionSpec) -> list[Any]:
         ]
     else:
         runcmd.append(["rm", "-f", "/etc/apt/sources.list.d/coral-edgetpu.list"])
+    scrub = scrub_boot_secrets_cmd(spec)
+    if scrub is not None:
+        runcmd.append(scrub)
     runcmd += [
         ["python3", "-m", "venv", "/opt/edge-agent/venv"],
         ["/opt/edge-agent/venv/bin/pip", "install", "--upgrade", "pip"],
@@ -262,6 +269,29 @@ def _runcmd(spec: ProvisionSpec) -> list[Any]:
         ["systemctl", "enable", "--now", "--no-block", "edge-agent.service"],
     ]
     return runcmd
+
+
+def secret_files(spec: ProvisionSpec) -> list[str]:
+    """The secrets `user-data` carries (installed root-only by write_files before runcmd runs)."""
+    return [f"{CRED_DIR}/{n}" for n, v in (("mqtt-password", spec.password), ("client.key", spec.key)) if v is not None]
+
+
+def scrub_boot_secrets_cmd(spec: ProvisionSpec) -> list[str] | None:
+    """First boot: once every secret is installed under CRED_DIR (non-empty), shred the boot partition's
+    user-data (the FAT partition is readable by anyone holding the card) and leave a secret-free one in its
+    place, so cloud-init still finds its seed; meta-data keeps the instance id, so nothing runs again.
+    Never scrubs before the secrets are safe: a node must not lose its only copy."""
+    files = secret_files(spec)
+    if not files:
+        return None
+    installed = " && ".join(f"test -s {f}" for f in files)
+    script = (
+        f"{installed} || {{ echo 'edge-agent: secrets not installed; boot user-data kept' >&2; exit 0; }}; "
+        f"for d in {' '.join(BOOT_DIRS)}; do f=\"$d/user-data\"; [ -f \"$f\" ] || continue; "
+        "shred -u -z \"$f\" 2>/dev/null || rm -f \"$f\"; "
+        "printf '%s' \"$SCRUBBED\" > \"$f.tmp\" && mv \"$f.tmp\" \"$f\"; done; sync"
+    )
+    return ["env", f"SCRUBBED={SCRUBBED_USER_DATA}", "sh", "-c", script]
 
 
 def user_data(spec: ProvisionSpec) -> dict[str, Any]:
