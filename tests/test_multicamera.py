@@ -15,21 +15,25 @@ import cv2
 import numpy as np
 import pytest
 from helpers import wait_for
+from test_service import Watcher
 
 from agent.camera.capture import Camera
 from agent.camera.frame import Frame, LatestFrame
 from agent.camera.replay import ReplaySource
 from agent.config import AgentConfig, CameraConfig, ConfigError, load_config
-from agent.inference.config import DetectConfig, engine_detect
+from agent.inference.config import DetectConfig, PublishConfig, engine_detect
 from agent.inference.engine import Engine
 from agent.inference.feeds import Feed
-from agent.inference.frames import FrameResult
-from agent.inference.pipeline import Pipeline
+from agent.inference.frames import FrameResult, FrameStats
+from agent.inference.pipeline import DetectionPublisher, Pipeline
 from agent.inference.scheduler import FairScheduler
 from agent.inference.zones import in_zones, points_in_polygon
-from agent.protocol.messages import Detection
+from agent.protocol.messages import Detection, NodeState
+from agent.protocol.telemetry import Telemetry
+from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle
 from agent.security.signing import Keyring
+from agent.service.daemon import AgentService
 from builder.data.synth import make_video
 
 
@@ -301,3 +305,77 @@ def test_hot_swap_across_three_cameras_skips_no_frame(frames: list[np.ndarray], 
         assert idx == sorted(set(idx)), f.name  # each frame once, in order
         assert gaps <= f.camera.dropped, (f.name, gaps, f.camera.dropped)
         assert f.camera.dropped <= 0.1 * len(idx), (f.name, f.camera.dropped)  # a loaded machine may drop a few
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
+        self.sent.append(topic)
+        return True
+
+
+def test_detections_go_to_each_cameras_topic_and_default_keeps_the_old_one() -> None:
+    client = FakeClient()
+    pub = DetectionPublisher(client, Topics("p"), "n1", PublishConfig(max_rate_hz=1))
+    frame = Frame(np.zeros((4, 4, 3), np.uint8), time.time(), time.monotonic(), 1)
+    stats = FrameStats(1, frame.ts, 0, 0, 0, 0, 0, 1, "cpu", 1)
+    for cam in ("default", "yard", "yard"):
+        pub(FrameResult(frame, [det((0, 0, 1, 1), "car", 0.9)], stats, "m", 1, "cpu", camera=cam))
+    assert client.sent == ["p/node/n1/camera/default/detections", "p/node/n1/detections",
+                           "p/node/n1/camera/yard/detections"]  # the second yard frame: rate-limited per camera
+    assert pub.counters.rate_limited == 1
+
+
+def test_agent_with_three_cameras_over_mqtt(mqtt_broker: Any, trained_bundle: Path, trained_bundle_keys: Path,
+                                            frames: list[np.ndarray], tmp_path: Path) -> None:
+    """Two 30 fps video files and a camera that stalls halfway on one agent: detections on three topics, the
+    stalled camera named in the state and the telemetry, per-camera telemetry and HA entities."""
+    classes = json.loads((trained_bundle / "manifest.json").read_text())["class_names"]
+    videos = []
+    for i in range(2):
+        videos.append(tmp_path / f"cam{i}.avi")
+        make_video(videos[-1], n_frames=30, size=(320, 240), fps=30, classes=classes, seed=20 + i)
+    cam = {"loop": True, "realtime": True, "backoff_initial_s": 0.1, "backoff_max_s": 0.5}
+    cfg = AgentConfig(
+        node_id="mc", topic_prefix="svc", broker={"url": mqtt_broker.url},
+        cameras=[{"name": "a", "source": str(videos[0]), **cam}, {"name": "b", "source": str(videos[1]), **cam},
+                 {"name": "c", "source": "replay", "read_timeout_s": 0.5}],
+        backend={"prefer": "cpu"}, detect={"score_threshold": 0.3}, publish={"max_rate_hz": 50},
+        telemetry={"interval_s": 1.0}, state_dir=tmp_path / "state", trusted_keys_dir=trained_bundle_keys,
+        bundle=trained_bundle)
+    release = threading.Event()
+    watch, hass = Watcher(mqtt_broker, "svc"), Watcher(mqtt_broker, "homeassistant")
+    svc = AgentService(cfg, cameras={"c": replay_camera(frames, 30.0, stall_after=45, release=release)})
+    runner = threading.Thread(target=svc.run, kwargs={"install_signal_handlers": False}, daemon=True)
+    runner.start()
+    T = Topics("svc")
+    try:
+        for name in ("a", "b", "c"):
+            assert wait_for(lambda n=name: watch.on(T.camera_detections("mc", n)), 20), name  # type: ignore[misc]
+        assert not watch.on(T.detections("mc"))  # no camera named default: the alias topic stays silent
+
+        def telemetry_says_stalled() -> bool:
+            got = watch.on(T.telemetry("mc"))
+            t = Telemetry.model_validate_json(got[-1]) if got else None
+            return t is not None and t.cameras["c"].state == "stalled" and t.cameras["a"].inference_fps > 0
+        assert wait_for(telemetry_says_stalled, 20)
+        tel = Telemetry.model_validate_json(watch.on(T.telemetry("mc"))[-1])
+        assert set(tel.cameras) == {"a", "b", "c"}
+        assert tel.cameras["b"].device and tel.cameras["b"].latency and tel.cameras["b"].latency.count > 0
+        assert wait_for(lambda: "camera c stalled" in (watch.last_state(T.state("mc")) or NodeState(
+            node="x", status="error", agent_version="0")).reason or "", 10)
+        # a and b keep their rate while c is stalled
+        n_a = len(watch.on(T.camera_detections("mc", "a")))
+        time.sleep(1.0)
+        assert len(watch.on(T.camera_detections("mc", "a"))) > n_a
+        assert wait_for(lambda: hass.on("homeassistant/sensor/mc/camera_c_state/config"), 5)
+        entity = json.loads(hass.on("homeassistant/sensor/mc/camera_c_fps/config")[-1])
+        assert entity["state_topic"] == T.telemetry("mc") and "cameras.c.inference_fps" in entity["value_template"]
+    finally:
+        release.set()
+        svc.request_stop()
+        runner.join(10)
+        watch.close()
+        hass.close()
