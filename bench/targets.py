@@ -2,8 +2,9 @@
 
 A benchmark that only prints MISSED lets a regression through `make bench` unnoticed; here a missed target
 is exit status 3 (an error that stopped the measurement stays 1), so make and CI see it. The result file
-carries the targets, the verdict, the commit and the machine (CPU model and whether it has int8 dot-product
-instructions: INT8 latencies depend on them), so a file in bench/results/reference/ says what it measured.
+carries the targets, the verdict, the commit and the machine (CPU model, its int8 ISA flags and whether it has
+int8 dot-product instructions: INT8 latencies depend on them; the load average), so a file in
+bench/results/reference/ says what it measured.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,26 +51,14 @@ class Target:
                 "rule": "at_most" if self.at_most else "at_least", "unit": self.unit, "ok": self.ok}
 
 
-def int8_dot_product() -> bool:
-    """x86 VNNI or Arm dot-product (SDOT/UDOT) instructions, from /proc/cpuinfo."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_vnni", "avx_vnni", "asimddp"})
-
-
 def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "arch": platform.machine(), "cpus": os.cpu_count(), "int8_dot_product": int8_dot_product(),
-            "python": platform.python_version(), "load_average": round(os.getloadavg()[0], 2)}
+    """The machine a result was measured on: CPU model and int8 ISA flags (builder.evaluate.cpuinfo), load."""
+    from builder.evaluate import cpuinfo
+
+    cpu = cpuinfo.read()
+    return {"cpu": cpu.model, "arch": cpu.arch, "cpus": cpu.cpus, "int8_flags": list(cpu.flags),
+            "int8_dot_product": cpu.int8_dot_product, "python": platform.python_version(),
+            "load_average": round(os.getloadavg()[0], 2)}
 
 
 def _commit() -> str | None:
@@ -86,7 +77,7 @@ def finish(result: dict[str, Any], targets: list[Target], out: Path) -> int:
         print(t.line())
     met = all(t.ok for t in targets)
     result = {**result, "targets": [t.as_dict() for t in targets], "targets_met": met,
-              "run": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": _commit(),
+              "run": {"command": shlex.join(["python", *sys.argv]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": _commit(),
                       "machine": machine()}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
