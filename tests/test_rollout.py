@@ -150,3 +150,101 @@ def test_claim_excludes_second_runner_until_stale(tmp_path: Path) -> None:
     assert two.holder() is not None and two.holder()["owner"] == "two"  # type: ignore[index]
     two.release()
     assert two.holder() is None
+
+
+# -- engine, with the MQTT side and the announcer replaced by recorders -------------------------------------
+class FakeLink:
+    def __init__(self) -> None:
+        from builder.rollout.link import NodeSeen
+
+        self.seen: dict[str, NodeSeen] = {}
+        self.commands: list[tuple[str, str]] = []
+
+    def node(self, node: str, version: int, update: str | None = None, uversion: int | None = None) -> None:
+        from agent.protocol.messages import ModelRef, NodeState, UpdateState, UpdateStatus
+        from builder.rollout.link import NodeSeen
+
+        st = NodeState(node=node, status="running", agent_version="t", model=ModelRef(name="m", version=version))
+        up = UpdateStatus(node=node, version=uversion, state=UpdateState(update), reason="golden self-test failed") \
+            if update else None
+        self.seen[node] = NodeSeen(node, True, st, up)
+
+    def snapshot(self, node: str):  # type: ignore[no-untyped-def]
+        return self.seen.get(node)
+
+    def command(self, node: str, request: dict[str, object]):  # type: ignore[no-untyped-def]
+        from agent.protocol.messages import CommandResponse
+
+        self.commands.append((node, str(request["command"])))
+        self.node(node, 6)
+        return CommandResponse(node=node, command="rollback", ok=True)
+
+
+class FakeAnnouncer:
+    def __init__(self) -> None:
+        self.announced: list[str] = []
+        self.withdrawn: list[str] = []
+
+    def place_files(self, first: str) -> str:
+        return "http://h/m/7/"
+
+    def announce(self, link: object, node: str, base_url: str) -> str:
+        self.announced.append(node)
+        return f"edgefleet/announce/node/{node}"
+
+    def withdraw(self, link: object, node: str) -> None:
+        self.withdrawn.append(node)
+
+
+def _engine(tmp_path: Path, waves: list[list[str]], th: Thresholds, rollback_on_halt: bool = False):  # type: ignore[no-untyped-def]
+    from builder.rollout.engine import RolloutEngine
+
+    st = _state(waves, th)
+    st.settings.rollback_on_halt = rollback_on_halt
+    link, ann = FakeLink(), FakeAnnouncer()
+    for n in st.nodes:
+        link.node(n, 6)
+    clock = [1000.0]
+    eng = RolloutEngine(st, RolloutStore(tmp_path), link, ann, clock=lambda: clock[0])  # type: ignore[arg-type]
+    return eng, link, ann, clock
+
+
+def test_engine_waves_soak_and_persist(tmp_path: Path) -> None:
+    eng, link, ann, clock = _engine(tmp_path, [["a"], ["b", "c"]], Thresholds(soak_s=5, max_latency_ratio=None))
+    eng.tick()
+    assert ann.announced == ["a"] and eng.state.nodes["a"].previous_version == 6
+    link.node("a", 7, "committed", 7)
+    eng.tick()
+    assert eng.state.nodes["a"].status == "committed" and ann.announced == ["a"]
+    clock[0] += 6
+    eng.tick()  # soaked: healthy (gates without data are skipped and said so), wave 2 announced
+    assert eng.state.nodes["a"].status == "healthy" and "skipped" in (eng.state.nodes["a"].reason or "")
+    assert ann.announced == ["a", "b", "c"] and eng.state.current_wave == 1
+    assert RolloutStore(tmp_path).load(eng.state.id).current_wave == 1  # persisted on every change
+
+
+def test_engine_halt_withdraws_and_rolls_back_only_new_version(tmp_path: Path) -> None:
+    eng, link, ann, clock = _engine(tmp_path, [["a", "b", "c"], ["d"]], Thresholds(), rollback_on_halt=True)
+    eng.tick()
+    link.node("a", 7, "committed", 7)  # runs the new version
+    link.node("b", 6, "rolled_back", 7)  # rolled back by itself
+    eng.tick()
+    assert eng.state.phase == "halted" and "golden self-test" in (eng.state.reason or "")
+    assert ann.withdrawn == ["c"]  # the one still pending
+    assert link.commands == [("a", "rollback")] and eng.state.nodes["a"].rolled_back
+    assert "d" not in ann.announced
+
+
+def test_engine_operator_requests(tmp_path: Path) -> None:
+    eng, link, ann, clock = _engine(tmp_path, [["a"], ["b"]], Thresholds(soak_s=0, max_latency_ratio=None))
+    eng.store.request(eng.state.id, "pause")
+    eng.tick()
+    assert eng.state.phase == "paused" and ann.announced == []
+    eng.store.request(eng.state.id, "resume")
+    eng.tick()
+    assert eng.state.phase == "running" and ann.announced == ["a"]
+    link.node("a", 7, "committed", 7)
+    eng.store.request(eng.state.id, "abort", rollback=True)
+    eng.tick()
+    assert eng.state.phase == "aborted" and link.commands == [("a", "rollback")] and ann.announced == ["a"]
+    assert not eng.resume() and eng.tick().phase == "aborted"

@@ -85,7 +85,11 @@ def _start(args: argparse.Namespace) -> int:
                                http_base=args.http_base, upload=str(args.upload.resolve()) if args.upload else None,
                                prefix=args.prefix, target=args.target, waves_spec=args.waves,
                                rollback_on_halt=args.rollback_on_halt)
-    if old is not None and not old.done and old.settings.bundle == settings.bundle:
+    if old is not None and not old.done:
+        if old.settings.bundle != settings.bundle:
+            print(f"error: rollout {old.id} of {old.settings.bundle} is not over ({old.phase}): "
+                  "resume or abort it first", file=sys.stderr)
+            return 1
         print(f"resuming rollout {old.id}")
         return _run(store, old)
     th = Thresholds(success=args.success_threshold, failure=args.failure_threshold, soak_s=args.soak,
@@ -220,6 +224,7 @@ def _control(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
+        time.sleep(2.0)  # the nodes' retained state first: rollback goes only to nodes that run the version
         engine.abort(rollback)
     finally:
         engine.link.stop()

@@ -48,7 +48,7 @@ class RolloutEngine:
                 return False
             self._withdraw_unfinished()
             if rollback:
-                self.rollback([p.node for p in self.state.nodes.values() if p.status in ("committed", "healthy")])
+                self.rollback(list(self.state.nodes))
             return self._commit(True)
 
     def rollback(self, nodes: list[str]) -> None:
