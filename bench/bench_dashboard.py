@@ -21,6 +21,7 @@ import http.client
 import json
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -53,9 +54,10 @@ def dashboard_cmd() -> list[str]:
 class SSEProbe(threading.Thread):
     """Reads /api/events like a page would and records each telemetry message's delay."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str) -> None:
         super().__init__(daemon=True)
         self.port = port
+        self.token = token
         self.lags: list[float] = []
         self.events = 0
         self.bytes = 0
@@ -65,7 +67,7 @@ class SSEProbe(threading.Thread):
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        conn.request("GET", "/api/events")
+        conn.request("GET", "/api/events", headers={"Authorization": f"Bearer {self.token}"})
         resp = conn.getresponse()  # keep a reference: a collected response closes the stream
         while not self.stop_flag.is_set():
             line = resp.fp.readline()
@@ -161,14 +163,14 @@ def measure(args: argparse.Namespace, dash: psutil.Process, port: int,
     """Idle, then under the simulated fleet's load: staleness (SSE, and the page's own), server CPU and RSS."""
     idle_cpu, idle_rss = measure_cpu(dash, 3.0)
     fleet = make_fleet().start()
-    probe = SSEProbe(port)
+    probe = SSEProbe(port, args.token)
     probe.start()
     time.sleep(3.0)  # every node online and sending; the first snapshot is not a measurement
     probe.recording = True
     load_cpu, load_rss = measure_cpu(dash, args.duration)
     probe.recording = False
     probe.stop_flag.set()
-    page_lags, chromium_cpu = (browser_lags(f"http://127.0.0.1:{port}/", min(args.duration, 20.0))
+    page_lags, chromium_cpu = (browser_lags(f"http://127.0.0.1:{port}/?token={args.token}", min(args.duration, 20.0))
                                if args.browser else ([], None))
     sse = stats(probe.lags)
     page = stats(page_lags)
@@ -219,7 +221,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edge-bench-dash-"))
     broker = LocalBroker(work / "mosquitto").start()
     port = free_port()
-    proc = subprocess.Popen([*dashboard_cmd(), "--broker", broker.url, "--port", str(port)], cwd=ROOT,
+    args.token = secrets.token_urlsafe(24)  # the dashboard's login token, as an operator would set it
+    proc = subprocess.Popen([*dashboard_cmd(), "--broker", broker.url, "--port", str(port),
+                             "--audit-log", str(work / "audit.jsonl")], cwd=ROOT,
+                            env={**os.environ, "EDGE_DASHBOARD_TOKEN": args.token},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     fleets: list[SimFleet] = []
 
