@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from builder.rollout.engine import RolloutEngine
+    from builder.rollout.link import RolloutLink
     from builder.rollout.state import RolloutState
     from builder.rollout.store import RolloutStore
 
@@ -108,14 +109,15 @@ def _start(args: argparse.Namespace) -> int:
     return _run(store, state, link)
 
 
-def _link(broker: str, prefix: str):  # type: ignore[no-untyped-def]
+def _link(broker: str, prefix: str) -> RolloutLink:
     from agent.protocol.topics import Topics
     from builder.rollout.link import RolloutLink
 
     return RolloutLink(broker, Topics(prefix)).start()
 
 
-def _engine(store: RolloutStore, state: RolloutState, link=None) -> RolloutEngine:  # type: ignore[no-untyped-def]
+def _engine(store: RolloutStore, state: RolloutState,
+            link: RolloutLink | None = None) -> tuple[RolloutEngine, RolloutLink]:
     from agent.protocol.topics import Topics
     from builder.rollout.announce import Announcer
     from builder.rollout.engine import RolloutEngine
@@ -124,20 +126,22 @@ def _engine(store: RolloutStore, state: RolloutState, link=None) -> RolloutEngin
     link = link or _link(s.broker, s.prefix)
     announcer = Announcer(Path(s.bundle), Path(s.key), s.http_base, Path(s.upload) if s.upload else None,
                           Topics(s.prefix))
-    return RolloutEngine(state, store, link, announcer, claim=store.claim(state.id))
+    return RolloutEngine(state, store, link, announcer, claim=store.claim(state.id)), link
 
 
-def _run(store: RolloutStore, state: RolloutState, link=None) -> int:  # type: ignore[no-untyped-def]
+def _run(store: RolloutStore, state: RolloutState, link: RolloutLink | None = None) -> int:
     from builder.fleet.publish import PublishError
     from builder.rollout.link import LinkError
     from builder.rollout.store import ClaimError
 
     try:
-        engine = _engine(store, state, link)
+        engine, link = _engine(store, state, link)
         assert engine.claim is not None
         engine.claim.acquire()
     except (ClaimError, LinkError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if link is not None:
+            link.stop()
         return 1
     engine.on_event = lambda line: print(line, flush=True)
     try:
@@ -145,12 +149,12 @@ def _run(store: RolloutStore, state: RolloutState, link=None) -> int:  # type: i
     except KeyboardInterrupt:
         print("interrupted: the rollout stays recorded; `edge-builder rollout resume` carries on", file=sys.stderr)
         return 130
-    except ClaimError as exc:
+    except (ClaimError, LinkError, PublishError) as exc:  # the record stays: `rollout resume` carries on
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         engine.claim.release()
-        engine.link.stop()
+        link.stop()
     print(f"rollout {final.id}: {final.phase}" + (f" ({final.reason})" if final.reason else ""))
     return EXIT.get(final.phase, 1)
 
@@ -219,7 +223,7 @@ def _control(args: argparse.Namespace) -> int:
         print(f"resuming rollout {st.id}")
         return _run(store, st)
     try:
-        engine = _engine(store, st)
+        engine, link = _engine(store, st)
     except (LinkError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -227,6 +231,6 @@ def _control(args: argparse.Namespace) -> int:
         time.sleep(2.0)  # the nodes' retained state first: rollback goes only to nodes that run the version
         engine.abort(rollback)
     finally:
-        engine.link.stop()
+        link.stop()
     print(f"rollout {st.id}: aborted")
     return 0

@@ -12,7 +12,7 @@ from agent.protocol.manifest import Target
 from agent.protocol.topics import Topics
 from agent.security.signing import SigningKey
 from builder.fleet.publish import PublishError, make_announcement, prepare, upload
-from builder.rollout.link import RolloutLink
+from builder.rollout.link import FleetSide
 
 
 class Announcer:
@@ -36,7 +36,7 @@ class Announcer:
         m = bundle.manifest
         return f"{self.http_base.rstrip('/')}/{m.name}/{m.version}/"
 
-    def announce(self, link: RolloutLink, node: str, base_url: str) -> str:
+    def announce(self, link: FleetSide, node: str, base_url: str) -> str:
         target = Target(kind="node", value=node)
         _, data, _ = prepare(self.bundle_dir, target, self.key)
         ann = make_announcement(data, self.key, base_url)
@@ -44,7 +44,7 @@ class Announcer:
         link.publish(topic, ann.model_dump_json().encode(), retain=True)
         return topic
 
-    def withdraw(self, link: RolloutLink, node: str) -> None:
+    def withdraw(self, link: FleetSide, node: str) -> None:
         """Clear the node's retained announcement (an empty retained message deletes it)."""
         link.publish(self.topics.announce(Target(kind="node", value=node)), b"", retain=True)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from builder.rollout.announce import Announcer
 from builder.rollout.gates import Health, judge, measure
-from builder.rollout.link import NodeSeen, RolloutLink
+from builder.rollout.link import FleetSide, NodeSeen
 from builder.rollout.state import RolloutState, advance, expire, mark, on_update, set_phase
 from builder.rollout.store import Claim, RolloutStore
 
@@ -21,7 +21,7 @@ STALE_S = 5.0  # an update status older than the announcement (minus clock slack
 
 
 class RolloutEngine:
-    def __init__(self, state: RolloutState, store: RolloutStore, link: RolloutLink, announcer: Announcer,
+    def __init__(self, state: RolloutState, store: RolloutStore, link: FleetSide, announcer: Announcer,
                  claim: Claim | None = None, clock: Callable[[], float] = time.time) -> None:
         self.state, self.store, self.link, self.announcer = state, store, link, announcer
         self.claim, self.clock = claim, clock

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
@@ -39,6 +39,16 @@ class NodeSeen:
     @property
     def running_version(self) -> int | None:
         return self.state.model.version if self.state and self.state.model else None
+
+
+class FleetSide(Protocol):
+    """What RolloutEngine needs from the MQTT side; RolloutLink is one, a dashboard's link can be another."""
+
+    def snapshot(self, node: str) -> NodeSeen | None: ...
+
+    def publish(self, topic: str, payload: bytes, retain: bool = True, timeout: float = 10.0) -> None: ...
+
+    def command(self, node: str, request: dict[str, Any], timeout: float = 30.0) -> CommandResponse | None: ...
 
 
 class RolloutLink:
@@ -156,4 +166,4 @@ class RolloutLink:
         return None
 
 
-__all__ = ["LinkError", "NodeSeen", "RolloutLink"]
+__all__ = ["FleetSide", "LinkError", "NodeSeen", "RolloutLink"]
