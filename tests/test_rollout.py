@@ -248,3 +248,36 @@ def test_engine_operator_requests(tmp_path: Path) -> None:
     eng.tick()
     assert eng.state.phase == "aborted" and link.commands == [("a", "rollback")] and ann.announced == ["a"]
     assert not eng.resume() and eng.tick().phase == "aborted"
+
+
+# -- CLI without a broker: status, pause with no runner, a second rollout refused ---------------------------
+def test_cli_status_pause_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from builder.cli import main
+
+    store = RolloutStore(tmp_path)
+    st = _state([["a"], ["b"]])
+    st.nodes["a"].status, st.nodes["a"].reason = "failed", "rolled_back: golden self-test failed"
+    store.save(st)
+    store.set_current(st.id)
+    d = ["--state-dir", str(tmp_path)]
+    assert main(["rollout", "status", *d]) == 0
+    out = capsys.readouterr().out
+    assert "phase    running" in out and "golden self-test failed" in out and "runner   none" in out
+    assert main(["rollout", "pause", *d]) == 0
+    assert store.load().phase == "paused"
+    assert main(["rollout", "status", "--json", *d]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["phase"] == "paused"
+    # another bundle while this one is not over: refused before touching the broker
+    assert main(["rollout", "start", str(tmp_path / "other"), "--broker", "mqtt://127.0.0.1:1", "--key", "k",
+                 "--http-base", "http://h", "--waves", "1,rest", *d]) == 1
+    assert "not over" in capsys.readouterr().err
+    assert main(["rollout", "start", "b", "--broker", "mqtt://127.0.0.1:1", "--key", "k", "--http-base", "h",
+                 "--waves", "rest,1", *d]) == 2
+    # a live runner gets requests instead
+    store.claim(st.id, owner="runner").acquire()
+    assert main(["rollout", "abort", "--rollback", *d]) == 0
+    assert "requested" in capsys.readouterr().out
+    assert store.take_request(st.id) == {"action": "abort", "rollback": True, "ts": pytest.approx(time.time(), abs=60)}
+    assert main(["rollout", "status", "--id", "nope", *d]) == 1
