@@ -230,7 +230,7 @@ def test_engine_halt_withdraws_and_rolls_back_only_new_version(tmp_path: Path) -
     link.node("b", 6, "rolled_back", 7)  # rolled back by itself
     eng.tick()
     assert eng.state.phase == "halted" and "golden self-test" in (eng.state.reason or "")
-    assert ann.withdrawn == ["c"]  # the one still pending
+    assert ann.withdrawn == ["b", "c"]  # the failed one's and the one still pending
     assert link.commands == [("a", "rollback")] and eng.state.nodes["a"].rolled_back
     assert "d" not in ann.announced
 
@@ -281,3 +281,20 @@ def test_cli_status_pause_and_refusals(tmp_path: Path, capsys: pytest.CaptureFix
     assert "requested" in capsys.readouterr().out
     assert store.take_request(st.id) == {"action": "abort", "rollback": True, "ts": pytest.approx(time.time(), abs=60)}
     assert main(["rollout", "status", "--id", "nope", *d]) == 1
+
+
+def test_engine_run_stops_when_the_claim_is_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import threading
+
+    from builder.rollout import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "HEARTBEAT_S", 0.05)
+    eng, link, ann, clock = _engine(tmp_path, [["a"]], Thresholds())
+    eng.claim = eng.store.claim(eng.state.id, owner="me")
+    eng.claim.acquire()
+    # another host's runner overwrites the claim (say, after a network split made ours look stale)
+    other = json.dumps({"owner": "thief", "pid": 1, "host": "h", "heartbeat": time.time()})
+    threading.Timer(0.3, eng.claim.path.write_text, args=(other,)).start()
+    with pytest.raises(ClaimError, match="lost to thief"):
+        eng.run(poll_s=0.05)

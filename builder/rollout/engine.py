@@ -14,9 +14,10 @@ from builder.rollout.announce import Announcer
 from builder.rollout.gates import Health, judge, measure
 from builder.rollout.link import FleetSide, NodeSeen
 from builder.rollout.state import RolloutState, advance, expire, mark, on_update, set_phase
-from builder.rollout.store import Claim, RolloutStore
+from builder.rollout.store import Claim, ClaimError, RolloutStore
 
 BASELINE_S = 600.0  # the node's telemetry this long before its announcement is its "before"
+HEARTBEAT_S = 2.0  # well under store.CLAIM_TTL_S
 STALE_S = 5.0  # an update status older than the announcement (minus clock slack) is from another time
 
 
@@ -89,15 +90,33 @@ class RolloutEngine:
             return self.state
 
     def run(self, poll_s: float = 1.0, stop: threading.Event | None = None) -> RolloutState:
+        """Tick until the rollout is over or `stop` is set. The claim's heartbeat runs in its own thread, so
+        a slow tick (rollback commands wait for answers) never lets the claim go stale; a lost claim stops
+        the loop and raises ClaimError."""
         stop = stop or threading.Event()
-        beat = 0.0
-        while not stop.is_set():
-            if self.claim is not None and time.monotonic() - beat >= 2.0:
-                self.claim.heartbeat()
-                beat = time.monotonic()
-            if self.tick().done:
-                break
-            stop.wait(poll_s)
+        lost: list[ClaimError] = []
+        beating = threading.Event()
+
+        def beat() -> None:
+            while not beating.wait(HEARTBEAT_S):
+                try:
+                    assert self.claim is not None
+                    self.claim.heartbeat()
+                except ClaimError as exc:
+                    lost.append(exc)
+                    stop.set()
+                    return
+
+        if self.claim is not None:
+            self.claim.heartbeat()
+            threading.Thread(target=beat, name="rollout-claim", daemon=True).start()
+        try:
+            while not stop.is_set() and not self.tick().done:
+                stop.wait(poll_s)
+        finally:
+            beating.set()
+        if lost:
+            raise lost[0]
         return self.state
 
     # -- steps ---------------------------------------------------------------------------------------
@@ -163,7 +182,7 @@ class RolloutEngine:
 
     def _withdraw_unfinished(self) -> None:
         for p in self.state.nodes.values():
-            if p.status == "announced":
+            if p.status in ("announced", "failed"):  # a failed node's retained announcement has no use left
                 self.announcer.withdraw(self.link, p.node)
 
     def _commit(self, changed: bool) -> bool:
