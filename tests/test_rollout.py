@@ -298,3 +298,22 @@ def test_engine_run_stops_when_the_claim_is_lost(tmp_path: Path, monkeypatch: py
     threading.Timer(0.3, eng.claim.path.write_text, args=(other,)).start()
     with pytest.raises(ClaimError, match="lost to thief"):
         eng.run(poll_s=0.05)
+
+
+def test_target_nodes_from_retained_state() -> None:
+    from agent.protocol.manifest import Target
+    from agent.protocol.messages import NodeState
+    from builder.rollout.link import NodeSeen
+    from builder.rollout.plan import PlanError, create, target_nodes
+
+    def seen(node: str, online: bool | None, status: str = "running", groups: tuple[str, ...] = ("lab",)) -> NodeSeen:
+        return NodeSeen(node, online, NodeState(node=node, status=status, agent_version="t",  # type: ignore[arg-type]
+                                                groups=list(groups)))
+
+    fleet = [seen("b", True), seen("a", None), seen("c", False), seen("d", True, "stopped"),
+             seen("e", True, groups=("yard",)), NodeSeen("f", True)]
+    assert target_nodes(fleet, Target()) == ["a", "b", "e"]  # offline, stopped and state-less nodes left out
+    assert target_nodes(fleet, Target.parse("group:yard")) == ["e"]
+    settings = RolloutSettings(bundle="/nonexistent", broker="mqtt://x", key="/k", http_base="h", waves_spec="rest")
+    with pytest.raises(PlanError, match="bundle"):
+        create(settings, Thresholds(), fleet)
