@@ -144,7 +144,8 @@ def plot(report: dict[str, Any], path: Path) -> bool:
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     # Measured here and now, so this machine is the one the latencies were measured on.
     report.setdefault("cpu", cpuinfo.read().as_dict())
-    if "latency_runs" in report:
+    # Only a report measured with the one method (paired ratios in its rows) is described as such.
+    if "latency_runs" in report and any("latency_ratio" in e for e in report["variants"].values()):
         report.setdefault("latency_method", latency.method_dict(report["latency_runs"], latency.WARMUP,
                                                                 report.get("threads"), "fp32"))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
