@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,24 @@ def test_report_md_shows_cpu_method_and_spread() -> None:
     assert "Latency method: 3 warm-up calls" in md and "paired" in md
     assert "Cortex-A76" in md and "asimddp" in md and "has int8 dot-product" in md
     assert "| 5.0 (4.2–5.8) |" in md and "| 0.45 (0.41–0.49) |" in md  # medians with their p10–p90
+
+
+def test_write_report_records_cpu_and_method(tmp_path: Path) -> None:
+    import json
+
+    from builder.evaluate.report import write_report
+
+    res = latency.summarize({"fp32": [0.010, 0.012], "quant": [0.004, 0.005]}, "fp32", latency.WARMUP, 2)
+    report = {
+        "name": "m", "version": "1", "architecture": "yolo_nas_s", "imgsz": 128, "class_names": ["a"],
+        "calibration": {"images": 1, "source": "x"}, "dataset": None, "threads": 2, "latency_runs": 2,
+        "variants": {k: {**res.entry(k), "size_bytes": 1000} for k in ("fp32", "quant")},
+        "parity": {"images": 1, "max_abs_error": 0.0, "atol": 1e-3},
+        "ranges": {"ok": True, "problems": [], "outputs": []}, "readiness": {"summary": "ok"},
+        "edgetpu_command": "edgetpu_compiler x",
+    }
+    write_report(tmp_path, report)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["cpu"] == cpuinfo.read().as_dict()
+    assert saved["latency_method"] == res.method()  # the same description the measurement gives
+    assert "Latency method:" in (tmp_path / "report.md").read_text()
