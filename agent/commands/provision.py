@@ -74,4 +74,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     print(f"node {spec.node_id}: insert the card and boot; the service starts once cloud-init finishes "
           f"(follow with: journalctl -u edge-agent -f)")
+    if spec.password is not None or spec.key is not None:
+        print("the card's user-data holds this node's secrets until its first boot, which moves them to "
+              "/etc/edge-agent/credentials and shreds them from the boot partition: keep the card safe until then")
     return 0
