@@ -324,3 +324,30 @@ def test_reply_topic_rule() -> None:
                 "edgefleet/admin/dash/replies/" + "x" * 600):
         assert not T.is_reply_topic(bad, "n1"), bad
 
+
+
+def test_the_real_admin_tools_side_by_side(shipped: ShippedBroker) -> None:
+    """Two dashboards (FleetLink) and a rollout runner (RolloutLink) on the admin listener, a node on the node
+    listener: all stay connected, and the dashboards see the node online throughout."""
+    from builder.dashboard.link import FleetLink
+    from builder.dashboard.state import FleetState
+    from builder.rollout.link import RolloutLink
+
+    url = f"mqtts://fleet-admin:{ADMINS['fleet-admin']}@127.0.0.1:{shipped.admin_port}"
+    b = _daemon_like(shipped, "node-b")
+    states = [FleetState(T), FleetState(T)]
+    dashboards = [FleetLink(url, s, ca_file=shipped.ca).start() for s in states]
+    rollout = RolloutLink(url, T, ca_file=shipped.ca).start()
+    try:
+        for s in states:
+            assert wait_for(lambda s=s: (v := s.node("node-b")) is not None and v.online is True)  # type: ignore[misc]
+        assert b.publish(T.state("node-b"), b'{"node":"node-b","status":"running","agent_version":"1"}', qos=1)
+        time.sleep(0.5)
+        assert all(d.connected.is_set() for d in dashboards)
+        assert b.connected and b.counters.disconnects == 0
+        assert all(s.node("node-b").online is True for s in states)  # type: ignore[union-attr]
+    finally:
+        rollout.stop()
+        for d in dashboards:
+            d.stop()
+        b.stop()
