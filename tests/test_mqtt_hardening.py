@@ -6,7 +6,8 @@
   side with the nodes and each other; node credentials do not work there;
 - a node cannot publish on another node's cmd, update, availability, state or Home Assistant discovery, nor
   on announcements or the keyring (which it may read);
-- a node answers a command only under the requester's reply subtree ({prefix}/admin/{client}/replies/...).
+- a node answers a command only under the requester's reply subtree ({prefix}/admin/{client}/replies/...) or
+  on its own cmd/response.
 """
 
 from __future__ import annotations
@@ -307,6 +308,8 @@ def test_command_replies_only_under_the_admin_reply_subtree(shipped: ShippedBrok
         _request(admin, "node-a", good, b"c-last")  # in order after the refused ones
         assert wait_for(lambda: len(watcher.payloads(good)) == 2)
         assert all(b'"command"' not in p for t in foreign for p in watcher.payloads(t))
+        # answered on the node's own cmd/response instead, correlation kept
+        assert wait_for(lambda: len(watcher.payloads(T.response("node-a"))) == len(foreign))
         assert a.counters.denied == 0  # refused by the node itself, not merely by the broker
     finally:
         admin.disconnect()

@@ -4,9 +4,10 @@ The request carries a Response Topic and Correlation Data (MQTT v5 properties); 
 (CommandResponse JSON) goes to that topic with the same correlation data. Without a response topic
 the answer goes to {prefix}/node/{node}/cmd/response. A response topic elsewhere than the node's own
 cmd/response or an admin tool's reply subtree ({prefix}/admin/{client}/replies/...) is refused: the
-request is dropped, so a command can never make a node write on someone else's topic. Runs in paho's
-callback thread, so anything slow (a rollback swaps engines) is handed to the updater's worker; reads
-answer at once.
+answer goes to the node's own cmd/response instead (the request itself is authorized: only the node and
+the operators may write its cmd topic), so a command can never make a node write on someone else's topic.
+Runs in paho's callback thread, so anything slow (a rollback swaps engines) is handed to the updater's
+worker; reads answer at once.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ class CommandsHandler:
         response_topic = getattr(props, "ResponseTopic", None) or self.topics.response(self.node)
         correlation = getattr(props, "CorrelationData", None)
         if not isinstance(response_topic, str) or not self.topics.is_reply_topic(response_topic, self.node):
-            log.warning("command refused: response topic %r is outside %s/...", response_topic,
-                        self.topics.admin_replies("CLIENT"))
-            return
+            log.warning("command: response topic %r refused (not under %s/...): answering on %s",
+                        response_topic, self.topics.admin_replies("CLIENT"), self.topics.response(self.node))
+            response_topic = self.topics.response(self.node)
         correlation = bytes(correlation) if isinstance(correlation, bytes | bytearray) else None
         self.handle(bytes(msg.payload), response_topic, correlation)
 
