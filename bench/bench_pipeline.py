@@ -107,7 +107,7 @@ def find_bundle(imgsz: int) -> Path:
     code = (
         "import sys; from pathlib import Path; from builder.convert.pipeline import convert\n"
         "convert(model_path=Path(sys.argv[1]), calibration_dir=Path(sys.argv[2]), out_dir=Path(sys.argv[3]),\n"
-        "        imgsz=int(sys.argv[4]), n_calib=64, latency_runs=3, compile_edgetpu=False, name='bench',\n"
+        "        imgsz=int(sys.argv[4]), n_calib=64, latency_runs=20, compile_edgetpu=False, name='bench',\n"
         "        dataset_path=Path(sys.argv[5]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(ckpts[0]), str(built / "dataset" / "images" / "train"),

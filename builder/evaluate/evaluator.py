@@ -99,16 +99,6 @@ def evaluate_runner(
     )
 
 
-def time_runner(runner: Runner, canvas: np.ndarray, n: int = 30, warmup: int = 3) -> float:
-    """Median wall time (ms) of the model step alone on one input, after warm-up."""
-    for _ in range(warmup):
-        runner(canvas)
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        runner(canvas)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1000
 
 
 def bar(label: str) -> Callable[[int, int], None]:
