@@ -317,3 +317,18 @@ def test_target_nodes_from_retained_state() -> None:
     settings = RolloutSettings(bundle="/nonexistent", broker="mqtt://x", key="/k", http_base="h", waves_spec="rest")
     with pytest.raises(PlanError, match="bundle"):
         create(settings, Thresholds(), fleet)
+
+
+def test_link_authenticates_and_reports_a_refusal(broker_factory: object) -> None:
+    from agent.protocol.topics import Topics
+    from builder.rollout.link import LinkError, RolloutLink
+
+    acl = (Path(__file__).resolve().parents[1] / "docs" / "mosquitto" / "edge-fleet.acl").read_text()
+    broker = broker_factory(users={"fleet-admin": "right"}, acl=acl)  # type: ignore[operator]
+    with pytest.raises(LinkError, match="refused"):
+        RolloutLink(broker.url, Topics(), username="fleet-admin", password="wrong").start()
+    link = RolloutLink(broker.url, Topics(), username="fleet-admin", password="right").start()
+    try:
+        link.publish("edgefleet/announce/node/n1", b"", retain=True)  # the admin may announce per node
+    finally:
+        link.stop()

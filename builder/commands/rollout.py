@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from builder.rollout.engine import RolloutEngine
     from builder.rollout.link import RolloutLink
-    from builder.rollout.state import RolloutState
+    from builder.rollout.state import RolloutSettings, RolloutState
     from builder.rollout.store import RolloutStore
 
 EXIT = {"completed": 0, "halted": 3, "aborted": 4, "paused": 0, "running": 0}
@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = rs.add_parser("abort", help="stop the rollout; withdraw its pending announcements")
     a.add_argument("--rollback", action="store_true", help="also roll back nodes that run the new version")
     a.set_defaults(func=_control, action="abort")
+    for q in (s, rs.choices["resume"], a):
+        q.add_argument("--username", help="broker user (recorded; resume/abort reuse it)")
+        q.add_argument("--password", default=None, help="broker password (default $EDGE_MQTT_PASSWORD; never recorded)")
+        q.add_argument("--ca", type=Path, default=None, help="CA certificate for mqtts:// (recorded)")
     for q in (st, *[rs.choices[n] for n in ("pause", "resume", "abort")], s):
         q.add_argument("--state-dir", type=Path, default=None,
                        help="where rollouts are recorded (default $EDGE_ROLLOUT_DIR or ~/.local/state/edge-builder/rollouts)")
@@ -85,6 +89,7 @@ def _start(args: argparse.Namespace) -> int:
     settings = RolloutSettings(bundle=str(args.bundle.resolve()), broker=args.broker, key=str(args.key.resolve()),
                                http_base=args.http_base, upload=str(args.upload.resolve()) if args.upload else None,
                                prefix=args.prefix, target=args.target, waves_spec=args.waves,
+                               username=args.username, ca=str(args.ca.resolve()) if args.ca else None,
                                rollback_on_halt=args.rollback_on_halt)
     if old is not None and not old.done:
         if old.settings.bundle != settings.bundle:
@@ -92,12 +97,12 @@ def _start(args: argparse.Namespace) -> int:
                   "resume or abort it first", file=sys.stderr)
             return 1
         print(f"resuming rollout {old.id}")
-        return _run(store, old)
+        return _run(store, old, password=_password(args))
     th = Thresholds(success=args.success_threshold, failure=args.failure_threshold, soak_s=args.soak,
                     max_latency_ratio=args.max_latency_ratio, max_error_rate=args.max_error_rate,
                     max_detection_rate_change=args.max_detection_rate_change, wave_timeout_s=args.wave_timeout)
     try:
-        link = _link(settings.broker, settings.prefix)
+        link = _link(settings, _password(args))
         time.sleep(max(0.0, args.discover))
         state = create(settings, th, link.known())
     except (PlanError, ValueError, OSError) as exc:
@@ -109,33 +114,41 @@ def _start(args: argparse.Namespace) -> int:
     return _run(store, state, link)
 
 
-def _link(broker: str, prefix: str) -> RolloutLink:
+def _password(args: argparse.Namespace) -> str | None:
+    import os
+
+    return getattr(args, "password", None) or os.environ.get("EDGE_MQTT_PASSWORD") or None
+
+
+def _link(s: RolloutSettings, password: str | None) -> RolloutLink:
     from agent.protocol.topics import Topics
     from builder.rollout.link import RolloutLink
 
-    return RolloutLink(broker, Topics(prefix)).start()
+    return RolloutLink(s.broker, Topics(s.prefix), ca_file=Path(s.ca) if s.ca else None, username=s.username,
+                       password=password).start()
 
 
-def _engine(store: RolloutStore, state: RolloutState,
-            link: RolloutLink | None = None) -> tuple[RolloutEngine, RolloutLink]:
+def _engine(store: RolloutStore, state: RolloutState, link: RolloutLink | None = None,
+            password: str | None = None) -> tuple[RolloutEngine, RolloutLink]:
     from agent.protocol.topics import Topics
     from builder.rollout.announce import Announcer
     from builder.rollout.engine import RolloutEngine
 
     s = state.settings
-    link = link or _link(s.broker, s.prefix)
+    link = link or _link(s, password)
     announcer = Announcer(Path(s.bundle), Path(s.key), s.http_base, Path(s.upload) if s.upload else None,
                           Topics(s.prefix))
     return RolloutEngine(state, store, link, announcer, claim=store.claim(state.id)), link
 
 
-def _run(store: RolloutStore, state: RolloutState, link: RolloutLink | None = None) -> int:
+def _run(store: RolloutStore, state: RolloutState, link: RolloutLink | None = None,
+         password: str | None = None) -> int:
     from builder.fleet.publish import PublishError
     from builder.rollout.link import LinkError
     from builder.rollout.store import ClaimError
 
     try:
-        engine, link = _engine(store, state, link)
+        engine, link = _engine(store, state, link, password)
         assert engine.claim is not None
         engine.claim.acquire()
     except (ClaimError, LinkError, PublishError) as exc:
@@ -221,9 +234,9 @@ def _control(args: argparse.Namespace) -> int:
         if st.phase == "paused":
             set_phase(st, "running", None, time.time())
         print(f"resuming rollout {st.id}")
-        return _run(store, st)
+        return _run(store, _override(st, args), password=_password(args))
     try:
-        engine, link = _engine(store, st)
+        engine, link = _engine(store, _override(st, args), password=_password(args))
     except (LinkError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -234,3 +247,11 @@ def _control(args: argparse.Namespace) -> int:
         link.stop()
     print(f"rollout {st.id}: aborted")
     return 0
+
+
+def _override(st: RolloutState, args: argparse.Namespace) -> RolloutState:
+    """resume/abort --username/--ca replace the recorded ones."""
+    update = {k: v for k, v in (("username", args.username), ("ca", str(args.ca) if args.ca else None)) if v}
+    if update:
+        st.settings = st.settings.model_copy(update=update)
+    return st

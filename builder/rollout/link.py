@@ -68,6 +68,7 @@ class RolloutLink:
         # Nodes answer only under {prefix}/admin/{client}/replies (agent.service.commands).
         self._reply_topic = f"{topics.admin_replies(client_id)}/rollout"
         self._ready = threading.Event()
+        self._refused: str | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=client_id)
         if username or u.username:
             self.client.username_pw_set(username or u.username, password or u.password)
@@ -82,9 +83,10 @@ class RolloutLink:
         except OSError as exc:
             raise LinkError(f"cannot connect to broker {self.url}: {exc}") from None
         self.client.loop_start()
-        if not self._ready.wait(timeout):
+        if not self._ready.wait(timeout) or self._refused:
             self.stop()
-            raise LinkError(f"no CONNACK from {self.url} within {timeout:.0f} s")
+            why = f"refused the connection: {self._refused}" if self._refused else f"no CONNACK within {timeout:.0f} s"
+            raise LinkError(f"broker {self.url} {why}")
         return self
 
     def stop(self) -> None:
@@ -92,6 +94,10 @@ class RolloutLink:
         self.client.loop_stop()
 
     def _on_connect(self, c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._refused = str(reason) if getattr(reason, "is_failure", False) else None
+        if self._refused:
+            self._ready.set()
+            return
         leaves = ("state", "availability", "update", "telemetry", "detections")
         c.subscribe([(self.topics.all_nodes(leaf), 1) for leaf in leaves] + [(self._reply_topic, 1)])
         self._ready.set()

@@ -43,6 +43,8 @@ class RolloutSettings(BaseModel):
     http_base: str
     upload: str | None = None
     prefix: str = "edgefleet"
+    username: str | None = None  # broker user (the password is never recorded: --password / EDGE_MQTT_PASSWORD)
+    ca: str | None = None
     target: str = "all"
     waves_spec: str
     rollback_on_halt: bool = False
