@@ -8,6 +8,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,16 @@ from agent.camera.capture import Camera
 from agent.camera.frame import Frame, LatestFrame
 from agent.camera.replay import ReplaySource
 from agent.config import AgentConfig, CameraConfig, ConfigError, load_config
+from agent.inference.backends import registry
+from agent.inference.backends.base import BackendError, BackendSettings
+from agent.inference.backends.cpu import CpuBackend, CpuConfig
+from agent.inference.backends.edgetpu import EdgeTpuConfig
 from agent.inference.config import DetectConfig, PublishConfig, engine_detect
 from agent.inference.engine import Engine
 from agent.inference.feeds import Feed
 from agent.inference.frames import FrameResult, FrameStats
 from agent.inference.pipeline import DetectionPublisher, Pipeline
+from agent.inference.pool import PoolEngine, load_engine, pool_devices
 from agent.inference.scheduler import FairScheduler
 from agent.inference.zones import in_zones, points_in_polygon
 from agent.protocol.messages import Detection, NodeState
@@ -246,42 +252,47 @@ def run_window(feeds: list[Feed], engine: Engine, seconds: float, settle: float 
 
 def test_three_saturated_cameras_share_fairly_and_a_stalled_one_costs_nothing(
         frames: list[np.ndarray], engines: list[Engine]) -> None:
+    """Rounds alternate a one-camera and a three-camera run (the machine is shared: adjacent windows see the
+    same load); the median ratio of their inference rates is judged. Then the third camera stalls."""
     eng = engines[0]
-    offered = 1.5 * engine_rate(eng, frames[0])  # each camera alone would saturate the loop
+    # The same frames per second offered in both runs, 2.25 × what the loop can take: the cameras saturate it
+    # together (as three 30 fps cameras do a Pi's Coral; two still do), one camera at three times their rate alone.
+    offered = 0.75 * engine_rate(eng, frames[0])
+    ratios, rates = [], []
+    for _ in range(3):
+        rec, t0, t1 = run_window([Feed("solo", replay_camera(frames, 3 * offered))], eng, 1.5)
+        single = rec.count("solo", t0, t1) / (t1 - t0)
+        feeds = [Feed(n, replay_camera(frames, offered)) for n in ("a", "b", "c")]
+        rec, t0, t1 = run_window(feeds, eng, 1.5)
+        counts = {f.name: rec.count(f.name, t0, t1) for f in feeds}
+        total = sum(counts.values())
+        assert min(counts.values()) >= 0.30 * total, counts
+        rates.append(total / (t1 - t0))
+        ratios.append(rates[-1] / single)
+    assert statistics.median(ratios) >= 0.85, (ratios, rates)
+
     release = threading.Event()
+    feeds = [Feed(n, replay_camera(frames, offered)) for n in ("a", "b")]
+    stalled = Feed("c", replay_camera(frames, offered, stall_after=int(offered * 1.5), release=release))
+    feeds.append(stalled)
+    seen_states: set[str] = set()
+
+    def wait_stall(p: Pipeline, rec: PerCamera) -> None:
+        assert wait_for(lambda: stalled.camera.stalls >= 1, 10), stalled.camera.status()
+        seen_states.add(stalled.camera.state.value)
+
     try:
-        def single() -> float:
-            rec, t0, t1 = run_window([Feed("solo", replay_camera(frames, offered))], eng, 2.5)
-            return rec.count("solo", t0, t1) / (t1 - t0)
-
-        base = [single()]
-        feeds = [Feed(n, replay_camera(frames, offered)) for n in ("a", "b")]
-        stalled = Feed("c", replay_camera(frames, offered, stall_after=int(offered * 2.5), release=release))
-        feeds.append(stalled)
-        phases: dict[str, tuple[float, float]] = {}
-        seen_states: set[str] = set()
-
-        def watch(p: Pipeline, rec: PerCamera) -> None:
-            t0 = time.monotonic()
-            assert wait_for(lambda: stalled.camera.stalls >= 1, 10), stalled.camera.status()
-            phases["all three"] = (t0 + 0.2, time.monotonic() - 0.5)  # before the stall began
-            seen_states.add(stalled.camera.state.value)
-
-        rec, t0, t1 = run_window(feeds, eng, 2.5, during=watch)
-        phases["c stalled"] = (t0, t1)
-        base.append(single())
+        rec, t0, t1 = run_window(feeds, eng, 1.5, during=wait_stall)
+        counts = {f.name: rec.count(f.name, t0, t1) for f in feeds}
+        stall_rate = sum(counts.values()) / (t1 - t0)
+        rec, t2, t3 = run_window([Feed("solo", replay_camera(frames, 3 * offered))], eng, 1.5)
+        single = rec.count("solo", t2, t3) / (t3 - t2)
     finally:
         release.set()
-    baseline = statistics.mean(base)
-    assert "stalled" in seen_states and stalled.camera.stalls >= 1
-    for phase, (a, b) in phases.items():
-        counts = {f.name: rec.count(f.name, a, b) for f in feeds}
-        total = sum(counts.values())
-        rate = total / (b - a)
-        for name in ("a", "b"):
-            assert counts[name] >= 0.30 * total, (phase, counts)
-        assert rate >= 0.85 * baseline, (phase, rate, base)
-    assert rec.count("c", *phases["c stalled"]) == 0
+    assert "stalled" in seen_states and counts["c"] == 0
+    assert min(counts["a"], counts["b"]) >= 0.30 * sum(counts.values()), counts
+    # the stalled camera slows nobody: the healthy two keep the loop as busy as one camera does
+    assert stall_rate >= 0.85 * min(single, statistics.median(rates)), (stall_rate, single, rates)
 
 
 def test_hot_swap_across_three_cameras_skips_no_frame(frames: list[np.ndarray], engines: list[Engine]) -> None:
@@ -379,3 +390,99 @@ def test_agent_with_three_cameras_over_mqtt(mqtt_broker: Any, trained_bundle: Pa
         runner.join(10)
         watch.close()
         hass.close()
+
+
+# ---------------------------------------------------------------------------------------------- TPU pool
+
+FAILED: set[str] = set()  # stand-in devices that are "unplugged"
+
+
+class StandInTpu(CpuBackend):
+    """The Edge TPU as the registry sees it, run by the CPU model under the device's name; a device in FAILED
+    cannot be opened and fails at invoke, as an unplugged USB Coral does."""
+
+    name = "edgetpu"
+    label = "Edge TPU (stand-in)"
+
+    @classmethod
+    def open(cls, model_path: Path | str, cfg: BackendSettings | None = None) -> StandInTpu:
+        assert isinstance(cfg, EdgeTpuConfig)
+        if cfg.device in FAILED:
+            raise BackendError(f"no Edge TPU at {cfg.device}")
+        b = super().open(model_path, CpuConfig(threads=1))
+        assert isinstance(b, StandInTpu)
+        b.device = cfg.device
+        return b
+
+    def invoke(self) -> None:
+        if self.device in FAILED:
+            raise BackendError(f"{self.device}: USB transfer failed")
+        super().invoke()
+
+
+@pytest.fixture
+def stand_in_tpus(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(registry.BACKENDS, "edgetpu", StandInTpu)
+    FAILED.clear()
+    yield
+    FAILED.clear()
+
+
+def pool_cfg(tmp_path: Path, devices: Any) -> AgentConfig:
+    return AgentConfig(state_dir=tmp_path / "state", detect={"score_threshold": 0.3}, backend={
+        "prefer": "edgetpu", "detectors": {"coral": {"type": "edgetpu", "devices": devices, "reprobe_interval_s": 0.3}}})
+
+
+def test_tpu_pool_spreads_cameras_fails_over_and_recovers(stand_in_tpus: None, trained_bundle: Path,
+                                                          trained_bundle_keys: Path, frames: list[np.ndarray],
+                                                          tmp_path: Path) -> None:
+    cfg = pool_cfg(tmp_path, ["usb:0", "usb:1"])
+    assert pool_devices(cfg) == ["usb:0", "usb:1"] and pool_devices(pool_cfg(tmp_path, [])) == []
+    bundle = Bundle.load(trained_bundle, Keyring.load(trained_bundle_keys))
+    pool = load_engine(bundle, cfg)
+    assert isinstance(pool, PoolEngine) and pool.device == "usb:0,usb:1" and pool.state == "running"
+    feeds = [Feed(n, replay_camera(frames, 40.0)) for n in ("a", "b")]
+    where: list[tuple[float, str, str | None]] = []
+    p = Pipeline(feeds, pool, workers=pool.lanes)
+    p.add_frame_hook(lambda r: where.append((time.monotonic(), r.camera, r.device)))
+    for f in feeds:
+        f.camera.start()
+    p.start()
+
+    def devices_since(t: float) -> set[str | None]:
+        return {d for ts, _, d in list(where) if ts >= t}
+
+    try:
+        time.sleep(1.0)
+        assert devices_since(0) == {"usb:0", "usb:1"}  # the cameras spread over both devices
+        FAILED.add("usb:1")
+        assert wait_for(lambda: pool.members[1].state == "degraded", 5)
+        assert "usb:1" in (pool.degraded_reason or "")
+        t = time.monotonic()
+        time.sleep(1.0)
+        moved = [(c, d) for ts, c, d in list(where) if ts >= t]
+        assert {d for _, d in moved} == {"usb:0"} and {c for c, _ in moved} == {"a", "b"}
+        assert {f.device for f in feeds} == {"usb:0"}  # telemetry's per-camera "device"
+        FAILED.discard("usb:1")  # plugged back: the re-probe brings it back
+        assert wait_for(lambda: pool.members[1].state == "running", 10), pool.describe()
+        t = time.monotonic()
+        assert wait_for(lambda: "usb:1" in devices_since(t), 5)
+        FAILED.update({"usb:0", "usb:1"})  # every TPU gone: the CPU
+        assert wait_for(lambda: pool.state == "degraded" and all(m.state == "degraded" for m in pool.members), 5)
+        t = time.monotonic()
+        assert wait_for(lambda: {d for ts, _, d in list(where) if ts >= t + 0.2} not in (set(), None), 5)
+        assert all((d or "").startswith("cpu") for ts, _, d in list(where) if ts >= t + 0.2)
+        # an update swaps the model on every device between two frames; the old pool closes cleanly
+        FAILED.clear()
+        fresh = load_engine(bundle, cfg)
+        errors = p.counters.errors
+        assert p.swap_engine(fresh) is pool
+        pool.close()
+        time.sleep(0.5)
+        assert p.counters.errors == errors and isinstance(fresh, PoolEngine) and fresh.state == "running"
+        assert {d for ts, _, d in list(where)[-10:]} <= {"usb:0", "usb:1"}
+        fresh.close()
+    finally:
+        p.stop()
+        for f in feeds:
+            f.camera.stop()

@@ -325,6 +325,12 @@ class Engine:
                                            daemon=True)
             self._probe.start()
 
+    def poll_recovery(self) -> None:
+        """_maybe_recover() for an engine that takes no frame while degraded (an idle member of a TPU pool)."""
+        with self._lock:
+            if not self._closed:
+                self._maybe_recover()
+
     def _change_token(self) -> object:
         """The preferred backend's change_token (None without one); may stat files or run ldconfig."""
         preferred = preferred_type(self.bundle, self.cfg)

@@ -31,6 +31,7 @@ from agent.inference.engine import Engine, EngineError
 from agent.inference.feeds import Feed
 from agent.inference.frames import FrameResult
 from agent.inference.pipeline import DetectionPublisher, Pipeline
+from agent.inference.pool import PoolEngine, load_engine, pool_devices
 from agent.protocol.messages import ModelRef, NodeState
 from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle, BundleError
@@ -119,7 +120,7 @@ class AgentService:
         self.publish_state(status="stopped", force=True)
         self.mqtt.stop()
         engine = self.pipeline.engine
-        if isinstance(engine, Engine):
+        if isinstance(engine, Engine | PoolEngine):
             engine.close()
         self._started = False
 
@@ -166,7 +167,7 @@ class AgentService:
         self.keyring_link = KeyringLink(self.cfg.state_dir / "keyring", self.keyring, report)
         self.mqtt.subscribe(self.topics.keyring(), self.keyring_link.on_message, qos=1)
 
-    def _load_initial_engine(self) -> Engine | None:
+    def _load_initial_engine(self) -> Engine | PoolEngine | None:
         """The model to run at start: the model store's committed bundle (crash rule applied), else the
         configured bundle directory (which then seeds the store)."""
         if self.updater is not None:  # [updater]
@@ -179,7 +180,7 @@ class AgentService:
             return None
         return self.load_bundle(path)
 
-    def load_bundle(self, path: Path) -> Engine | None:
+    def load_bundle(self, path: Path) -> Engine | PoolEngine | None:
         """Verify and load a bundle directory; on failure set self.error and return None."""
         if self.keyring is None:
             self.error = f"cannot verify {path}: no trusted keys in {self.cfg.trusted_keys_dir}"
@@ -208,7 +209,7 @@ class AgentService:
             on_change=lambda: self.publish_state(force=True),
         )
 
-    def _load_committed_engine(self) -> Engine | None:
+    def _load_committed_engine(self) -> Engine | PoolEngine | None:
         assert self.updater is not None
         try:
             bundle = self.updater.startup(fallback=self.cfg.bundle)
@@ -270,11 +271,11 @@ class AgentService:
                 result = dataclasses.replace(result, outputs=outputs)
         u.on_frame(result)
 
-    def make_engine(self, bundle: Bundle) -> Engine:
+    def make_engine(self, bundle: Bundle) -> Engine | PoolEngine:
         """Engine factory (the updater's load_engine): decodes with the settings every camera can filter from."""
         cfg = self.cfg if self.engine_detect == self.cfg.detect else self.cfg.model_copy(
             update={"detect": self.engine_detect})
-        return Engine.load(bundle, cfg)
+        return load_engine(bundle, cfg)  # a TPU pool (several devices) is one engine to the updater
 
     def install_engine(self, engine: Any) -> Any:
         """Hot-swap between two frames (the updater's swap_engine); returns the previous engine."""
@@ -291,7 +292,7 @@ class AgentService:
         engine = self.pipeline.engine
         reason: str | None = None
         if status is None:
-            if isinstance(engine, Engine):
+            if isinstance(engine, Engine | PoolEngine):
                 status = engine.state
                 reason = engine.degraded_reason
             else:
@@ -377,10 +378,8 @@ class AgentService:
 
 
 def _workers(cfg: AgentConfig) -> int:
-    """One inference loop per device of the preferred accelerator's pool (one without a pool)."""
-    accel = cfg.backend.preferred()
-    devices = getattr(accel, "devices", None)
-    return max(1, len(devices)) if isinstance(devices, list) else 1
+    """One inference loop per device of the TPU pool (one without a pool)."""
+    return max(1, len(pool_devices(cfg)))
 
 
 def _safe(fn: Callable[[], None]) -> None:

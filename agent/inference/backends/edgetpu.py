@@ -43,6 +43,9 @@ class EdgeTpuConfig(AcceleratorSettings):
 
     type: Literal["edgetpu"] = "edgetpu"
     device: str = ""
+    devices: list[str] | Literal["all"] = Field(
+        default_factory=list, description='a TPU pool: ["usb:0", "usb:1"] or "all"; the model runs on each, '
+        "cameras are spread over them (agent/inference/pool.py). Empty: the one `device`")
     library: str = "libedgetpu.so.1"
     # probe.DEFAULT_TIMEOUT_S (not imported: probe loads the TFLite runtime, config must not).
     probe_timeout_s: float = Field(
@@ -59,6 +62,15 @@ class EdgeTpuConfig(AcceleratorSettings):
     def _check_device(cls, v: str) -> str:
         if v and not _TPU_DEVICE.match(v):
             raise ValueError(f"edgetpu device must be usb, usb:N, pci or pci:N, not {v!r}")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, list):
+            bad = [d for d in v if not _TPU_DEVICE.match(d)]
+            if bad or len(set(v)) != len(v):
+                raise ValueError(f"edgetpu devices must be distinct usb:N / pci:N (or \"all\"), not {v!r}")
         return v
 
 
