@@ -6,6 +6,8 @@ camera), a real Mosquitto, a real HTTP server, and the real `edge-builder rollou
    version (no update status from them, one node's worth of downloads in the HTTP log).
 2. A good bundle (the trained bundle re-versioned, re-signed with the test key) then reaches all three nodes,
    wave by wave: no node of a wave is announced before the previous wave committed and soaked.
+Also: one runner per rollout, `resume` after an interrupted runner, `abort --rollback` through the live runner,
+and a health gate failing on a node's real telemetry with --rollback-on-halt.
 """
 
 from __future__ import annotations
@@ -231,3 +233,25 @@ def test_runner_claim_restart_resume_and_abort_rollback(
     assert wait_for(lambda: running(watcher) == {n: v1 for n in NODES}, 30), running(watcher)
     with watcher.lock:
         assert not [u for u in watcher.updates if u["node"] == "node-c" and u.get("version") == v1 + 1]
+
+
+def test_health_gate_halts_and_rolls_back_on_halt(fleet: Any, mqtt_broker: LocalBroker, http_server: FileServer,
+                                                  trained_bundle: Path, trained_bundle_key: Path,
+                                                  tmp_path: Path) -> None:
+    """A gate no model can pass (p95 at most 1 % of before): wave 1's node commits, fails the gate on its own
+    telemetry after the soak, and --rollback-on-halt brings it back to v1; the other nodes never see it."""
+    nodes, watcher, v1 = fleet
+    state_dir = tmp_path / "rollouts"
+    good = make_variant(trained_bundle, tmp_path / "good", trained_bundle_key, v1 + 1)
+    out = rollout("start", str(good), "--broker", mqtt_broker.url, "--key", str(trained_bundle_key),
+                  "--http-base", http_server.base_url, "--upload", str(http_server.root), "--waves", "1,rest",
+                  "--soak", str(SOAK_S), "--max-latency-ratio", "0.01", "--rollback-on-halt", "--discover", "3",
+                  state_dir=state_dir)
+    assert out.returncode == 3, out.stdout + out.stderr + nodes.tail()
+    st = status(state_dir)
+    a = st["nodes"]["node-a"]
+    assert st["phase"] == "halted" and "p95 latency" in st["reason"] and "max 0.01x" in st["reason"], st["reason"]
+    assert a["status"] == "failed" and a["rolled_back"], st["events"]
+    assert wait_for(lambda: running(watcher).get("node-a") == v1, 30), running(watcher)
+    with watcher.lock:
+        assert not [u for u in watcher.updates if u["node"] != "node-a" and u.get("version") == v1 + 1]
