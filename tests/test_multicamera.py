@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +43,8 @@ from agent.security.bundle import Bundle
 from agent.security.signing import Keyring
 from agent.service.daemon import AgentService
 from builder.data.synth import make_video
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cameras_list_and_legacy_alias(tmp_path: Path) -> None:
@@ -486,3 +490,19 @@ def test_tpu_pool_spreads_cameras_fails_over_and_recovers(stand_in_tpus: None, t
         p.stop()
         for f in feeds:
             f.camera.stop()
+
+
+@pytest.mark.parametrize(("limits", "code"), [(("--min-fairness", "2"), 3),
+                                              (("--min-fairness", "0", "--min-total-ratio", "0"), 0)],
+                         ids=["impossible", "lenient"])
+def test_multicamera_bench_exit_status_follows_its_targets(trained_bundle: Path, tmp_path: Path,
+                                                           limits: tuple[str, ...], code: int) -> None:
+    out = tmp_path / "multicamera.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_multicamera.py"), "--bundle", str(trained_bundle),
+                        "--cameras", "1,2", "--seconds", "0.3", "--rounds", "1", *limits, "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == code, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["targets_met"] is (code == 0)
+    two = result["counts"]["2"]
+    assert len(two["per_camera_fps"]) == 2 and two["total_fps"] > 0 and 0 < two["fairness_min_over_max"] <= 1
