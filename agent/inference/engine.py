@@ -26,6 +26,7 @@ from agent.inference.backends.base import Backend, BackendError, BackendSettings
 from agent.inference.config import EngineConfig
 from agent.inference.decode import DecodeError, Decoder, Detections
 from agent.inference.decode.nms import class_agnostic_nms
+from agent.inference.frames import BundleIdentity
 from agent.inference.preprocess import LetterboxInfo, letterbox, letterbox_params, normalize_boxes, to_input
 from agent.protocol.messages import Detection
 from agent.security.bundle import Bundle
@@ -75,7 +76,7 @@ def backend_settings(cfg: EngineConfig, type_: str) -> BackendSettings:
     return s
 
 
-class Engine:
+class Engine(BundleIdentity):
     """Thread-safe: infer() and invoke_raw() serialize on one lock (one interpreter)."""
 
     def __init__(self, bundle: Bundle, cfg: EngineConfig, backend: Backend, degraded_reason: str | None = None):
@@ -151,14 +152,6 @@ class Engine:
     def state(self) -> str:
         """"running" or "degraded" (NodeState.status values)."""
         return "degraded" if self.degraded_reason else "running"
-
-    @property
-    def model_name(self) -> str:
-        return self.bundle.manifest.name
-
-    @property
-    def model_version(self) -> int:
-        return self.bundle.manifest.version
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from agent.camera.sources import Frame
 from agent.protocol.messages import Detection
+from agent.security.bundle import Bundle
 
 
 class EngineLike(Protocol):
@@ -33,6 +34,20 @@ class EngineLike(Protocol):
     def invoke_raw(self, input: np.ndarray) -> list[np.ndarray]: ...  # noqa: A002 - mirrors Engine
 
     def close(self) -> None: ...
+
+
+class BundleIdentity:
+    """What an engine (one device or a pool) says of the model it runs: the bundle's name and version."""
+
+    bundle: Bundle
+
+    @property
+    def model_name(self) -> str:
+        return self.bundle.manifest.name
+
+    @property
+    def model_version(self) -> int:
+        return self.bundle.manifest.version
 
 
 @dataclass(frozen=True)

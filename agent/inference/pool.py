@@ -25,6 +25,7 @@ from agent.inference.backends.base import Backend
 from agent.inference.backends.edgetpu import EdgeTpuConfig, enumerate_tpus
 from agent.inference.config import BackendConfig, DetectConfig, EngineConfig
 from agent.inference.engine import Engine, EngineError, StageTimes
+from agent.inference.frames import BundleIdentity
 from agent.protocol.messages import Detection
 from agent.security.bundle import Bundle
 
@@ -72,7 +73,7 @@ def load_engine(bundle: Bundle, cfg: EngineConfig) -> Engine | PoolEngine:
     return PoolEngine.load(bundle, cfg, devices)
 
 
-class PoolEngine:
+class PoolEngine(BundleIdentity):
     def __init__(self, bundle: Bundle, members: list[Engine]) -> None:
         if not members:
             raise EngineError("an empty TPU pool")
@@ -125,14 +126,6 @@ class PoolEngine:
     @property
     def state(self) -> str:
         return "degraded" if self.degraded_reason else "running"
-
-    @property
-    def model_name(self) -> str:
-        return self.bundle.manifest.name
-
-    @property
-    def model_version(self) -> int:
-        return self.bundle.manifest.version
 
     @property
     def input_size(self) -> tuple[int, int]:
