@@ -139,3 +139,33 @@ def _result(invoke_s: float) -> Any:
     stats = SimpleNamespace(error=None, backend="cpu", model_version=3, capture_wait_s=0.001, preprocess_s=0.0005,
                             invoke_s=invoke_s, postprocess_s=0.0003, end_to_end_s=invoke_s + 0.002)
     return SimpleNamespace(stats=stats, model_name="shapes")
+
+
+def test_per_camera_entities_read_their_camera_from_telemetry() -> None:
+    """Issue 16: each camera is a set of entities on the node's device; the templates read `cameras.<name>` even
+    when the name holds a dot or a dash, and render `unknown` for a camera the payload lacks."""
+    import jinja2
+
+    from agent.protocol.telemetry import CameraTelemetry, StageLatency, Telemetry
+
+    msgs = dict(discovery_messages(T, NODE, "0.1.0", cameras=["front.door", "yard"]))
+    base = dict(discovery_messages(T, NODE, "0.1.0"))
+    assert set(base) < set(msgs)
+    fps = msgs[f"homeassistant/sensor/{NODE}/camera_front_door_fps/config"]
+    assert fps["state_topic"] == T.telemetry(NODE) and fps["unit_of_measurement"] == "fps"
+    assert fps["device"] == base[next(iter(base))]["device"]  # grouped under the node
+    tel = Telemetry(node=NODE, interval_s=1, agent_version="0", uptime_s=1, cameras={
+        "front.door": CameraTelemetry(state="stalled", device="usb:1", inference_fps=12.5,
+                                      latency=StageLatency(count=3, p95_ms=8.25))})
+    payload = json.loads(tel.model_dump_json())
+    env = jinja2.Environment()
+
+    def render(topic: str, data: dict[str, Any]) -> str:
+        return env.from_string(msgs[topic]["value_template"]).render(value_json=data)
+
+    root = f"homeassistant/sensor/{NODE}"
+    assert render(f"{root}/camera_front_door_fps/config", payload) == "12.5"
+    assert render(f"{root}/camera_front_door_state/config", payload) == "stalled"
+    assert render(f"{root}/camera_front_door_device/config", payload) == "usb:1"
+    assert render(f"{root}/camera_front_door_latency_p95/config", payload) == "8.25"
+    assert render(f"{root}/camera_yard_fps/config", payload) == "unknown"

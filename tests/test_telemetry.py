@@ -184,3 +184,32 @@ def test_daemon_telemetry_percentiles_match_induced_invoke_latencies(mqtt_broker
         assert m.model_name == "mobilenet_v1_0.25_128_quant" and m.power is not None and m.power.estimated
         checked += 1
     assert checked >= 2
+
+
+def test_per_camera_windows_from_feed_counters() -> None:
+    """Issue 16: per-camera rates come from each camera's and feed's cumulative counters, window by window."""
+    from types import SimpleNamespace
+
+    from agent.camera.frame import CameraState
+    from agent.telemetry.cameras import CameraWindows
+
+    def feed(name: str) -> SimpleNamespace:
+        cam = SimpleNamespace(frames=0, dropped=0, state=CameraState.STREAMING)
+        return SimpleNamespace(name=name, camera=cam, counters=SimpleNamespace(inferred=0), device="usb:0")
+
+    a, b = feed("a"), feed("b")
+    w = CameraWindows([a, b])
+    c = TelemetryCollector("n1", "0.1.0", cameras=w.snapshot)
+    c.snapshot()
+    a.camera.frames, a.camera.dropped, a.counters.inferred = 30, 10, 20
+    b.camera.frames, b.camera.state, b.device = 5, CameraState.STALLED, "cpu:1t"
+    for _ in range(20):
+        w.record("a", 0.004, 0.010)
+    w.record("nobody", 1.0, 1.0)  # an unknown camera is ignored
+    time.sleep(0.05)
+    t = c.snapshot()
+    ca, cb = t.cameras["a"], t.cameras["b"]
+    assert ca.inference_fps == pytest.approx(20 / t.interval_s, rel=0.05) and ca.frames_dropped == 10
+    assert ca.latency is not None and ca.latency.count == 20 and ca.latency.p50_ms == pytest.approx(4.0, rel=0.01)
+    assert (cb.state, cb.device, cb.inference_fps) == ("stalled", "cpu:1t", 0.0)
+    assert c.snapshot().cameras["a"].inference_fps == 0  # the next window starts from the new totals
