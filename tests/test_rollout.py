@@ -221,6 +221,15 @@ def test_engine_waves_soak_and_persist(tmp_path: Path) -> None:
     assert eng.state.nodes["a"].status == "healthy" and "skipped" in (eng.state.nodes["a"].reason or "")
     assert ann.announced == ["a", "b", "c"] and eng.state.current_wave == 1
     assert RolloutStore(tmp_path).load(eng.state.id).current_wave == 1  # persisted on every change
+    seen: list[str] = []
+    eng.on_event = seen.append
+    for i in range(250):  # the record keeps the newest events; each is still handed out once
+        eng.state.log(f"e{i}")
+        if i % 100 == 99:
+            eng.tick()
+    eng.tick()
+    assert [s.split()[-1] for s in seen] == [f"e{i}" for i in range(250)]
+    assert len(eng.state.events) == 200 and eng.state.event_count > 250
 
 
 def test_engine_halt_withdraws_and_rolls_back_only_new_version(tmp_path: Path) -> None:

@@ -197,7 +197,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"rollout  {st.id}: {st.name} v{st.version} to {st.settings.target}, waves {st.settings.waves_spec}")
     print(f"phase    {st.phase}" + (f" ({st.reason})" if st.reason else ""))
     print(f"wave     {min(st.current_wave + 1, len(st.waves))} of {len(st.waves)}")
-    print(f"runner   {runner['owner'] + ' pid ' + str(runner['pid']) if runner else 'none'}")
+    idle = "none" + (" (`edge-builder rollout resume` carries on)" if not st.done else "")
+    print(f"runner   {runner['owner'] + ' pid ' + str(runner['pid']) if runner else idle}")
     for p in sorted(st.nodes.values(), key=lambda p: (p.wave, p.node)):
         print(f"  w{p.wave + 1}  {p.node:<20} {p.status:<10} {p.reason or ''}")
     for line in st.events[-5:]:

@@ -29,7 +29,7 @@ class RolloutEngine:
         self.lock = threading.RLock()
         self._saved = ""
         self.on_event: Callable[[str], None] | None = None
-        self._printed = len(state.events)
+        self._printed = state.event_count
 
     # -- operator ------------------------------------------------------------------------------------
     def pause(self) -> bool:
@@ -191,10 +191,11 @@ class RolloutEngine:
         if body != self._saved:
             self.store.save(self.state)
             self._saved = body
-        if self.on_event is not None:
-            for line in self.state.events[self._printed:]:
+        new = min(self.state.event_count - self._printed, len(self.state.events))
+        if self.on_event is not None and new > 0:
+            for line in self.state.events[-new:]:
                 self.on_event(line)
-        self._printed = len(self.state.events)
+        self._printed = self.state.event_count
         return changed
 
 

@@ -19,6 +19,7 @@ from builder.rollout.gates import Thresholds, wave_verdict
 Phase = Literal["running", "paused", "halted", "completed", "aborted"]
 NodeStatus = Literal["waiting", "announced", "committed", "healthy", "failed"]
 TERMINAL_PHASES = ("halted", "completed", "aborted")
+MAX_EVENTS = 200
 FAILED_UPDATES = ("rolled_back", "failed", "rejected")
 
 
@@ -66,7 +67,8 @@ class RolloutState(BaseModel):
     reason: str | None = None
     base_url: str | None = None  # where the files are served (set once uploaded)
     nodes: dict[str, NodeProgress] = Field(default_factory=dict)
-    events: list[str] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)  # the newest MAX_EVENTS
+    event_count: int = 0  # events ever logged (the list is capped)
 
     @property
     def done(self) -> bool:
@@ -78,7 +80,8 @@ class RolloutState(BaseModel):
 
     def log(self, text: str, now: float | None = None) -> None:
         stamp = time.strftime("%H:%M:%S", time.gmtime(time.time() if now is None else now))
-        self.events = [*self.events, f"{stamp} {text}"][-200:]
+        self.events = [*self.events, f"{stamp} {text}"][-MAX_EVENTS:]
+        self.event_count += 1
 
 
 def new_state(rollout_id: str, name: str, version: int, settings: RolloutSettings, waves: list[list[str]],
