@@ -484,7 +484,7 @@ class Watcher:
 
         def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
             c.subscribe([(self.topics.all_nodes("update"), 1), (self.topics.all_nodes("state"), 1),
-                         ("test/responses", 1)])
+                         (self.topics.admin_replies("test") + "/#", 1)])
             ready.set()
 
         def on_message(c: Any, u: Any, msg: Any) -> None:
@@ -543,7 +543,7 @@ class Watcher:
 
         corr = os.urandom(8)
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "test/responses"
+        props.ResponseTopic = self.topics.admin_replies("test")  # nodes answer only under an admin's replies
         props.CorrelationData = corr
         self.client.publish(self.topics.command(node), json.dumps(request), qos=1, properties=props)
         deadline = time.monotonic() + timeout

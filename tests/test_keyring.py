@@ -179,6 +179,27 @@ def test_expired_signer_or_document_and_roleless_signer_are_refused(tmp_path: Pa
     Bundle.load(bundle, Keyring.load(d))
 
 
+def test_expiry_never_takes_away_a_model_the_node_already_runs(tmp_path: Path, keys: Keys) -> None:
+    """An expired keyring or signer refuses new signatures, but a committed model keeps loading through
+    Keyring.installed(); a revoked key is refused even there."""
+    now = datetime.now(UTC)
+    pub = {n: public_to_b64(keys[n].private.public_key()) for n in ("root", "s1")}
+    doc = KeyringDoc.model_validate({
+        "version": 1, "expires": now - timedelta(seconds=1), "root": {keys["root"].key_id: pub["root"]},
+        "signers": {keys["s1"].key_id: {"public_b64": pub["s1"], "expires": now - timedelta(seconds=1)}},
+        "revoked": [keys["old"].key_id],
+    })
+    d = tmp_path / "node"
+    store_document(d, doc.canonical_bytes(), sign_document(doc.canonical_bytes(), [keys["root"]]), doc)
+    ring = Keyring.load(d)
+    committed = signed_bundle(tmp_path, keys["s1"])
+    with pytest.raises(SignatureError, match="expired"):
+        Bundle.load(committed, ring)  # what a node is offered: refused
+    Bundle.load(committed, ring.installed())  # what it already runs: kept
+    with pytest.raises(SignatureError, match="revoked"):
+        Bundle.load(signed_bundle(tmp_path, keys["old"], "old"), ring.installed())
+
+
 # ------------------------------------------------------------------------- new documents over the network
 
 

@@ -71,6 +71,15 @@ class Keyring:
         self.revoked: frozenset[str] = frozenset()
         self.document: KeyringDoc | None = None
         self.source = "<memory>"
+        self.enforce_expiry = True
+
+    def installed(self) -> Keyring:
+        """This trust for models the node already verified and committed: revocation and roles still apply,
+        expiry does not. An expired keyring must never take away the last good model (freeze protection is
+        about what a node is offered, not what it already runs). Made per use, so it follows replace_with."""
+        view = Keyring.from_trusted(self.signers, revoked=self.revoked, document=self.document, source=self.source)
+        view.enforce_expiry = False
+        return view
 
     @classmethod
     def from_trusted(cls, signers: Mapping[str, TrustedKey], *, revoked: Iterable[str] = (),
@@ -119,6 +128,8 @@ class Keyring:
         if role not in trusted.roles:
             roles = ", ".join(sorted(trusted.roles)) or "none"
             raise SignatureError(f"key {key_id} may not sign for {role!r} (its roles: {roles}){where}")
+        if not self.enforce_expiry:
+            return trusted
         now = now or datetime.now(UTC)
         if trusted.expires is not None and now >= trusted.expires:
             raise SignatureError(f"signing key {key_id} expired at {trusted.expires.isoformat()}{where}")

@@ -186,7 +186,7 @@ class AgentService:
             self.error = f"cannot verify {path}: no trusted keys in {self.cfg.trusted_keys_dir}"
             return None
         try:
-            bundle = Bundle.load(path, self.keyring)
+            bundle = Bundle.load(path, self.keyring.installed() if self.keyring else None)  # the node's own model
             engine = self.make_engine(bundle)
         except (BundleError, SignatureError, EngineError) as exc:
             self.error = f"model {path} not loaded: {exc}"

@@ -75,7 +75,8 @@ class ModelSwitch(UpdateLedger):
 
         `first_time`: a version never committed before is first opened in a child process (preflight).
         """
-        bundle = Bundle.load(self.store.version_dir(version), self.keyring)
+        # A version committed before was verified then; expiry since then does not take it away (rollback/pin).
+        bundle = Bundle.load(self.store.version_dir(version), self.keyring if first_time else self.keyring.installed())
         if self.cfg.preflight and first_time:
             preflight(bundle)
         try:

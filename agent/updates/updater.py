@@ -128,7 +128,7 @@ class Updater(ManualControl):
         damaged: list[str] = []
         for rec in reversed(list(st.committed)):
             try:
-                bundle = Bundle.load(self.store.version_dir(rec.version), self.keyring)
+                bundle = Bundle.load(self.store.version_dir(rec.version), self.keyring.installed())
             except (BundleError, SignatureError) as exc:
                 damaged.append(f"v{rec.version}: {exc}")
                 continue
