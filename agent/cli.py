@@ -8,8 +8,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any, Protocol
 
 from agent import __version__
+
+
+class SubParsers(Protocol):
+    """What a command's register() uses of argparse's subparsers object (its class is private)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 COMMAND_MODULES = [
     "agent.commands.run",
@@ -18,6 +25,16 @@ COMMAND_MODULES = [
     "agent.commands.infer",
     "agent.commands.provision",
 ]
+
+
+def show_help(parser: argparse.ArgumentParser) -> Any:
+    """A command's func for a group given no action: print its help, exit status 2 (usage)."""
+
+    def run(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "check",
         help="validate the config, list Edge TPUs, probe the camera and the broker (and the bundle)",

@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.cli import SubParsers
+
 if TYPE_CHECKING:
     from agent.doctor.model import DoctorReport
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "doctor",
         help="diagnose the node: OS, runtime, libedgetpu, Edge TPUs, driver, udev, groups, camera, broker, "

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.cli import SubParsers
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
     from agent.protocol.messages import Detection
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "infer",
         help="detect objects in image files with a model bundle and print them",

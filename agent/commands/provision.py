@@ -8,8 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "provision",
         help="write cloud-init files that turn a freshly flashed Raspberry Pi OS card into a fleet node",

@@ -7,8 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "run",
         help="run the agent: camera frames through the model, detections and state over MQTT",

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers, show_help
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("calibration", help="calibration image sets for INT8 quantization")
     s = p.add_subparsers(dest="calibration_command", metavar="ACTION")
     b = s.add_parser("build", help="copy a class-balanced sample of a dataset's training images into a folder")
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--split", default="train", help="split to sample (default train)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_build)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    p.set_defaults(func=show_help(p))
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "compile",
         help="add model_edgetpu.tflite to a bundle: compile it here or --attach one compiled elsewhere; re-sign",

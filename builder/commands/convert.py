@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "convert",
         help="quantize a checkpoint to INT8 TFLite (CPU + Edge TPU) and write a model bundle",

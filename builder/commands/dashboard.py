@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli import SubParsers
+
 
 class _Refused(Exception):
     """A bad option: the message is printed, the command exits 2."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "dashboard",
         help="serve the live fleet dashboard (node table, charts, detections, rollout)",

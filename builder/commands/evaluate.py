@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "evaluate",
         help="mAP50-95 / mAP50 (and per class) of a checkpoint or .tflite on a dataset's validation split",

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.cli import SubParsers
+
 if TYPE_CHECKING:
     from builder.dashboard.link import FleetLink
     from builder.dashboard.state import FleetState
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("fleet", help="fleet status table and live watch in the terminal",
                        description="Read the fleet's MQTT topics and show every node (the dashboard's terminal twin).")
     fs = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)

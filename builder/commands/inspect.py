@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "inspect",
         help="show a .tflite file's ops, I/O quantization and Edge TPU status (compiled, or predicted readiness)",

@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.cli import SubParsers, show_help
+
 if TYPE_CHECKING:
     from agent.security.keyring import KeyringDoc
     from agent.security.signing import SigningKey
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("keygen", help="create an Ed25519 signing key pair (KEY and KEY.pub)")
     p.add_argument("key", type=Path, help="private key file to create, e.g. keys/fleet.key (mode 0600)")
     p.set_defaults(func=_keygen)
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("keys", help="the fleet keyring: root keys, bundle signers, expiry, revocation (docs/KEYS.md)",
                        description="Each change writes keyring.json v+1 with a fresh expiry, signed by the root "
                        "key(s), into the keyring directory (root.pub, keyring.json, keyring.json.sig).")
-    k.set_defaults(func=lambda _args: (k.print_help(), 2)[1])
+    k.set_defaults(func=show_help(k))
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION")
     _register_keyring(ks)
 
@@ -78,7 +80,7 @@ def _root_arg(p: argparse.ArgumentParser) -> None:
                    help="a root private key (repeat for a threshold above 1)")
 
 
-def _action(ks: argparse._SubParsersAction, name: str, help: str,
+def _action(ks: SubParsers, name: str, help: str,
             action: Callable[[argparse.Namespace], KeyringDoc | None], *, root: bool, change: bool
             ) -> argparse.ArgumentParser:
     """One `keys ACTION` parser: the keyring directory (except for init), --root, --expires-days for changes."""
@@ -93,7 +95,7 @@ def _action(ks: argparse._SubParsersAction, name: str, help: str,
     return p
 
 
-def _register_keyring(ks: argparse._SubParsersAction) -> None:
+def _register_keyring(ks: SubParsers) -> None:
     p = _action(ks, "init", "create keyring v1 in --out, signed by the root key(s)", _init, root=True, change=True)
     p.add_argument("--signer", type=Path, action="append", default=[], metavar="SIGNER.key|SIGNER.pub",
                    help="a bundle signing key (its .pub, or the private key to derive it from); repeatable")

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.cli import SubParsers
+
 if TYPE_CHECKING:
     from agent.protocol.manifest import Target
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "publish",
         help="place a bundle where nodes fetch it and publish its signed announcement (retained)",

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.cli import SubParsers
+
 if TYPE_CHECKING:
     from builder.rollout.engine import RolloutEngine
     from builder.rollout.link import RolloutLink
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 EXIT = {"completed": 0, "halted": 3, "aborted": 4, "paused": 0, "running": 0}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser("rollout", help="roll a bundle out wave by wave, gated on each node's health",
                        description="Announce a bundle per node (announce/node/ID), wave by wave; a wave advances "
                        "when enough of its nodes committed and stayed healthy for the soak time, and halts the "

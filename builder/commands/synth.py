@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "synth",
         help="generate a synthetic shapes dataset (YOLO format) or a test video with per-frame ground truth",

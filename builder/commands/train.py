@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.cli import SubParsers
+
 
 def _flag(p: argparse.ArgumentParser, name: str, **kw: object) -> None:
     """Register --snake_case and --kebab-case spellings of one option."""
@@ -17,7 +19,7 @@ def _flag(p: argparse.ArgumentParser, name: str, **kw: object) -> None:
     p.add_argument(*names, dest=name, **kw)  # type: ignore[arg-type]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "train",
         help="train YOLO-NAS S/M/L from scratch (never downloads weights) -> output/checkpoints/NAME/ckpt_best.pth",
