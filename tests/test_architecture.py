@@ -32,6 +32,7 @@ LAYERS = [
     ["builder.evaluate"],
     ["builder.convert"],
     ["builder.fleet"],
+    ["builder.rollout"],
     ["builder.dashboard", "builder.demo"],
     ["builder.commands", "builder.cli"],
 ]
