@@ -506,3 +506,25 @@ def test_multicamera_bench_exit_status_follows_its_targets(trained_bundle: Path,
     assert result["targets_met"] is (code == 0)
     two = result["counts"]["2"]
     assert len(two["per_camera_fps"]) == 2 and two["total_fps"] > 0 and 0 < two["fairness_min_over_max"] <= 1
+
+
+def test_daemon_wires_cameras_overrides_and_one_loop_per_pool_device(tmp_path: Path) -> None:
+    """The service builds one feed per [[cameras]] entry (a camera asking for exactly the shared decode
+    filters nothing), decodes with the permissive settings, and runs one inference loop per pool device."""
+    cfg = AgentConfig(
+        node_id="wiring", state_dir=tmp_path / "state", trusted_keys_dir=tmp_path / "keys",
+        detect={"score_threshold": 0.4},
+        cameras=[{"name": "plain", "source": "a.avi"},
+                 {"name": "strict", "source": "b.avi", "detect": {"score_threshold": 0.7},
+                  "zones": [[[0, 0], [1, 0], [1, 1]]]}],
+        backend={"prefer": "edgetpu", "detectors": {"edgetpu": {"devices": ["usb:0", "usb:1", "usb:2"]}}})
+    svc = AgentService(cfg)
+    plain, strict = svc.pipeline.feeds
+    assert svc.camera is plain.camera and set(svc.cameras) == {"plain", "strict"}
+    assert plain.detect is None and plain.zones == []
+    assert strict.detect is not None and strict.detect.score_threshold == 0.7 and len(strict.zones) == 1
+    assert svc.engine_detect.score_threshold == 0.4
+    assert svc.pipeline.workers == 3
+    legacy = AgentService(AgentConfig(node_id="legacy", state_dir=tmp_path / "s2", trusted_keys_dir=tmp_path / "k",
+                                      camera={"source": "c.avi"}, backend={"prefer": "cpu"}))
+    assert [f.name for f in legacy.pipeline.feeds] == ["default"] and legacy.pipeline.workers == 1
