@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent.cli import SubParsers
 
@@ -48,13 +49,28 @@ def _run(args: argparse.Namespace) -> int:
             q = f" scale {t['scale']:.6g} zero point {t['zero_point']}" if t["scale"] is not None else ""
             print(f"  {kind[:-1]:<6} {t['name']:<28} {t['shape']} {t['dtype']}{q}")
     print("  ops: " + ", ".join(f"{k} {v}" for k, v in info["op_counts"].items()))
-    if args.ops:
-        rows = {r["index"]: r for r in ready.get("ops", [])}
-        for op in info["ops"]:
-            r = rows.get(op["index"], {})
+    _print_decisions(info, ready, every=args.ops)
+    return 0
+
+
+def _print_decisions(info: dict[str, Any], ready: dict[str, Any], every: bool) -> None:
+    """One line per decision: op index, op, placement, rule (its source once, below). Without --ops only
+    the ops predicted on the CPU."""
+    rows = {r["index"]: r for r in ready.get("ops", [])}
+    sources: dict[str, str] = {}
+    for op in info["ops"]:
+        r = rows.get(op["index"], {})
+        if r:
+            sources.setdefault(r["rule"], r["source"])
+        if every:
             shapes = [t["shape"] for t in op["outputs"]]
             dts = sorted({t["dtype"] for t in op["inputs"] + op["outputs"] if t["dtype"]})
-            probs = "; ".join(r.get("problems", []))
             print(f"  #{op['index']:<4} {op['custom_code'] or op['op']:<22} v{op['version']} {','.join(dts):<14} "
-                  f"{shapes} {r.get('predicted', '')} {probs}")
-    return 0
+                  f"{shapes} {r.get('placement', '')} {r.get('rule', '')} {r.get('detail', '')}")
+        elif r and r["predicted"] == "cpu":
+            print(f"  #{op['index']:<4} {op['op']:<22} {r['placement']:<4} {r['rule']}: {r['detail']}")
+    for rule, source in sources.items():
+        if every or rule != "mapped":
+            print(f"  rule {rule}: {source}")
+    for name, text in ready.get("caveats", {}).items():
+        print(f"  caveat {name}: {text}")

@@ -4,11 +4,10 @@ Reads ops, op versions, tensors and buffer sizes from the flatbuffer (builder.ed
 input/output quantization from the TFLite interpreter, created without `allocate_tensors()` so that
 Edge-TPU-compiled files with their custom op load too.
 
-Readiness follows Coral's model requirements (coral.ai/docs/edgetpu/models-intro): supported ops,
-quantized uint8/int8 tensors, at most 3 non-unit dimensions per activation, static shapes, op versions
-the compiler knows, parameters against the ~8 MB on-chip cache. The compiler maps ops to the Edge TPU
-from the start of the graph up to the first op it cannot map; that op and everything after it run on
-the CPU (one TPU partition: the "single-partition rule").
+Readiness applies the compiler's rules kept as data with their sources in builder.edgetpu.rules (Coral's
+model requirements and supported-operations table, and what Google's compiled twins show): each op's
+placement (CPU lead, Edge TPU, CPU after the single cut) comes with the rule that decided it. The
+prediction matches the compiled twins in tests/data/coral op for op (tests/test_readiness_twins.py).
 """
 
 from __future__ import annotations
@@ -17,28 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.inference import tflite
+from builder.edgetpu import rules
 from builder.edgetpu.flatbuffer import FbModel, FbOp, FlatbufferError, read_model
+from builder.edgetpu.rules import EDGETPU_CUSTOM_OP, EDGETPU_OPS, MAX_KNOWN_VERSION
 
-EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 ON_CHIP_BYTES = 8 * 1024 * 1024  # Edge TPU SRAM for caching parameters (a bit less is usable)
-
-# Ops the Edge TPU compiler maps (coral.ai "Supported operations"). TRANSPOSE is deliberately absent:
-# the compiler left every TRANSPOSE of the YOLOv8/YOLO11 heads on the CPU in our measurements.
-EDGETPU_OPS = {
-    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
-    "FULLY_CONNECTED", "L2_NORMALIZATION", "LOGISTIC", "LSTM", "MAXIMUM", "MAX_POOL_2D", "MEAN", "MINIMUM",
-    "MUL", "PACK", "PAD", "PRELU", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6", "RELU_N1_TO_1",
-    "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE", "SOFTMAX", "SPACE_TO_DEPTH",
-    "SPLIT", "SQUARED_DIFFERENCE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TANH", "TRANSPOSE_CONV",
-}
-# Highest op versions known to be accepted by edgetpu_compiler 16 (measured: our INT8 YOLO-NAS body
-# and Coral's published models). Newer TensorFlow converters can emit higher versions for some ops
-# (e.g. with int16 or int4 support); those are flagged as "not known to be accepted".
-MAX_KNOWN_VERSION = {
-    "CONV_2D": 3, "TRANSPOSE_CONV": 3, "DEPTHWISE_CONV_2D": 3, "ADD": 2, "CONCATENATION": 2, "MAX_POOL_2D": 2,
-    "AVERAGE_POOL_2D": 2, "PAD": 2, "QUANTIZE": 2, "MUL": 2, "SUB": 2, "FULLY_CONNECTED": 4, "LOGISTIC": 2,
-    "SOFTMAX": 2, "RESHAPE": 1, "RESIZE_BILINEAR": 3, "RESIZE_NEAREST_NEIGHBOR": 3, "MEAN": 2,
-}
+__all__ = ["EDGETPU_CUSTOM_OP", "EDGETPU_OPS", "MAX_KNOWN_VERSION", "InspectError", "inspect_model", "op_problems",
+           "readiness"]
 
 
 class InspectError(ValueError):
@@ -107,66 +91,54 @@ def _op_entry(index: int, op: FbOp, fb: FbModel) -> dict[str, Any]:
             "inputs": [desc(x) for x in op.inputs], "outputs": [desc(x) for x in op.outputs]}
 
 
-def _non_unit_dims(shape: list[int] | None) -> int:
-    return sum(1 for d in (shape or []) if d != 1)
-
-
 def op_problems(op: dict[str, Any]) -> list[str]:
-    """Why the Edge TPU compiler would not map this op (empty: it should map)."""
-    name = op["op"]
-    probs: list[str] = []
-    if name == "CUSTOM":
-        if op["custom_code"] != EDGETPU_CUSTOM_OP:
-            probs.append(f"custom op {op['custom_code']!r}")
-        return probs
-    if name not in EDGETPU_OPS:
-        probs.append("op not supported by the Edge TPU")
-    maxv = MAX_KNOWN_VERSION.get(name)
-    if maxv is not None and op["version"] is not None and op["version"] > maxv:
-        probs.append(f"version {op['version']} above {maxv} (not known to be accepted by compiler 16)")
-    for t in op["inputs"] + op["outputs"]:
-        if t["dtype"] in ("float32", "float16"):
-            probs.append(f"float tensor ({t['dtype']})")
-            break
-    for t in op["inputs"] + op["outputs"]:
-        if not t["const"] and _non_unit_dims(t["shape"]) > 3:
-            probs.append(f"activation with {_non_unit_dims(t['shape'])} non-unit dims {t['shape']} (max 3)")
-            break
-    if any(t["dynamic"] for t in op["inputs"] + op["outputs"]):
-        probs.append("dynamic shape")
-    return probs
+    """Why the Edge TPU compiler would not map this op on its own (empty: it should map)."""
+    return [f"{e['rule']}: {e['detail']}" for e in rules.explain(op)]
+
+
+def _decision(op: dict[str, Any], place: str, cut: int | None) -> dict[str, str]:
+    """The rule behind one op's placement and its source (for the report)."""
+    broken = rules.explain(op)
+    if broken:
+        return {"rule": broken[0]["rule"], "detail": broken[0]["detail"], "source": broken[0]["source"]}
+    if place == "tpu":
+        return {"rule": "mapped", "detail": "see caveat" if op["op"] in rules.CAVEATS else "", "source": rules.MI}
+    return {"rule": rules.CUT_RULE.id, "detail": f"depends on a CPU op after the cut (op #{cut})",
+            "source": rules.CUT_RULE.source}
+
+
+def _rows(info: dict[str, Any]) -> list[dict[str, Any]]:
+    places = rules.partition(info["ops"])
+    cut = next((i for i, p in enumerate(places) if p == "cpu"), None)
+    rows = []
+    for op, place in zip(info["ops"], places, strict=True):
+        rows.append({"index": op["index"], "op": op["op"], "version": op["version"], "problems": op_problems(op),
+                     "dtypes": sorted({t["dtype"] for t in op["inputs"] + op["outputs"] if t["dtype"]}),
+                     "output_shapes": [t["shape"] for t in op["outputs"]],
+                     "predicted": "tpu" if place == "tpu" else "cpu", "placement": place,
+                     **_decision(op, place, cut)})
+    return rows
 
 
 def readiness(path: Path | str, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Predicted Edge TPU mapping of an uncompiled INT8 model, without the compiler."""
+    """Predicted Edge TPU mapping of an uncompiled INT8 model, without the compiler: each op's placement
+    with the rule that decided it and that rule's source (builder.edgetpu.rules)."""
     info = info or inspect_model(path)
     if info["edgetpu_compiled"]:
         return {"compiled": True, "summary": f"already compiled: {info['tpu_ops']} Edge TPU op(s), CPU ops {info['cpu_ops']}",
                 "tpu_ops": info["tpu_ops"], "cpu_ops": len(info["cpu_ops"] or [])}
-    rows = []
-    for op in info["ops"]:
-        rows.append({"index": op["index"], "op": op["op"], "version": op["version"], "problems": op_problems(op),
-                     "dtypes": sorted({t["dtype"] for t in op["inputs"] + op["outputs"] if t["dtype"]}),
-                     "output_shapes": [t["shape"] for t in op["outputs"]]})
+    rows = _rows(info)
     n = len(rows)
-    # One Edge TPU partition: unsupported ops at the very start (e.g. a float input's CAST/QUANTIZE)
-    # stay on the CPU in front of it; the partition then runs until the first unsupported op, and
-    # that op and everything after it run on the CPU.
-    start = next((r["index"] for r in rows if not r["problems"]), n)
-    end = next((r["index"] for r in rows[start:] if r["problems"]), n)
-    first_bad = end if end < n else (0 if start > 0 else None)
-    n_tpu = end - start
-    for r in rows:
-        r["predicted"] = "tpu" if start <= r["index"] < end else "cpu"
-    unsupported = sorted({r["op"] for r in rows if r["problems"]})
+    n_tpu = sum(1 for r in rows if r["predicted"] == "tpu")
+    lead = sum(1 for r in rows if r["placement"] == "lead")
+    cut = next((r for r in rows if r["placement"] == "cpu"), None)
     float_tensors = sum(1 for op in info["ops"] for t in op["inputs"] + op["outputs"] if t["dtype"] in ("float32", "float16"))
-    io_ok = all(t["dtype"] in ("uint8", "int8") for t in info["inputs"] + info["outputs"])
     params = int(info["parameter_bytes"])
     pct = 100.0 * n_tpu / n if n else 0.0
     summary = (
-        f"{n_tpu}/{n} ops predicted on the Edge TPU ({pct:.0f}%)"
-        + (f"; {start} leading op(s) on the CPU" if start else "")
-        + (f"; CPU from op #{end} {rows[end]['op']}: {'; '.join(rows[end]['problems'])}" if end < n else "")
+        f"{n_tpu}/{n} ops predicted on the Edge TPU ({pct:.0f}%), {n - n_tpu} on the CPU"
+        + (f"; {lead} leading op(s) on the CPU" if lead else "")
+        + (f"; cut at op #{cut['index']} {cut['op']} ({cut['rule']}: {cut['detail']})" if cut else "")
         + f"; parameters {params / 2**20:.1f} MiB "
         + ("(fit the ~8 MB on-chip cache)" if params <= ON_CHIP_BYTES else "(above the ~8 MB on-chip cache: the rest streams from host memory each inference)")
     )
@@ -175,11 +147,13 @@ def readiness(path: Path | str, info: dict[str, Any] | None = None) -> dict[str,
         "ops_total": n,
         "tpu_ops": n_tpu,
         "cpu_ops": n - n_tpu,
+        "cpu_op_types": [r["op"] for r in rows if r["predicted"] == "cpu"],
         "tpu_percent": pct,
-        "first_cpu_op": first_bad,
-        "unsupported_ops": unsupported,
+        "first_cpu_op": cut["index"] if cut else (0 if lead else None),
+        "unsupported_ops": sorted({r["op"] for r in rows if r["problems"]}),
+        "caveats": {name: text for name, text in rules.CAVEATS.items() if any(r["op"] == name for r in rows)},
         "float_tensors": float_tensors,
-        "quantized_io": io_ok,
+        "quantized_io": all(t["dtype"] in ("uint8", "int8") for t in info["inputs"] + info["outputs"]),
         "parameter_bytes": params,
         "on_chip_bytes": ON_CHIP_BYTES,
         "fits_on_chip": params <= ON_CHIP_BYTES,
