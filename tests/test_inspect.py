@@ -43,6 +43,14 @@ def test_cli_json_and_text(coral_data: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["kind"] == "edgetpu" and out["tpu_ops"] == 1 and len(out["cpu_ops"]) > 0
+    r = _cli(str(coral_data / "movenet_single_pose_lightning_ptq.tflite"), "--json")
+    ready = json.loads(r.stdout)["readiness"]
+    assert ready["cpu_ops"] == 59 and len(ready["cpu_decisions"]) == 59
+    assert ready["cpu_decisions"][2] == {"index": 89, "op": "ARG_MAX", "placement": "cpu", "rule": "supported-op",
+                                         "detail": "ARG_MAX is not in the supported-operations table",
+                                         "source": "coral.ai/docs/edgetpu/models-intro (Supported operations)"}
+    r = _cli(str(coral_data / "movenet_single_pose_lightning_ptq.tflite"))
+    assert "#89   ARG_MAX" in r.stdout and "rule single-cut: " in r.stdout
     r = _cli(str(coral_data / "mobilenet_v1_0.25_128_quant.tflite"))
     assert r.returncode == 0 and "CPU model" in r.stdout and "31/31 ops predicted on the Edge TPU" in r.stdout
 

@@ -148,6 +148,8 @@ def readiness(path: Path | str, info: dict[str, Any] | None = None) -> dict[str,
         "tpu_ops": n_tpu,
         "cpu_ops": n - n_tpu,
         "cpu_op_types": [r["op"] for r in rows if r["predicted"] == "cpu"],
+        "cpu_decisions": [{k: r[k] for k in ("index", "op", "placement", "rule", "detail", "source")}
+                          for r in rows if r["predicted"] == "cpu"],
         "tpu_percent": pct,
         "first_cpu_op": cut["index"] if cut else (0 if lead else None),
         "unsupported_ops": sorted({r["op"] for r in rows if r["problems"]}),
