@@ -18,8 +18,9 @@ from typing import Any
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 MI = "coral.ai/docs/edgetpu/models-intro"
 
-# Ops the Edge TPU compiler maps (MI, "Supported operations"). LSTM: the table lists it (unidirectional
-# only); no twin here has one, so it is taken from the docs unverified. TRANSPOSE is deliberately
+# Ops the Edge TPU compiler maps (MI, "Supported operations"). LSTM: unidirectional only, since compiler 16
+# (MI; google-coral/edgetpu#156, 2021-07: "the latest compiler release supports LSTM (Unidirectional
+# only)"); BIDIRECTIONAL_SEQUENCE_LSTM stays out. No twin here has one. TRANSPOSE is deliberately
 # absent: the compiler left every TRANSPOSE of the YOLOv8/YOLO11 heads on the CPU in our measurements.
 EDGETPU_OPS = {
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
@@ -151,7 +152,9 @@ CAVEATS = {
     "CONCATENATION": f"no fused activation; a constant input must be all zeros ({MI}): not read here",
     "AVERAGE_POOL_2D": f"no fused activation ({MI}): not read here",
     "MAX_POOL_2D": f"no fused activation ({MI}): not read here",
-    "LSTM": f"unidirectional only ({MI}); no twin carries one",
+    "LSTM": f"unidirectional only, compiler 16 ({MI}; google-coral/edgetpu#156); no twin carries one",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "compiler 16 (google-coral/edgetpu#156); large inputs fail to compile "
+                                    "(google-coral/edgetpu#598: width ~1000 fails, below ~900 compiles); no twin carries one",
 }
 
 CUT_RULE = Rule(
