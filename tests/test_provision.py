@@ -71,11 +71,11 @@ def test_generated_files_full_node(tmp_path: Path, pki: dict[str, Path], capsys:
     assert files["/etc/edge-agent/keys/fleet.pub"]["content"] == "ed25519 test-key\n"
     unit = files["/etc/systemd/system/edge-agent.service"]["content"]
     assert "LoadCredential=creds:/etc/edge-agent/credentials" in unit
-    assert "coral-edgetpu-stable" in files["/etc/apt/sources.list.d/coral-edgetpu.list"]["content"]
+    assert "/etc/apt/sources.list.d/coral-edgetpu.list" not in files  # USB: libedgetpu from its .deb only
     assert "18d1" in files["/etc/udev/rules.d/99-edge-agent-coral.rules"]["content"]
     cmds = [" ".join(c) if isinstance(c, list) else c for c in ud["runcmd"]]
     assert any("libedgetpu1-std" in c for c in cmds)
-    assert any(c.endswith("pip install edge-fleet[agent]") for c in cmds)
+    assert any(c.endswith("pip install -c /etc/edge-agent/pip-constraints.txt edge-fleet[agent]") for c in cmds)
     assert cmds[-1] == "systemctl enable --now --no-block edge-agent.service"  # READY may wait for a model
     assert ud["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3Nza test@host"] and ud["ssh_pwauth"] is False
 
@@ -200,3 +200,51 @@ def test_no_scrub_step_without_secrets(tmp_path: Path) -> None:
     from agent.service.provision import scrub_boot_secrets_cmd
 
     assert scrub_boot_secrets_cmd(ProvisionSpec(node_id="n1", broker="mqtt://10.0.0.2:1883")) is None
+
+
+@needs_yaml
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init not installed")
+@pytest.mark.parametrize("os_name", ["bookworm", "trixie"])
+@pytest.mark.parametrize("coral", ["usb", "pci"])
+def test_runtime_pair_per_os(tmp_path: Path, os_name: str, coral: str) -> None:
+    """--os picks the documented pair (docs/DEPLOY.md "Runtime matrix"): the libedgetpu .deb, the pinned
+    ai-edge-litert, a venv that sees apt's picamera2, and the numpy pin of that OS's python3-numpy ABI."""
+    from agent.service.provision import PCIE_CONFIG_LINES, RUNTIMES
+
+    assert _run(["--node-id", "n1", "--broker", "mqtt://10.0.0.2:1883", "--os", os_name, "--coral", coral,
+                 "--out", str(tmp_path)]) == 0
+    proc = subprocess.run(["cloud-init", "schema", "--config-file", str(tmp_path / "user-data")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
+    ud = yaml.safe_load((tmp_path / "user-data").read_text())
+    rt = RUNTIMES[os_name]
+    cmds = [" ".join(c) for c in ud["runcmd"]]
+    deb = rt.libedgetpu_url()
+    assert "feranick/libedgetpu" in deb and "libedgetpu1-std_16.0tf2.18.1" in deb and deb.endswith("_arm64.deb")
+    assert f"curl -fsSL -o /var/tmp/libedgetpu.deb {deb}" in cmds
+    assert "apt-get install -y --no-install-recommends /var/tmp/libedgetpu.deb" in cmds
+    assert "python3 -m venv --system-site-packages /opt/edge-agent/venv" in cmds
+    pip = next(c for c in cmds if c.endswith("pip install -c /etc/edge-agent/pip-constraints.txt edge-fleet[agent]"))
+    assert cmds.index(pip) > cmds.index("python3 -m venv --system-site-packages /opt/edge-agent/venv")
+    files = {f["path"]: f["content"] for f in ud["write_files"]}
+    constraints = files["/etc/edge-agent/pip-constraints.txt"].splitlines()
+    assert constraints == [rt.numpy, "ai-edge-litert==2.1.2"]
+    assert rt.numpy == {"bookworm": "numpy>=1.26,<2", "trixie": "numpy>=2,<3"}[os_name]
+    assert rt.python == {"bookworm": "3.11", "trixie": "3.13"}[os_name]
+    assert "python3-picamera2" in ud["packages"] and "python3-numpy" in ud["packages"]
+    pcie = [c for c in cmds if "/boot/firmware/config.txt" in c]
+    if coral == "pci":
+        assert any("gasket-dkms" in c for c in cmds) and "coral-edgetpu-stable" in files[
+            "/etc/apt/sources.list.d/coral-edgetpu.list"]
+        assert len(pcie) == 1 and all(line in pcie[0] for line in PCIE_CONFIG_LINES)
+        assert ud["power_state"]["mode"] == "reboot"
+    else:
+        assert not pcie and "power_state" not in ud and not any("gasket" in c for c in cmds)
+
+
+def test_os_option_rejects_unknown_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _run(["--node-id", "n1", "--broker", "mqtt://10.0.0.2:1883", "--os", "bullseye", "--out", str(tmp_path)])
+    assert "--os" in capsys.readouterr().err
+    with pytest.raises(ProvisionError, match="--os"):
+        ProvisionSpec(node_id="n1", broker="mqtt://10.0.0.2:1883", os="bullseye").validate()

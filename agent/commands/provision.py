@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from agent.cli import SubParsers
+from agent.service.provision import RUNTIMES
 
 
 def register(sub: SubParsers) -> None:
@@ -16,8 +17,8 @@ def register(sub: SubParsers) -> None:
         "provision",
         help="write cloud-init files that turn a freshly flashed Raspberry Pi OS card into a fleet node",
         description="Writes user-data, network-config and meta-data into BOOTDIR (the card's mounted boot "
-        "partition). On first boot cloud-init installs the Coral Edge TPU runtime (Google's apt repository) and "
-        "the agent, drops /etc/edge-agent/agent.toml and this node's credentials (mode 0600, root only), "
+        "partition). On first boot cloud-init installs the Edge TPU runtime pair for --os (libedgetpu rebuilt "
+        "for a current TFLite, ai-edge-litert) and the agent (in a venv that sees apt's picamera2; numpy pinned), drops /etc/edge-agent/agent.toml and this node's credentials (mode 0600, root only), "
         "installs the hardened systemd unit and udev rules, and enables the service. See docs/DEPLOY.md.",
     )
     p.add_argument("--node-id", required=True, help="this node's id (topic segment: letters, digits, _ . -)")
@@ -41,7 +42,10 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--ssh-key", action="append", default=[], help="an authorized SSH public key line (repeatable)")
     p.add_argument("--camera", default="/dev/video0", help="camera source (default /dev/video0)")
     p.add_argument("--coral", choices=["usb", "pci", "none"], default="usb",
-                   help="which Coral runtime to install: usb (libedgetpu1-std), pci (+ gasket-dkms), none")
+                   help="which Coral runtime to install: usb (libedgetpu1-std), pci (+ gasket-dkms, PCIe on, "
+                   "4K-page kernel, one reboot), none")
+    p.add_argument("--os", choices=sorted(RUNTIMES), default="bookworm",
+                   help="Raspberry Pi OS release on the card: picks the runtime pair and numpy pin (docs/DEPLOY.md)")
     p.add_argument("--agent-spec", default="edge-fleet[agent]",
                    help="what pip installs on the node (a requirement or a wheel URL)")
     p.add_argument("--timezone", default=None, help="e.g. Europe/London")
@@ -65,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         wifi_ssid=args.wifi_ssid, wifi_psk=psk, wifi_country=args.wifi_country,
         ca=args.ca, cert=args.cert, key=args.key, username=args.username, password=password,
         trusted_keys=args.trusted_key, ssh_authorized_keys=args.ssh_key, agent_spec=args.agent_spec,
-        coral=args.coral, camera=args.camera, timezone=args.timezone,
+        coral=args.coral, os=args.os, camera=args.camera, timezone=args.timezone,
     )
     try:
         written = write_boot_files(spec, args.out, force=args.force)

@@ -6,8 +6,9 @@ the boot (FAT) partition (NoCloud datasource). We write those three files:
 - `meta-data`: instance id (new per provisioning run, so cloud-init runs again on a re-flashed card), hostname.
 - `network-config`: netplan v2; Wi-Fi with the WPA passphrase already hashed into its 256-bit PSK, so the
   plain passphrase never sits on the FAT partition.
-- `user-data` (#cloud-config): adds Google's Coral apt repository and installs the Edge TPU runtime, creates
-  the `edge-agent` user, installs the agent into /opt/edge-agent/venv, writes /etc/edge-agent/agent.toml,
+- `user-data` (#cloud-config): installs the Edge TPU runtime pair for the OS (RUNTIMES, docs/DEPLOY.md "Runtime
+  matrix"), creates the `edge-agent` user, installs the agent into /opt/edge-agent/venv (with the system's site
+  packages, so apt's picamera2 imports; numpy pinned to its ABI), writes /etc/edge-agent/agent.toml,
   the per-node credentials (mode 0600, root only: systemd passes them to the service with LoadCredential=),
   the hardened unit and the udev rules, and enables the service.
 
@@ -30,6 +31,7 @@ from agent.protocol.topics import DEFAULT_PREFIX, check_segment
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = ROOT / "systemd"
+#: only gasket-dkms (the PCIe driver) still comes from Google's 2021 apt repository; libedgetpu does not
 CORAL_APT_LINE = "deb [signed-by=/etc/apt/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main"
 CORAL_KEY_URL = "https://packages.cloud.google.com/apt/doc/apt-key.gpg"
 CRED_DIR = "/etc/edge-agent/credentials"
@@ -42,7 +44,29 @@ RUN_CRED = "/run/credentials/edge-agent.service/creds_"
 
 
 class ProvisionError(Exception):
-    pass
+    """Bad provisioning input; the message says which option."""
+
+
+@dataclass(frozen=True)
+class RuntimePair:
+    """One OS's Edge TPU runtime pair and apt picamera2's numpy ABI (docs/DEPLOY.md "Runtime matrix": from
+    sources, not run on a Pi)."""
+    python: str
+    litert: str  # the pip requirement of the TFLite runtime
+    libedgetpu: str  # .deb URL; {clock} is std or max
+    numpy: str  # the pin, matching the ABI of the OS's python3-numpy
+
+    def libedgetpu_url(self, clock: str = "std") -> str:
+        return self.libedgetpu.format(clock=clock)
+#: feranick's libedgetpu rebuilt against TF 2.18.1 (Google's 16.0 deb is built against TF 2.5-era TFLite and
+#: segfaults under newer runtimes); one arm64 bookworm build, which Trixie's libc6/libusb also satisfy.
+FERANICK_LIBEDGETPU = ("https://github.com/feranick/libedgetpu/releases/download/16.0TF2.18.1-1/"
+                       "libedgetpu1-{clock}_16.0tf2.18.1-1.bookworm_arm64.deb")
+RUNTIMES = {"bookworm": RuntimePair("3.11", "ai-edge-litert==2.1.2", FERANICK_LIBEDGETPU, "numpy>=1.26,<2"),
+            "trixie": RuntimePair("3.13", "ai-edge-litert==2.1.2", FERANICK_LIBEDGETPU, "numpy>=2,<3")}
+#: Pi 5 M.2/PCIe: enable the PCIe connector and boot the 4K-page kernel (apex/libedgetpu need 4K pages)
+PCIE_CONFIG_LINES = ("dtparam=pciex1", "kernel=kernel8.img")
+VENV = "/opt/edge-agent/venv"
 
 
 @dataclass
@@ -64,6 +88,7 @@ class ProvisionSpec:
     ssh_authorized_keys: list[str] = field(default_factory=list)
     agent_spec: str = "edge-fleet[agent]"
     coral: str = "usb"  # usb | pci | none
+    os: str = "bookworm"  # a RUNTIMES key
     camera: str = "/dev/video0"
     timezone: str | None = None
 
@@ -98,6 +123,8 @@ class ProvisionSpec:
             raise ProvisionError("credentials over an unencrypted broker URL: use mqtts:// (or wss://)")
         if self.coral not in ("usb", "pci", "none"):
             raise ProvisionError("--coral must be usb, pci or none")
+        if self.os not in RUNTIMES:
+            raise ProvisionError(f"--os must be one of {', '.join(RUNTIMES)}")
         host = self.hostname or f"edge-{self.node_id}"
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", host):
             raise ProvisionError(f"hostname {host!r} is not a valid host name (letters, digits, '-')")
@@ -218,13 +245,17 @@ def _write_files(spec: ProvisionSpec) -> list[dict[str, Any]]:
     """The service's unit, udev rule and user, its config, and the node's secrets/keys (cloud-init write_files)."""
     unit, rules, sysusers = (_systemd_file(n) for n in (
         "edge-agent.service", "99-edge-agent-coral.rules", "edge-agent.sysusers.conf"))
+    rt = RUNTIMES[spec.os]
     files = [
-        _file("/etc/apt/sources.list.d/coral-edgetpu.list", CORAL_APT_LINE + "\n"),
         _file("/etc/sysusers.d/edge-agent.conf", sysusers),
         _file("/etc/udev/rules.d/99-edge-agent-coral.rules", rules),
         _file("/etc/systemd/system/edge-agent.service", unit),
         _file("/etc/edge-agent/agent.toml", agent_toml(spec), "0644"),
+        # pip may never replace apt's numpy with one of another ABI (picamera2/simplejpeg would not import)
+        _file("/etc/edge-agent/pip-constraints.txt", f"{rt.numpy}\n{rt.litert}\n"),
     ]
+    if spec.coral == "pci":
+        files.append(_file("/etc/apt/sources.list.d/coral-edgetpu.list", CORAL_APT_LINE + "\n"))
     # Per-node secrets: root-only; the service reads them through systemd credentials, never directly.
     if spec.password is not None:
         files.append(_file(f"{CRED_DIR}/mqtt-password", spec.password + "\n", "0600"))
@@ -239,9 +270,27 @@ def _write_files(spec: ProvisionSpec) -> list[dict[str, Any]]:
     return files
 
 
+def _coral_cmds(spec: ProvisionSpec) -> list[Any]:
+    """libedgetpu from its .deb; for PCIe also gasket-dkms (Google's repo) and the Pi 5 boot settings."""
+    cmds: list[Any] = [] if spec.coral == "none" else [
+        ["curl", "-fsSL", "-o", "/var/tmp/libedgetpu.deb", RUNTIMES[spec.os].libedgetpu_url()],
+        ["apt-get", "install", "-y", "--no-install-recommends", "/var/tmp/libedgetpu.deb"],
+    ]
+    if spec.coral == "pci":
+        lines = " ".join(PCIE_CONFIG_LINES)
+        cmds += [
+            ["install", "-d", "-m", "0755", "/etc/apt/keyrings"],
+            ["sh", "-c", f"curl -fsSL {CORAL_KEY_URL} | gpg --dearmor --yes -o /etc/apt/keyrings/coral-edgetpu.gpg"],
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "--no-install-recommends", "dkms", "linux-headers-rpi-v8", "gasket-dkms"],
+            ["sh", "-c", f"for l in {lines}; do grep -qxF \"$l\" /boot/firmware/config.txt || "
+                         "echo \"$l\" >> /boot/firmware/config.txt; done"],
+        ]
+    return cmds
+
+
 def _runcmd(spec: ProvisionSpec) -> list[Any]:
     """First-boot commands: user, udev, the Coral runtime (if any), the agent's venv, then start the service."""
-    coral_pkgs = {"usb": ["libedgetpu1-std"], "pci": ["libedgetpu1-std", "gasket-dkms"], "none": []}[spec.coral]
     runcmd: list[Any] = [
         # LoadCredential= needs the directory even when empty; root-only like the files in it
         ["install", "-d", "-m", "0700", CRED_DIR],
@@ -249,22 +298,15 @@ def _runcmd(spec: ProvisionSpec) -> list[Any]:
         ["udevadm", "control", "--reload"],
         ["udevadm", "trigger", "--subsystem-match=usb", "--subsystem-match=apex"],
     ]
-    if coral_pkgs:
-        runcmd += [
-            ["install", "-d", "-m", "0755", "/etc/apt/keyrings"],
-            ["sh", "-c", f"curl -fsSL {CORAL_KEY_URL} | gpg --dearmor --yes -o /etc/apt/keyrings/coral-edgetpu.gpg"],
-            ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends", *coral_pkgs],
-        ]
-    else:
-        runcmd.append(["rm", "-f", "/etc/apt/sources.list.d/coral-edgetpu.list"])
+    runcmd += _coral_cmds(spec)
     scrub = scrub_boot_secrets_cmd(spec)
     if scrub is not None:
         runcmd.append(scrub)
     runcmd += [
-        ["python3", "-m", "venv", "/opt/edge-agent/venv"],
-        ["/opt/edge-agent/venv/bin/pip", "install", "--upgrade", "pip"],
-        ["/opt/edge-agent/venv/bin/pip", "install", spec.agent_spec],
+        # --system-site-packages: apt's picamera2 (and the numpy it was built against) import in the venv
+        ["python3", "-m", "venv", "--system-site-packages", VENV],
+        [f"{VENV}/bin/pip", "install", "--upgrade", "pip"],
+        [f"{VENV}/bin/pip", "install", "-c", "/etc/edge-agent/pip-constraints.txt", spec.agent_spec],
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "--no-block", "edge-agent.service"],
     ]
@@ -299,11 +341,14 @@ def user_data(spec: ProvisionSpec) -> dict[str, Any]:
         "hostname": spec.hostname or f"edge-{spec.node_id}",
         "manage_etc_hosts": True,
         "package_update": True,
-        "packages": ["python3-venv", "python3-pip", "ca-certificates", "curl", "gnupg"],
+        "packages": ["python3-venv", "python3-pip", "python3-numpy", "python3-picamera2", "ca-certificates", "curl",
+                     "gnupg"],
         "write_files": _write_files(spec),
         "runcmd": _runcmd(spec),
         "final_message": f"edge-agent node {spec.node_id} provisioned after $UPTIME s",
     }
+    if spec.coral == "pci":  # the PCIe connector and the 4K-page kernel take effect after a reboot
+        ud["power_state"] = {"mode": "reboot", "message": "edge-agent: reboot for PCIe + 4K-page kernel"}
     if spec.timezone:
         ud["timezone"] = spec.timezone
     if spec.ssh_authorized_keys:
