@@ -71,7 +71,7 @@ def test_generated_files_full_node(tmp_path: Path, pki: dict[str, Path], capsys:
     assert files["/etc/edge-agent/keys/fleet.pub"]["content"] == "ed25519 test-key\n"
     unit = files["/etc/systemd/system/edge-agent.service"]["content"]
     assert "LoadCredential=creds:/etc/edge-agent/credentials" in unit
-    assert "/etc/apt/sources.list.d/coral-edgetpu.list" not in files  # USB: libedgetpu from its .deb only
+    assert "/etc/apt/sources.list.d/coral-edgetpu.list" not in files  # libedgetpu from its .deb, not Google's repo
     assert "18d1" in files["/etc/udev/rules.d/99-edge-agent-coral.rules"]["content"]
     cmds = [" ".join(c) if isinstance(c, list) else c for c in ud["runcmd"]]
     assert any("libedgetpu1-std" in c for c in cmds)
@@ -234,8 +234,8 @@ def test_runtime_pair_per_os(tmp_path: Path, os_name: str, coral: str) -> None:
     assert "python3-picamera2" in ud["packages"] and "python3-numpy" in ud["packages"]
     pcie = [c for c in cmds if "/boot/firmware/config.txt" in c]
     if coral == "pci":
-        assert any("gasket-dkms" in c for c in cmds) and "coral-edgetpu-stable" in files[
-            "/etc/apt/sources.list.d/coral-edgetpu.list"]
+        assert "apt-get install -y --no-install-recommends /var/tmp/gasket-dkms.deb" in cmds
+        assert any("feranick/gasket-driver" in c for c in cmds) and "linux-headers-rpi-v8" in " ".join(cmds)
         assert len(pcie) == 1 and all(line in pcie[0] for line in PCIE_CONFIG_LINES)
         assert ud["power_state"]["mode"] == "reboot"
     else:

@@ -31,9 +31,8 @@ from agent.protocol.topics import DEFAULT_PREFIX, check_segment
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = ROOT / "systemd"
-#: only gasket-dkms (the PCIe driver) still comes from Google's 2021 apt repository; libedgetpu does not
-CORAL_APT_LINE = "deb [signed-by=/etc/apt/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main"
-CORAL_KEY_URL = "https://packages.cloud.google.com/apt/doc/apt-key.gpg"
+#: the PCIe (apex) driver: Google's gasket-dkms 1.0-18 no longer builds on Pi OS's 6.12 kernels; this fork does
+GASKET_DKMS = "https://github.com/feranick/gasket-driver/releases/download/1.0-18.4/gasket-dkms_1.0-18.4_all.deb"
 CRED_DIR = "/etc/edge-agent/credentials"
 #: where Raspberry Pi OS mounts the FAT boot partition that holds the NoCloud seed (Bookworm, then older)
 BOOT_DIRS = ("/boot/firmware", "/boot")
@@ -254,8 +253,6 @@ def _write_files(spec: ProvisionSpec) -> list[dict[str, Any]]:
         # pip may never replace apt's numpy with one of another ABI (picamera2/simplejpeg would not import)
         _file("/etc/edge-agent/pip-constraints.txt", f"{rt.numpy}\n{rt.litert}\n"),
     ]
-    if spec.coral == "pci":
-        files.append(_file("/etc/apt/sources.list.d/coral-edgetpu.list", CORAL_APT_LINE + "\n"))
     # Per-node secrets: root-only; the service reads them through systemd credentials, never directly.
     if spec.password is not None:
         files.append(_file(f"{CRED_DIR}/mqtt-password", spec.password + "\n", "0600"))
@@ -271,7 +268,7 @@ def _write_files(spec: ProvisionSpec) -> list[dict[str, Any]]:
 
 
 def _coral_cmds(spec: ProvisionSpec) -> list[Any]:
-    """libedgetpu from its .deb; for PCIe also gasket-dkms (Google's repo) and the Pi 5 boot settings."""
+    """libedgetpu from its .deb; for PCIe also gasket-dkms (DKMS, 4K-page kernel headers) and the Pi 5 settings."""
     cmds: list[Any] = [] if spec.coral == "none" else [
         ["curl", "-fsSL", "-o", "/var/tmp/libedgetpu.deb", RUNTIMES[spec.os].libedgetpu_url()],
         ["apt-get", "install", "-y", "--no-install-recommends", "/var/tmp/libedgetpu.deb"],
@@ -279,10 +276,9 @@ def _coral_cmds(spec: ProvisionSpec) -> list[Any]:
     if spec.coral == "pci":
         lines = " ".join(PCIE_CONFIG_LINES)
         cmds += [
-            ["install", "-d", "-m", "0755", "/etc/apt/keyrings"],
-            ["sh", "-c", f"curl -fsSL {CORAL_KEY_URL} | gpg --dearmor --yes -o /etc/apt/keyrings/coral-edgetpu.gpg"],
-            ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends", "dkms", "linux-headers-rpi-v8", "gasket-dkms"],
+            ["apt-get", "install", "-y", "--no-install-recommends", "dkms", "linux-headers-rpi-v8"],
+            ["curl", "-fsSL", "-o", "/var/tmp/gasket-dkms.deb", GASKET_DKMS],
+            ["apt-get", "install", "-y", "--no-install-recommends", "/var/tmp/gasket-dkms.deb"],
             ["sh", "-c", f"for l in {lines}; do grep -qxF \"$l\" /boot/firmware/config.txt || "
                          "echo \"$l\" >> /boot/firmware/config.txt; done"],
         ]
@@ -341,8 +337,7 @@ def user_data(spec: ProvisionSpec) -> dict[str, Any]:
         "hostname": spec.hostname or f"edge-{spec.node_id}",
         "manage_etc_hosts": True,
         "package_update": True,
-        "packages": ["python3-venv", "python3-pip", "python3-numpy", "python3-picamera2", "ca-certificates", "curl",
-                     "gnupg"],
+        "packages": ["python3-venv", "python3-pip", "python3-numpy", "python3-picamera2", "ca-certificates", "curl"],
         "write_files": _write_files(spec),
         "runcmd": _runcmd(spec),
         "final_message": f"edge-agent node {spec.node_id} provisioned after $UPTIME s",
