@@ -38,6 +38,7 @@ from agent.security.bundle import Bundle, BundleError
 from agent.security.keyring_store import load_trust
 from agent.security.signing import Keyring, SignatureError
 from agent.service.mqtt import MqttClient
+from agent.service.status_file import StatusWriter, status_path
 from agent.telemetry.runtime import TelemetryRuntime
 from agent.updates.store import ModelStore, StoreError  # [updater]
 from agent.updates.updater import Updater  # [updater]
@@ -92,6 +93,9 @@ class AgentService:
             return self
         self._started = True
         self.mqtt.start()
+        # state_dir/daemon-status.json: check/doctor read it instead of taking over our session
+        status = StatusWriter(status_path(self.cfg.state_dir), self.mqtt, self.cfg.broker.url)
+        self.on_stop.append(status.start().stop)
         for cam in self.cameras.values():
             cam.start()
         engine = self._load_initial_engine()
