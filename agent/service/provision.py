@@ -59,7 +59,7 @@ class RuntimePair:
         return self.libedgetpu.format(clock=clock)
 #: feranick's libedgetpu rebuilt against TF 2.18.1 (Google's 16.0 deb is built against TF 2.5-era TFLite and
 #: segfaults under newer runtimes); one arm64 bookworm build, which Trixie's libc6/libusb also satisfy.
-FERANICK_LIBEDGETPU = ("https://github.com/feranick/libedgetpu/releases/download/16.0TF2.18.1-1/"
+FERANICK_LIBEDGETPU = ("https://github.com/feranick/libedgetpu/releases/download/v16.0TF2.18.1-1/"
                        "libedgetpu1-{clock}_16.0tf2.18.1-1.bookworm_arm64.deb")
 RUNTIMES = {"bookworm": RuntimePair("3.11", "ai-edge-litert==2.1.2", FERANICK_LIBEDGETPU, "numpy>=1.26,<2"),
             "trixie": RuntimePair("3.13", "ai-edge-litert==2.1.2", FERANICK_LIBEDGETPU, "numpy>=2,<3")}
