@@ -58,10 +58,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.skip_camera:
         report(*_check_camera(cfg, args.timeout))
     if not args.skip_broker:
-        from agent.service.mqtt import probe_broker
-
-        err = probe_broker(cfg.broker, timeout=args.timeout)
-        report("broker", "FAIL" if err else "OK", err or f"connected to {cfg.broker.url}")
+        report(*_check_broker(cfg, args.timeout))
     report(*_check_keys(cfg))
     if cfg.bundle is not None:
         report(*_check_bundle(cfg))
@@ -85,6 +82,23 @@ def _check_tpus(cfg: Any) -> tuple[str, str, str]:
     except BackendError as exc:
         return "edgetpu", "WARN", f"{exc}; the CPU model will run (degraded)"
     return "edgetpu", "OK", f"will use {t.device or dev.spec}; present: {listing}"
+
+
+def _check_broker(cfg: Any, timeout: float) -> tuple[str, str, str]:
+    """While the agent runs, its own link status (daemon-status.json): connecting beside it with the node's
+    credentials would take over its session (the shipped broker config forces the node's client id)."""
+    from agent.service.mqtt import probe_broker
+    from agent.service.status_file import StatusUnreadable, describe, running_daemon
+
+    try:
+        st = running_daemon(cfg.state_dir)
+    except StatusUnreadable as exc:
+        return "broker", "WARN", f"not probed: {exc} (the agent may be running; run as root or the service user)"
+    if st is not None:
+        connected, line = describe(st)
+        return "broker", "OK" if connected else "FAIL", line
+    err = probe_broker(cfg.broker, timeout=timeout)
+    return "broker", "FAIL" if err else "OK", err or f"connected to {cfg.broker.url}"
 
 
 def _check_camera(cfg: Any, timeout: float) -> tuple[str, str, str]:

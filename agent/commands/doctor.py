@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,10 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--probe", action="store_true",
                    help="run the crash-isolated Edge TPU probe now (stop the agent first: a USB Coral opens "
                    "for one process); default: report the verdict the agent stored")
+    p.add_argument("--connect", action="store_true",
+                   help="connect to the broker even while the agent runs (default: report the running agent's "
+                   "own connection status). Under the shipped broker config this takes over the agent's "
+                   "session: the broker disconnects it and its last will fires")
     p.add_argument("--only", action="append", default=None, metavar="CHECK", help="run only this check (repeat)")
     p.set_defaults(func=main)
 
@@ -48,9 +53,17 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except ConfigError as exc:
         error, cfg = str(exc), AgentConfig.model_construct()
-    ctx = DoctorContext(cfg=cfg, host=HostRoot(args.root), config_path=args.config, config_error=error,
-                        timeout=args.timeout, service_user=args.user,
-                        compat_probe=live_probe if args.probe else stored_verdict)
+    make_ctx = DoctorContext
+    if args.connect:
+        from agent.doctor.services import ConnectingContext
+
+        make_ctx = ConnectingContext
+        print("warning: --connect logs in with the node's credentials; under the shipped broker config "
+              "(use_username_as_clientid) that takes over the running agent's session and fires its last will",
+              file=sys.stderr, flush=True)
+    ctx = make_ctx(cfg=cfg, host=HostRoot(args.root), config_path=args.config, config_error=error,
+                   timeout=args.timeout, service_user=args.user,
+                   compat_probe=live_probe if args.probe else stored_verdict)
     checks = run_checks(ctx, args.only)
     report = DoctorReport.of(checks, None if error else cfg.node_id, args.config, args.root)
     if args.json:

@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.doctor.model import CheckResult, DoctorContext, fail, ok, warn
@@ -77,7 +78,36 @@ def mqtt_warnings() -> Iterator[list[str]]:
         log.propagate = saved[1]
 
 
+@dataclass
+class ConnectingContext(DoctorContext):
+    """`doctor --connect`: probe the broker live even while the agent runs (takes over its session under
+    the shipped broker config, which forces the node's client id)."""
+
+
 def check_broker(ctx: DoctorContext) -> CheckResult:
+    """While the agent runs, its own view of the link (daemon-status.json); else a connection of our own.
+    Connecting beside it with the node's credentials would take over its session: the shipped broker config
+    makes the user name the client id on the node listener (docs/mosquitto/edge-fleet.conf)."""
+    if isinstance(ctx, ConnectingContext):
+        return _probe_broker(ctx)
+    from agent.service.status_file import StatusUnreadable, describe, running_daemon
+
+    try:
+        st = running_daemon(ctx.host.path(ctx.cfg.state_dir))
+    except StatusUnreadable as exc:
+        return warn("broker", f"not probed: {exc}; the agent may be running and a connection of ours would "
+                    "take over its session", "run doctor as root or the service user (or pass --connect)")
+    if st is None:
+        return _probe_broker(ctx)
+    connected, line = describe(st)
+    if connected:
+        return ok("broker", line, pid=st.pid, source="daemon-status")
+    return fail("broker", line, "check broker.url, that the broker runs and the firewall allows the port, and "
+                "the username/password or certificates (`journalctl -u edge-agent`)", pid=st.pid,
+                source="daemon-status")
+
+
+def _probe_broker(ctx: DoctorContext) -> CheckResult:
     from agent.service.mqtt import MqttClient
 
     b = ctx.cfg.broker
