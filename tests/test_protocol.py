@@ -45,6 +45,16 @@ def test_payload_roundtrip() -> None:
     assert NodeState.model_validate_json(st.model_dump_json()).last_update.state == "committed"  # type: ignore[union-attr]
 
 
+def test_detections_message_camera_is_optional() -> None:
+    """Older agents send no `camera`; multi-camera agents name it. Both parse, either way round."""
+    old = {"node": "n", "frame_ts": 1.0, "frame_index": 1, "model_name": "m", "model_version": 1, "backend": "cpu",
+           "detections": []}
+    assert DetectionsMessage.model_validate(old).camera is None
+    new = DetectionsMessage.model_validate({**old, "camera": "front"})
+    assert new.camera == "front"
+    assert DetectionsMessage.model_validate_json(new.model_dump_json()) == new
+
+
 def test_announcement_rejects_non_base64() -> None:
     a = Announcement(manifest_b64="@@@", key_id="k", signature_b64=base64.b64encode(b"x").decode(), base_url="http://x")
     with pytest.raises(ValueError):

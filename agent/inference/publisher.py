@@ -76,6 +76,7 @@ class DetectionPublisher:
             model_version=result.model_version or 0,
             backend=result.backend or "",
             detections=result.detections,
+            camera=result.camera,
         )
         if self._send(result.camera, "detections", msg.model_dump_json()):
             self.counters.messages += 1

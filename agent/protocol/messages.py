@@ -42,6 +42,7 @@ class DetectionsMessage(_Msg):
     model_version: int
     backend: str
     detections: list[Detection]
+    camera: str | None = Field(default=None, description="the camera's name (multi-camera nodes); None: older agents")
 
 
 class ModelRef(_Msg):
