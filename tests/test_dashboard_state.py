@@ -17,7 +17,7 @@ from agent.protocol.messages import (
     UpdateState,
     UpdateStatus,
 )
-from agent.protocol.telemetry import PowerInfo, StageLatency, Telemetry, Temperatures
+from agent.protocol.telemetry import CameraTelemetry, PowerInfo, StageLatency, Telemetry, Temperatures
 from agent.protocol.topics import Topics
 from agent.security.bundle import file_entry, write_manifest
 from agent.security.signing import SigningKey
@@ -253,3 +253,67 @@ def test_dashboard_imports_no_ml_framework() -> None:
             "print(','.join(m for m in ('torch', 'tensorflow', 'onnx', 'libreyolo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# ---- several cameras on one node (issue 16) -------------------------------------------------------------
+def multicam_telemetry(node: str) -> bytes:
+    base = json.loads(telemetry(node))
+    base["cameras"] = {
+        "front": CameraTelemetry(state="streaming", device="usb:0", camera_fps=15.0, inference_fps=14.5,
+                                 dropped_fps=0.5, latency=StageLatency(count=40, p50_ms=6.0, p95_ms=9.0),
+                                 end_to_end=StageLatency(count=40, p50_ms=20.0, p95_ms=31.0)).model_dump(mode="json"),
+        "yard": CameraTelemetry(state="stalled", device="cpu", camera_fps=0.0, inference_fps=0.0).model_dump(mode="json"),
+    }
+    return json.dumps(base).encode()
+
+
+def test_a_node_with_two_cameras_carries_both_with_their_fields() -> None:
+    s = FleetState(T)
+    s.handle(T.availability("m"), b"online")
+    s.handle(T.telemetry("m"), multicam_telemetry("m"))
+    det = DetectionsMessage(node="m", frame_ts=9.0, frame_index=3, model_name="shapes", model_version=3, backend="edgetpu",
+                            camera="front", detections=[Detection(box=(.1, .1, .2, .2), class_id=1, class_name="square",
+                                                                  score=.8)])
+    assert s.handle(T.camera_detections("m", "front"), det.model_dump_json().encode()) == "m"
+    (n,) = s.nodes()
+    assert sorted(n.cameras) == ["front", "yard"]
+    f, y = n.cameras["front"], n.cameras["yard"]
+    assert (f.state, f.device, f.camera_fps, f.fps, f.dropped_fps) == ("streaming", "usb:0", 15.0, 14.5, 0.5)
+    assert (f.p50_ms, f.p95_ms, f.e2e_p95_ms) == (6.0, 9.0, 31.0)
+    assert (f.detections, f.classes, f.detections_ts) == (1, ["square"], 9.0)
+    assert (y.state, y.device, y.detections) == ("stalled", "cpu", None)
+    s.handle(T.telemetry("m"), multicam_telemetry("m"))  # a new window keeps the detections summary
+    assert s.node("m").cameras["front"].detections == 1  # type: ignore[union-attr]
+    page = json.loads(dumps(s.snapshot()))["nodes"][0]
+    assert page["cameras"]["yard"]["state"] == "stalled" and "cameras" not in page["telemetry"]
+    text = format_table(s.nodes(), now=s.clock())
+    lines = text.splitlines()
+    node_line = next(i for i, line in enumerate(lines) if line.startswith("m "))
+    assert lines[node_line + 1].startswith("  └ front") and "usb:0" in lines[node_line + 1]
+    assert lines[node_line + 2].startswith("  └ yard") and "STALLED" in lines[node_line + 2]
+
+
+def test_a_node_without_cameras_renders_as_before() -> None:
+    s = FleetState(T)
+    s.handle(T.availability("old"), b"online")
+    s.handle(T.telemetry("old"), telemetry("old"))
+    det = DetectionsMessage(node="old", frame_ts=1.0, frame_index=1, model_name="shapes", model_version=3,
+                            backend="cpu", detections=[])
+    assert det.camera is None
+    s.handle(T.detections("old"), det.model_dump_json().encode())
+    (n,) = s.nodes()
+    assert n.cameras == {} and n.detections_frame == 1 and not n.faults
+    assert format_table(s.nodes(), now=s.clock()).count("\n") == 1  # header + its one row
+
+
+def test_camera_detections_faults_and_watch_events() -> None:
+    s = FleetState(T)
+    s.handle(T.telemetry("m"), multicam_telemetry("m"))
+    s.handle(T.camera_detections("m", "yard"), b"{not json")
+    assert "camera/yard/detections" in s.node("m").faults  # type: ignore[union-attr]
+    assert s.handle(T.node("m", "camera/yard/snapshot"), b"jpeg") is None  # not drawn
+    before = {n.id: n for n in s.nodes()}
+    base = json.loads(multicam_telemetry("m"))
+    base["cameras"]["yard"]["state"] = "streaming"
+    s.handle(T.telemetry("m"), json.dumps(base).encode())
+    assert any("camera yard streaming" in e for e in changes(before, s.nodes(), now=s.clock()))

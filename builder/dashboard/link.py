@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from agent.config import BrokerConfig
-from builder.dashboard.state import LEAVES, FleetState
+from builder.dashboard.state import CAMERA_LEAVES, LEAVES, FleetState
 
 
 class LinkError(RuntimeError):
@@ -46,10 +46,11 @@ def make_client(url: str, client_id: str, ca_file: Path | None = None) -> tuple[
 
 
 class FleetLink:
-    """Connects, subscribes to {prefix}/node/+/{leaf} for every leaf we draw, and keeps reconnecting."""
+    """Connects, subscribes to {prefix}/node/+/{leaf} for every leaf we draw (per-camera ones too:
+    {prefix}/node/+/camera/+/detections), and keeps reconnecting."""
 
     def __init__(self, url: str, state: FleetState, client_id: str | None = None,
-                 ca_file: Path | None = None, leaves: tuple[str, ...] = LEAVES) -> None:
+                 ca_file: Path | None = None, leaves: tuple[str, ...] = LEAVES + CAMERA_LEAVES) -> None:
         self.state = state
         self.leaves = leaves
         self.client, self.cfg = make_client(url, client_id or f"edge-dashboard-{uuid.uuid4().hex[:8]}", ca_file)

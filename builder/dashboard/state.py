@@ -21,10 +21,12 @@ from pydantic import BaseModel, Field, ValidationError
 from agent.protocol.manifest import Target
 from agent.protocol.messages import DetectionsMessage, NodeState, UpdateState, UpdateStatus
 from agent.protocol.topics import Topics
-from builder.dashboard.telemetry_view import MalformedPayload, TelemetryReading, read_telemetry
+from builder.dashboard.telemetry_view import CameraReading, MalformedPayload, TelemetryReading, read_telemetry
 
 # Leaves the dashboard subscribes to (snapshot is binary JPEG, kept as bytes).
 LEAVES = ("availability", "state", "telemetry", "detections", "update", "snapshot")
+# Per-camera leaves of multi-camera nodes (MQTT wildcards under the node); the page shows a summary per camera.
+CAMERA_LEAVES = ("camera/+/detections",)
 TERMINAL = {UpdateState.COMMITTED, UpdateState.ROLLED_BACK, UpdateState.REJECTED, UpdateState.FAILED}
 GOOD = {UpdateState.COMMITTED}
 MAX_DETECTIONS = 20  # per node, highest score first: the page draws these
@@ -37,6 +39,14 @@ class DetectionView(BaseModel):
     box: tuple[float, float, float, float]
     class_name: str
     score: float
+
+
+class CameraView(CameraReading):
+    """One camera under its node's row: its telemetry plus a summary of its last detections message."""
+
+    detections: int | None = None  # objects in its last message (None: none seen)
+    classes: list[str] = Field(default_factory=list)  # their class names, highest score first, distinct
+    detections_ts: float | None = None  # capture time (node clock)
 
 
 class NodeView(BaseModel):
@@ -53,6 +63,7 @@ class NodeView(BaseModel):
     model_version: int | None = None
     groups: list[str] = Field(default_factory=list)
     camera: str | None = None
+    cameras: dict[str, CameraView] = Field(default_factory=dict)  # multi-camera nodes only (by name)
     telemetry: TelemetryReading | None = None
     telemetry_rx: float | None = None  # server clock when the last good telemetry arrived
     update: UpdateStatus | None = None
@@ -109,7 +120,7 @@ class FleetState:
         if parsed is None:
             return None
         node_id, leaf = parsed
-        if leaf not in LEAVES:
+        if leaf not in LEAVES and _camera_of(leaf) is None:
             return None
         now = self.clock()
         with self._cond:
@@ -141,7 +152,10 @@ class FleetState:
 
     def _apply(self, node: _Node, leaf: str, payload: bytes, now: float) -> None:
         v = node.view
-        if leaf == "availability":
+        camera = _camera_of(leaf)
+        if camera is not None:
+            _apply_camera_detections(v, camera, payload)
+        elif leaf == "availability":
             text = payload.decode("utf-8", "replace").strip().lower()
             if text not in ("online", "offline", ""):
                 raise MalformedPayload(f"availability must be online/offline, not {text[:40]!r}")
@@ -161,6 +175,8 @@ class FleetState:
         elif leaf == "telemetry":
             t = read_telemetry(payload)
             v.telemetry, v.telemetry_rx = t, now
+            if t.cameras:  # a node without `cameras` (older agents) keeps its single-camera row
+                v.cameras = _merge_cameras(v.cameras, t.cameras)
             if t.backend and not v.backend:
                 v.backend = t.backend
             node.hist.append((round(now, 3), t.p50_ms, t.p95_ms, t.power_w))
@@ -282,6 +298,33 @@ class FleetState:
     def rollouts(self) -> list[dict[str, Any]]:
         with self._cond:
             return [self._rollout_view(r) for r in self._rollouts]
+
+
+def _camera_of(leaf: str) -> str | None:
+    """`camera/{name}/detections` → name; anything else → None."""
+    parts = leaf.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "camera" and parts[2] == "detections" and parts[1] else None
+
+
+def _merge_cameras(old: dict[str, CameraView], new: dict[str, CameraReading]) -> dict[str, CameraView]:
+    """Telemetry decides which cameras exist; each keeps the detections summary it already had."""
+    out = {}
+    for name, r in sorted(new.items()):
+        prev = old.get(name)
+        seen = {"detections": prev.detections, "classes": prev.classes,
+                "detections_ts": prev.detections_ts} if prev else {}
+        out[name] = CameraView(**r.model_dump(), **seen)
+    return out
+
+
+def _apply_camera_detections(v: NodeView, camera: str, payload: bytes) -> None:
+    if not payload:
+        return
+    d = _model(DetectionsMessage, payload, f"camera/{camera}/detections")
+    cam = v.cameras.setdefault(camera, CameraView())
+    best = sorted(d.detections, key=lambda x: -x.score)
+    cam.detections, cam.detections_ts = len(best), d.frame_ts
+    cam.classes = list(dict.fromkeys(x.class_name for x in best))[:5]
 
 
 def _model(cls: type[M], payload: bytes, what: str) -> M:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from builder.dashboard.state import NodeView
+from builder.dashboard.state import CameraView, NodeView
 
 COLUMNS = ("NODE", "STATUS", "MODEL", "BACKEND", "FPS", "P50/P95 ms", "POWER W", "TEMP C", "LAST UPDATE", "SEEN")
 
@@ -54,9 +54,19 @@ def row(n: NodeView, now: float) -> tuple[str, ...]:
     )
 
 
+def camera_row(name: str, c: CameraView) -> tuple[str, ...]:
+    """A camera under its node, indented: state (STALLED in capitals), device, FPS (dropped), model latency."""
+    state = (c.state or "-").upper() if c.state == "stalled" else c.state or "-"
+    fps = f"{c.fps:.1f}" + (f" ({c.dropped_fps:.1f} drop)" if c.dropped_fps else "")
+    return (f"  └ {name}", state, f"cam {c.camera_fps:.1f} fps", c.device or "-", fps,
+            f"{_f(c.p50_ms)}/{_f(c.p95_ms)}", "", "", "", "")
+
+
 def format_table(nodes: list[NodeView], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    rows = [COLUMNS, *(row(n, now) for n in nodes)]
+    rows = [COLUMNS]
+    for n in nodes:  # a node without cameras in its telemetry (older agents) is one row, as before
+        rows += [row(n, now), *(camera_row(name, c) for name, c in sorted(n.cameras.items()))]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     faults = [f"  {n.id}: {leaf}: {why}" for n in nodes for leaf, why in n.faults.items()]
@@ -98,6 +108,9 @@ def changes(before: dict[str, NodeView], after: list[NodeView], now: float | Non
         if k["update"] != o["update"] and n.update is not None:
             u = n.update
             out.append(f"{stamp} {n.id} update v{u.version} {u.state.value}" + (f": {u.reason}" if u.reason else ""))
+        for name, cam_state in n.cameras.items():  # a camera's state change (stalled, back to streaming)
+            if cam_state.state != (old.cameras[name].state if name in old.cameras else None) and cam_state.state:
+                out.append(f"{stamp} {n.id} camera {name} {cam_state.state}")
         if k["faults"] != o["faults"]:
             for leaf, why in n.faults.items():
                 if old.faults.get(leaf) != why:

@@ -11,9 +11,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from agent.protocol.telemetry import StageLatency, Telemetry
+from agent.protocol.telemetry import CameraTelemetry, StageLatency, Telemetry
 
 # The inference call is what a model update changes; fall back to end-to-end if a node times only that.
 LATENCY_STAGES = ("invoke", "end_to_end")
@@ -21,6 +21,28 @@ LATENCY_STAGES = ("invoke", "end_to_end")
 
 class MalformedPayload(ValueError):
     """A node sent something we cannot read. The message is shown on the node's row."""
+
+
+class CameraReading(BaseModel):
+    """One camera of a multi-camera node, as its node's telemetry reports it (issue 16)."""
+
+    state: str | None = None  # streaming | stalled | reconnecting | …
+    device: str | None = None  # where its frames run: usb:0, cpu
+    camera_fps: float = 0.0
+    fps: float = 0.0  # inference
+    dropped_fps: float = 0.0
+    frames_dropped: int = 0
+    p50_ms: float | None = None  # model time
+    p95_ms: float | None = None
+    e2e_p95_ms: float | None = None
+
+
+def read_camera(c: CameraTelemetry) -> CameraReading:
+    lat, e2e = c.latency, c.end_to_end
+    return CameraReading(state=c.state, device=c.device, camera_fps=c.camera_fps, fps=c.inference_fps,
+                         dropped_fps=c.dropped_fps, frames_dropped=c.frames_dropped,
+                         p50_ms=lat.p50_ms if lat else None, p95_ms=lat.p95_ms if lat else None,
+                         e2e_p95_ms=e2e.p95_ms if e2e else None)
 
 
 class TelemetryReading(BaseModel):
@@ -47,6 +69,8 @@ class TelemetryReading(BaseModel):
     model_name: str | None = None
     model_version: int | None = None
     inference_errors: int | None = None
+    # Per camera; the node row carries them (NodeView.cameras), so they are not sent twice.
+    cameras: dict[str, CameraReading] = Field(default_factory=dict, exclude=True)
 
 
 def _reason(exc: ValidationError) -> str:
@@ -106,4 +130,5 @@ def read_telemetry(payload: bytes) -> TelemetryReading:
         model_name=t.model_name,
         model_version=t.model_version,
         inference_errors=t.counters.inference_errors,
+        cameras={name: read_camera(c) for name, c in t.cameras.items()},
     )
