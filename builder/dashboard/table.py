@@ -64,7 +64,7 @@ def camera_row(name: str, c: CameraView) -> tuple[str, ...]:
 
 def format_table(nodes: list[NodeView], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    rows = [COLUMNS]
+    rows: list[tuple[str, ...]] = [COLUMNS]
     for n in nodes:  # a node without cameras in its telemetry (older agents) is one row, as before
         rows += [row(n, now), *(camera_row(name, c) for name, c in sorted(n.cameras.items()))]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
