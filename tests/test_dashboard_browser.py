@@ -247,7 +247,7 @@ def dashboard(fleet: Fleet, mqtt_broker: LocalBroker, http_server: FileServer,
 def _rows(drv: Any) -> dict[str, dict[str, str]]:
     return drv.execute_script("""
         const out = {};
-        for (const tr of document.querySelectorAll('#nodes tbody tr'))
+        for (const tr of document.querySelectorAll('#nodes tbody tr[data-node]'))
           out[tr.dataset.node] = {status: tr.dataset.status, version: tr.dataset.modelVersion,
                                   model: tr.querySelector('td.model').textContent};
         return out;""")
@@ -295,6 +295,10 @@ def test_dashboard_in_chromium_shows_nodes_and_rolls_out_to_both(
         _wait(drv, lambda: all(_rows(drv).get(n, {}).get("version") == old for n in NODES), 90,
               f"both nodes at v{old}", fleet)
         assert drv.find_element(By.ID, "link").text == "live"
+        if fleet.mode.startswith("real"):  # each agent's camera (from its telemetry) is a sub-row under its node
+            _wait(drv, lambda: all(drv.execute_script(
+                "const r = document.querySelector(`tr[data-camera-of='${arguments[0]}']`);"
+                "return r && r.dataset.cameraState", n) for n in NODES), 30, "a camera row under each node", fleet)
 
         # Roll out from the page: pick the new bundle, target all, publish.
         select = Select(drv.find_element(By.ID, "bundle"))

@@ -208,23 +208,62 @@ function spark(cv, hist, series, now) {
   ctx.fillStyle = "#1d2330"; ctx.fillText(label, 4, 21);
 }
 
+// One sub-row per camera under its node (multi-camera nodes: NodeView.cameras); a node without cameras
+// in its telemetry (older agents) has none. `stalled` is flagged: a red pill and a red left edge.
+const CAMERA_KIND = { streaming: "ok", stalled: "bad", reconnecting: "warn" };
+
+function renderCameraRow(n, name, c, tr) {
+  tr.className = `camera ${c.state === "stalled" ? "stalled" : ""}`;
+  tr.setAttribute("data-camera-state", c.state || "");
+  const dets = c.detections === null ? "no detections yet" :
+    `${c.detections} object${c.detections === 1 ? "" : "s"}${c.classes.length ? ": " + c.classes.join(", ") : ""}`;
+  tr.replaceChildren(
+    h("td", { class: "cam-name" }, "└ ", name),
+    h("td", {}, pill(c.state || "unknown", CAMERA_KIND[c.state] || "idle")),
+    h("td", { class: "muted" }, `camera ${num(c.camera_fps, 1)} fps`),
+    h("td", {}, c.device || "–"),
+    h("td", { class: "num", title: "inference FPS (dropped)" }, num(c.fps, 1),
+      c.dropped_fps ? h("div", { class: "groups" }, `${num(c.dropped_fps, 1)} dropped`) : null),
+    h("td", { class: "num", title: `model time; capture → detections p95 ${num(c.e2e_p95_ms)} ms` },
+      `${num(c.p50_ms)} / ${num(c.p95_ms)} ms`),
+    h("td", { class: "muted", colSpan: 5 }, dets));
+}
+
+const cameraRows = new Map();    // "node\0camera" -> its <tr>
+
+function rowsOf(id, n, full) {
+  const rows = [];
+  for (const name of Object.keys(n.cameras || {}).sort()) {
+    const key = `${id}\0${name}`;
+    let tr = cameraRows.get(key);
+    if (!tr) { tr = h("tr", { "data-camera-of": id, "data-camera": name }); cameraRows.set(key, tr); full = true; }
+    if (full || rendered.get(id) !== n.v) renderCameraRow(n, name, n.cameras[name], tr);
+    rows.push(tr);
+  }
+  return rows;
+}
+
 function renderTable(full) {
   const tbody = document.querySelector("#nodes tbody");
   const ids = [...nodes.keys()].sort();
   document.getElementById("empty").style.display = ids.length ? "none" : "";
-  const rows = new Map([...tbody.children].map(tr => [tr.getAttribute("data-node"), tr]));
-  for (const [id, tr] of rows) if (!nodes.has(id)) tr.remove();
-  ids.forEach((id, i) => {
+  const rows = new Map([...tbody.querySelectorAll("tr[data-node]")].map(tr => [tr.getAttribute("data-node"), tr]));
+  const wanted = [];
+  for (const id of ids) {
     const n = nodes.get(id);
     let tr = rows.get(id);
     if (!tr) tr = h("tr", { "data-node": id });
-    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    wanted.push(tr, ...rowsOf(id, n, full));  // camera rows first: they compare against the node's last draw
     // Events redraw only the rows that changed; the 1 s tick redraws all (ages, scrolling charts).
     if (full || rendered.get(id) !== n.v) {
       renderRow(n, tr);
       rendered.set(id, n.v);
     }
-  });
+  }
+  const keep = new Set(wanted);
+  for (const tr of [...tbody.children]) if (!keep.has(tr)) tr.remove();
+  for (const [key, tr] of cameraRows) if (!keep.has(tr)) cameraRows.delete(key);
+  wanted.forEach((tr, i) => { if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null); });
 }
 
 // ---- detections --------------------------------------------------------------------------------------
