@@ -195,8 +195,13 @@ def world_dir() -> Iterator[Path]:
 
 # Imports happen while still root (this interpreter lives under /root, 0700), then the child drops to nobody.
 DROP_AND_RUN = """
-import logging, os, sys, tomllib
-import agent.cli, agent.config, agent.security.signing, agent.doctor.registry
+import importlib, logging, os, pkgutil, sys, tomllib
+import agent, agent.cli
+# Everything the run may import lazily, while still root: the checkout itself may be unreadable to uid 65534
+# (a clone under a 0700 mktemp -d, as CI makes).
+for m in pkgutil.walk_packages(agent.__path__, "agent."):
+    if not m.name.endswith(("probe_child", "preflight")):
+        importlib.import_module(m.name)
 parser = agent.cli.build_parser()
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(agent.cli.dispatch(parser, sys.argv[1:]))
@@ -213,6 +218,7 @@ def test_unreadable_keys_dir_fails_for_an_unprivileged_user(world_dir: Path) -> 
     # Root reads anything (os.access says yes): a chmod 000 dir only bites an unprivileged process.
     cmd = [sys.executable, "-c", DROP_AND_RUN, *args] if os.geteuid() == 0 else [sys.executable, "-m", "agent.cli", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.stdout, r.stderr
     res = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert r.returncode == 1, r.stderr
     assert res["keys"]["status"] == "fail" and "not readable by uid" in res["keys"]["detail"]
