@@ -48,6 +48,7 @@ class TfliteClassifierEngine:
         self.out_index = self.it.get_output_details()[0]["index"]
         self.hang = threading.Event()  # set → the next invoke blocks until release is set
         self.release = threading.Event()
+        self.stuck = threading.Event()  # set once an invoke is blocked by `hang`
         self.invokes = 0
         #: extra seconds added inside invoke, cycled frame by frame (induced latencies for telemetry tests)
         self.extra_invoke_s: list[float] = []
@@ -60,6 +61,7 @@ class TfliteClassifierEngine:
         t1 = time.perf_counter()
         self.it.set_tensor(self.inp_index, x)
         if self.hang.is_set():
+            self.stuck.set()
             self.release.wait()  # a stuck accelerator: invoke never returns
         self.it.invoke()
         if self.extra_invoke_s:

@@ -144,7 +144,7 @@ def _result(invoke_s: float) -> Any:
 def test_per_camera_entities_read_their_camera_from_telemetry() -> None:
     """Issue 16: each camera is a set of entities on the node's device; the templates read `cameras.<name>` even
     when the name holds a dot or a dash, and render `unknown` for a camera the payload lacks."""
-    import jinja2
+    jinja2 = pytest.importorskip("jinja2")
 
     from agent.protocol.telemetry import CameraTelemetry, StageLatency, Telemetry
 

@@ -147,7 +147,8 @@ def test_daemon_ready_only_after_connect_and_model_and_watchdog_follows_invoke(
         assert got.count("WATCHDOG=1") >= 5 and engine.invokes > before
         # a deliberately hung invoke: the pings stop (systemd would restart us after WatchdogSec)
         engine.hang.set()
-        time.sleep(0.4)  # the frame in flight finishes; the next invoke blocks
+        assert engine.stuck.wait(10), "the next invoke never started"  # the frame in flight has finished
+        sock.drain(0.2)  # pings sent before the invoke blocked
         stuck_at = engine.invokes
         got = sock.drain(1.5)
         assert "WATCHDOG=1" not in got, got
