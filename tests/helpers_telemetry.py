@@ -2,7 +2,7 @@
 
 The systemd/outage tests need "a model is loaded and invoked every frame", not detection quality, and must
 run where the builder's trained test bundle is not cached. Google's CPU MobileNet from the Coral test data
-(../shared/coral-test-data) runs on the real TFLite runtime; this adapter letterboxes nothing and decodes
+(tests/data/coral) runs on the real TFLite runtime; this adapter letterboxes nothing and decodes
 nothing (it returns no detections). `hang` deliberately blocks inside infer_timed to simulate a hung invoke.
 """
 

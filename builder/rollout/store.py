@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agent.atomic import atomic_write
 from builder.rollout.state import RolloutState
 
 CLAIM_TTL_S = 15.0  # a claim whose heartbeat is older than this is abandoned (its runner died)
@@ -41,26 +42,17 @@ def default_dir() -> Path:
     return Path(base) / "edge-builder" / "rollouts"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class RolloutStore:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root else default_dir()
 
     def save(self, st: RolloutState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / f"{st.id}.json", st.model_dump_json(indent=2).encode())
+        atomic_write(self.root / f"{st.id}.json", st.model_dump_json(indent=2).encode())
 
     def set_current(self, rollout_id: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / "current", rollout_id.encode())
+        atomic_write(self.root / "current", rollout_id.encode())
 
     def current_id(self) -> str:
         try:
@@ -79,7 +71,7 @@ class RolloutStore:
 
     def request(self, rollout_id: str, action: str, rollback: bool = False) -> None:
         body = {"action": action, "rollback": rollback, "ts": time.time()}
-        _write_atomic(self.root / f"{rollout_id}.control", json.dumps(body).encode())
+        atomic_write(self.root / f"{rollout_id}.control", json.dumps(body).encode())
 
     def take_request(self, rollout_id: str) -> dict[str, Any] | None:
         path = self.root / f"{rollout_id}.control"
@@ -150,7 +142,7 @@ class Claim:
 
     def _write(self) -> None:
         body = {"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time()}
-        _write_atomic(self.path, json.dumps(body).encode())
+        atomic_write(self.path, json.dumps(body).encode())
 
 
 __all__ = ["CLAIM_TTL_S", "Claim", "ClaimError", "RolloutStore", "RolloutStoreError", "default_dir"]

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from agent.atomic import atomic_write
 from agent.inference import tflite
 from agent.inference.backends.probe_child import MARK, runtime_version
 
@@ -311,23 +312,8 @@ class VerdictCache:
         entries[key] = verdict.model_copy(update={"from_cache": False})
         newest = sorted(entries.items(), key=lambda kv: kv[1].probed_at)[-_MAX_CACHED:]
         body = {"version": 1, "verdicts": {k: v.model_dump(mode="json") for k, v in newest}}
-        _write_atomic(self.path, json.dumps(body, indent=1, sort_keys=True))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """tmp file in the same dir, fsync, rename over, fsync the dir: old or new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps(body, indent=1, sort_keys=True).encode())
 
 
 def _current_key(lib_path: str, device: str) -> str | None:
