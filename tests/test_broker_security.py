@@ -15,6 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import wait_for as _wait
+from helpers_broker import shipped_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import BrokerConfig
@@ -138,39 +139,11 @@ def test_wrong_password_and_untrusted_server_are_refused(secure_broker, caplog) 
 
 def test_shipped_mosquitto_config_starts_and_enforces(tmp_path: Path) -> None:
     """docs/mosquitto/edge-fleet.conf itself (paths and ports moved into tmp): TLS works, anonymous is refused."""
-    import os
-    import shutil
-    import subprocess
-
-    from builder.fleet.devservices import find_mosquitto, free_port, make_test_pki, wait_port
-
-    exe = find_mosquitto()
-    if exe is None or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto not installed")
-    pki = make_test_pki(tmp_path / "certs", ("server",))["server"]
-    (tmp_path / "acl").write_text(ACL)
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd"), "node-a", USERS["node-a"]], check=True)
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd-admin"), "fleet-admin",
-                    USERS["fleet-admin"]], check=True)
-    tls_port, plain_port, admin_port = free_port(), free_port(), free_port()
-    conf = (ROOT / "docs" / "mosquitto" / "edge-fleet.conf").read_text()
-    for old, new in (("/etc/mosquitto/passwd-admin", tmp_path / "passwd-admin"),
-                     ("/etc/mosquitto/passwd\n", f"{tmp_path / 'passwd'}\n"),
-                     ("/etc/mosquitto/edge-fleet.acl", tmp_path / "acl"), ("listener 8884", f"listener {admin_port} 127.0.0.1"),
-                     ("/var/lib/mosquitto/", f"{tmp_path}/"), ("/etc/mosquitto/certs/server.crt", pki.cert),
-                     ("/etc/mosquitto/certs/server.key", pki.key), ("/etc/mosquitto/certs/ca.crt", pki.ca),
-                     ("listener 8883", f"listener {tls_port} 127.0.0.1"), ("listener 1883 ", f"listener {plain_port} ")):
-        assert old in conf, old
-        conf = conf.replace(old, str(new))
-    if os.geteuid() == 0:
-        conf += "user root\n"
-    (tmp_path / "mosquitto.conf").write_text(conf + f"log_dest file {tmp_path / 'log'}\n")
-    proc = subprocess.Popen([exe, "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        wait_port(tls_port)
+    users = {"node-a": USERS["node-a"]}
+    with shipped_mosquitto(tmp_path, ACL, users, {"fleet-admin": USERS["fleet-admin"]}) as ports:
+        tls_port, plain_port = ports.node_port, ports.plain_port
         node = MqttClient(BrokerConfig(url=f"mqtts://127.0.0.1:{tls_port}", username="node-a", password=USERS["node-a"],
-                                       ca_file=pki.ca), client_id="edge-agent-node-a", availability_topic=T.availability("node-a"))
+                                       ca_file=ports.ca), client_id="edge-agent-node-a", availability_topic=T.availability("node-a"))
         node.start()
         try:
             assert node.wait_connected(10), node.last_error
@@ -187,8 +160,4 @@ def test_shipped_mosquitto_config_starts_and_enforces(tmp_path: Path) -> None:
         assert _wait(lambda: bool(codes), 5)
         anon.loop_stop()
         assert codes[0] == "Not authorized"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+

@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -27,6 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import wait_for
+from helpers_broker import shipped_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -63,44 +61,9 @@ class ShippedBroker:
 
 @pytest.fixture
 def shipped(tmp_path: Path) -> Iterator[ShippedBroker]:
-    """docs/mosquitto/edge-fleet.conf itself, with its paths and ports moved into tmp."""
-    from builder.fleet.devservices import find_mosquitto, free_port, make_test_pki, wait_port
-
-    exe = find_mosquitto()
-    if exe is None or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto not installed")
-    pki = make_test_pki(tmp_path / "certs", ("server",))["server"]
-    (tmp_path / "acl").write_text((ROOT / "docs" / "mosquitto" / "edge-fleet.acl").read_text())
-    for name, users in (("passwd", NODES), ("passwd-admin", ADMINS)):
-        for user, pw in users.items():
-            subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if not (tmp_path / name).exists() else []),
-                            str(tmp_path / name), user, pw], check=True)
-    node_port, admin_port, plain_port = free_port(), free_port(), free_port()
-    conf = (ROOT / "docs" / "mosquitto" / "edge-fleet.conf").read_text()
-    for old, new in (("/etc/mosquitto/passwd-admin", tmp_path / "passwd-admin"),
-                     ("/etc/mosquitto/passwd\n", f"{tmp_path / 'passwd'}\n"),
-                     ("/etc/mosquitto/edge-fleet.acl", tmp_path / "acl"),
-                     ("/var/lib/mosquitto/", f"{tmp_path}/"), ("/etc/mosquitto/certs/server.crt", pki.cert),
-                     ("/etc/mosquitto/certs/server.key", pki.key), ("/etc/mosquitto/certs/ca.crt", pki.ca),
-                     ("listener 8883", f"listener {node_port} 127.0.0.1"),
-                     ("listener 8884", f"listener {admin_port} 127.0.0.1"),
-                     ("listener 1883 ", f"listener {plain_port} ")):
-        assert old in conf, old
-        conf = conf.replace(old, str(new))
-    if os.geteuid() == 0:
-        conf += "user root\n"
-    log = tmp_path / "log"
-    (tmp_path / "mosquitto.conf").write_text(conf + f"log_dest file {log}\nlog_type all\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    proc = subprocess.Popen([exe, "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    try:
-        for p in (node_port, admin_port, plain_port):
-            wait_port(p)
-        yield ShippedBroker(node_port, admin_port, plain_port, pki.ca, log)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    acl = (ROOT / "docs" / "mosquitto" / "edge-fleet.acl").read_text()
+    with shipped_mosquitto(tmp_path, acl, NODES, ADMINS) as ports:
+        yield ShippedBroker(ports.node_port, ports.admin_port, ports.plain_port, ports.ca, ports.log)
 
 
 class Watcher:

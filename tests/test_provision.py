@@ -22,7 +22,7 @@ needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML not installed")
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
-    from builder.fleet.devservices import make_test_pki
+    from builder.fleet.testpki import make_test_pki
 
     files = make_test_pki(tmp_path / "pki", ("server", "cam-7"))
     return {"ca": files["server"].ca, "cert": files["cam-7"].cert, "key": files["cam-7"].key}

@@ -5,9 +5,9 @@ Stdlib + cryptography only (importable from the agent's venv). Both bind to loop
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.fleet.testpki import TLSFiles, make_test_pki
+
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
@@ -24,15 +26,38 @@ class ServiceError(RuntimeError):
     pass
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the ephemeral range.
+
+    Port 0 would hand out an ephemeral port, which any outgoing connection (a test's MQTT client) may take
+    between this check and the server's bind; below the range only another listener can collide.
+    """
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(20000, floor) if floor > 20100 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise ServiceError("no free loopback port")
 
 
-def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
+              proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something listens on host:port; fail at once if `proc` (the server) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"the server exited (status {proc.returncode}) before listening on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -46,62 +71,6 @@ def find_mosquitto() -> str | None:
         if os.access(c, os.X_OK):
             return c
     return shutil.which("mosquitto")
-
-
-@dataclass
-class TLSFiles:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_test_pki(out: Path, names: tuple[str, ...] = ("server",), server_host: str = "127.0.0.1") -> dict[str, TLSFiles]:
-    """A throwaway CA plus one certificate per name (the first is the server, valid for `server_host`)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-
-    def _pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-fleet test CA")])
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path = out / "ca.crt"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    result: dict[str, TLSFiles] = {}
-    for i, name in enumerate(names):
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-        )
-        if i == 0:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server_host)),
-                                             x509.DNSName("localhost")]), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        kp = out / f"{name}.key"
-        kp.write_bytes(_pem_key(key))
-        kp.chmod(0o600)
-        result[name] = TLSFiles(ca=ca_path, cert=out / f"{name}.crt", key=kp)
-    return result
 
 
 @dataclass
@@ -124,6 +93,7 @@ class LocalBroker:
     ws_port: int | None = None
     pki: dict[str, TLSFiles] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
+    _started: bool = False
 
     def __post_init__(self) -> None:
         exe = find_mosquitto()
@@ -196,17 +166,33 @@ class LocalBroker:
             return self
         # Debian's mosquitto speaks sd_notify: keep it off a NOTIFY_SOCKET meant for the agent under test.
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        self._proc = subprocess.Popen([self.exe, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, env=env)
-        try:
-            for p in (self.port, self.tls_port, self.ws_port):
-                if p:
-                    wait_port(p, timeout)
-        except ServiceError:
-            self.stop()
-            log = self.log_path.read_text() if self.log_path.exists() else ""
-            raise ServiceError(f"mosquitto did not start:\n{log[-2000:]}") from None
-        return self
+        first_start = not self._started
+        for attempt in range(3):
+            self._proc = subprocess.Popen([self.exe, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, env=env)
+            try:
+                for p in (self.port, self.tls_port, self.ws_port):
+                    if p:
+                        wait_port(p, timeout, proc=self._proc)
+                self._started = True
+                return self
+            except ServiceError:
+                died = self._proc.poll() is not None
+                self.stop()
+                if died and attempt < 2:  # most likely a port taken meanwhile: new ports before the first start
+                    if first_start:
+                        self._new_ports()
+                    time.sleep(0.5)
+                    continue
+                log = self.log_path.read_text() if self.log_path.exists() else ""
+                raise ServiceError(f"mosquitto did not start:\n{log[-2000:]}") from None
+        raise AssertionError("unreachable")
+
+    def _new_ports(self) -> None:
+        self.port = free_port()
+        self.tls_port = free_port() if self.tls_port else None
+        self.ws_port = free_port() if self.ws_port else None
+        self._write_config()
 
     def stop(self) -> None:
         if self._proc is None:
