@@ -108,9 +108,12 @@ class Announcement(_Msg):
 
 
 class CommandRequest(_Msg):
-    """Sent to the node's command topic with MQTT v5 response topic + correlation data."""
+    """Sent to the node's command topic with MQTT v5 response topic + correlation data.
 
-    command: Literal["rollback", "pin", "inventory", "status"]
+    `unpin` is new: older agents know only `pin` without a version (still accepted, a deprecated alias), so
+    builders send that form to reach every agent version."""
+
+    command: Literal["rollback", "pin", "unpin", "inventory", "status"]
     version: int | None = None
 
 

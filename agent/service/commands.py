@@ -1,4 +1,4 @@
-"""MQTT v5 request/response commands on {prefix}/node/{node}/cmd: rollback, pin VERSION, inventory, status.
+"""MQTT v5 request/response commands on {prefix}/node/{node}/cmd: rollback, pin VERSION, unpin, inventory, status.
 
 The request carries a Response Topic and Correlation Data (MQTT v5 properties); the response
 (CommandResponse JSON) goes to that topic with the same correlation data. Without a response topic

@@ -1,6 +1,7 @@
-"""The operator's commands to a node's updater: inventory, status, rollback, pin (see docs/UPDATES.md).
+"""The operator's commands to a node's updater: inventory, status, rollback, pin, unpin (see docs/UPDATES.md).
 
 They run on the update worker thread like announcements, so they never race an update in progress.
+`pin` without a version is the old spelling of `unpin`, kept for builders that predate it.
 """
 
 from __future__ import annotations
@@ -18,35 +19,38 @@ class ManualControl(ModelSwitch):
             result = self.inventory()
         elif req.command == "status":
             result = self.status()
-        elif req.command == "rollback":
-            prev = self.state.previous
-            if prev is None or prev.version not in self.store.installed_versions():
-                ok, err = False, "no previous version on disk to roll back to"
+        else:
+            if req.command == "rollback":
+                err = self._rollback()
+            elif req.command == "unpin" or req.version is None:
+                self._set_pin(None)
             else:
-                err = self._manual_switch(prev.name, prev.version, "rollback")
-                ok = err is None
-            result = self.status()
-        elif req.command == "pin":
-            if req.version is None:
-                with self._lock:
-                    self.state.pinned = None
-                self._save()
-                self._notify()
-            else:
-                installed = self.store.installed_versions()
-                if req.version not in installed:
-                    ok, err = False, f"v{req.version} is not on disk (have {installed})"
-                elif self.state.current and self.state.current.version == req.version:
-                    with self._lock:
-                        self.state.pinned = req.version
-                    self._save()
-                    self._notify()
-                else:
-                    name = self.state.current.name if self.state.current else "model"
-                    err = self._manual_switch(name, req.version, "pin")
-                    ok = err is None
+                err = self._pin(req.version)
+            ok = err is None
             result = self.status()
         return CommandResponse(node=self.node, command=req.command, ok=ok, result=result, error=err)
+
+    def _rollback(self) -> str | None:
+        prev = self.state.previous
+        if prev is None or prev.version not in self.store.installed_versions():
+            return "no previous version on disk to roll back to"
+        return self._manual_switch(prev.name, prev.version, "rollback")
+
+    def _pin(self, version: int) -> str | None:
+        installed = self.store.installed_versions()
+        if version not in installed:
+            return f"v{version} is not on disk (have {installed})"
+        if self.state.current and self.state.current.version == version:
+            self._set_pin(version)
+            return None
+        name = self.state.current.name if self.state.current else "model"
+        return self._manual_switch(name, version, "pin")
+
+    def _set_pin(self, version: int | None) -> None:
+        with self._lock:
+            self.state.pinned = version
+        self._save()
+        self._notify()
 
 
 __all__ = ["ManualControl"]
