@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from agent.camera.config import CameraConfig as CameraConfig  # each part's section, defined beside it
+from agent.capture.config import CaptureConfig as CaptureConfig  # [capture] hard examples (docs/FLYWHEEL.md)
 from agent.inference.backends.cpu import CpuConfig as CpuConfig
 from agent.inference.backends.edgetpu import EdgeTpuConfig as EdgeTpuConfig
 from agent.inference.config import BackendConfig as BackendConfig
@@ -145,6 +146,7 @@ class AgentConfig(BaseSettings):
     publish: PublishConfig = PublishConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     updates: UpdatesConfig = UpdatesConfig()  # [updater] OTA limits, timeouts and trial policy
+    capture: CaptureConfig = CaptureConfig()  # [capture] hard-example capture and upload (off by default)
     state_dir: Path = Path("/var/lib/edge-agent")
     trusted_keys_dir: Path = Path("/etc/edge-agent/keys")
     bundle: Path | None = Field(default=None, description="a bundle directory to run when the store has none")

@@ -22,7 +22,7 @@ LAYERS = [
     ["agent.atomic", "agent.protocol"],
     ["agent.security", "agent.camera"],
     ["agent.inference"],
-    ["agent.updates", "agent.telemetry", "agent.system"],
+    ["agent.updates", "agent.telemetry", "agent.system", "agent.capture"],
     ["agent.config"],
     ["agent.service"],
     ["agent.doctor"],
@@ -34,6 +34,7 @@ LAYERS = [
     ["builder.fleet"],
     ["builder.rollout"],
     ["builder.dashboard", "builder.demo"],
+    ["builder.flywheel"],
     ["builder.commands", "builder.cli"],
 ]
 
