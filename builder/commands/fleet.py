@@ -1,4 +1,5 @@
-"""edge-builder fleet status|watch: the dashboard's terminal twin (same state model, read from MQTT)."""
+"""edge-builder fleet status|watch: the dashboard's terminal twin (same state model, read from MQTT); and the
+fleet commands rollback|pin|unpin|inventory|status to selected nodes (builder.commands.fleet_commands)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ if TYPE_CHECKING:
 
 
 def register(sub: SubParsers) -> None:
-    p = sub.add_parser("fleet", help="fleet status table and live watch in the terminal",
-                       description="Read the fleet's MQTT topics and show every node (the dashboard's terminal twin).")
+    from builder.commands import fleet_commands
+
+    p = sub.add_parser("fleet", help="fleet status table, live watch and commands to nodes in the terminal",
+                       description="Read the fleet's MQTT topics and show every node (the dashboard's terminal "
+                       "twin), or send nodes a command (rollback, pin, unpin, inventory, status) and show each reply.")
     fs = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
@@ -24,15 +28,19 @@ def register(sub: SubParsers) -> None:
         q.add_argument("--prefix", default=None, help="MQTT topic prefix (default edgefleet)")
         q.add_argument("--ca-file", type=Path, default=None, help="CA certificate for a TLS broker")
 
-    s = fs.add_parser("status", help="print one table of every node and exit",
+    s = fs.add_parser("status", help="print one table of every node and exit (with --node/--group/--all: ask "
+                      "those nodes for their update status)",
                       description="Collect retained state and one round of telemetry, print a table, exit. "
-                      "Exit status 3 when any node is offline, silent or faulty.")
+                      "Exit status 3 when any node is offline, silent or faulty. With --node/--group/--all, send "
+                      "the `status` command to those nodes instead and show each reply (exit 3 unless all replied).")
     common(s)
     s.add_argument("--wait", type=float, default=2.0,
                    help="seconds to listen before printing (retained state arrives at once; telemetry needs "
                    "one interval; default 2)")
     s.add_argument("--json", action="store_true", help="print the nodes as JSON instead of a table")
-    s.set_defaults(func=_status)
+    fleet_commands.add_selection(s, required=False)
+    s.set_defaults(func=_status, fleet_action="status")
+    fleet_commands.register(fs, common)
 
     w = fs.add_parser("watch", help="follow the fleet live until Ctrl-C",
                       description="On a terminal, redraw the table every --interval seconds with the latest "
@@ -61,9 +69,16 @@ def _status(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from builder.commands import fleet_commands
     from builder.dashboard.state import dumps
     from builder.dashboard.table import format_table, node_status
 
+    if fleet_commands.has_selection(args):
+        return fleet_commands.run(args)
+    if args.username or args.password:
+        print("error: the status table takes credentials in the broker URL (mqtt://user:pass@host); "
+              "--username/--password go with --node/--group/--all", file=sys.stderr)
+        return 2
     if (connected := _connect(args)) is None:
         return 1
     state, link = connected
