@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "builder.commands.dashboard",
     "builder.commands.fleet",
     "builder.commands.rollout",
+    "builder.commands.collect",
+    "builder.commands.harvest",
 ]
 
 
