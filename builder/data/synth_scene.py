@@ -29,7 +29,7 @@ def random_color(rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, w: int, h: int, base: np.ndarray, strength: float) -> np.ndarray:
+def texture(rng: np.random.Generator, w: int, h: int, base: np.ndarray, strength: float) -> np.ndarray:
     """A (h, w, 3) float texture around `base`: stripes, checks, or smooth noise."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     kind = int(rng.integers(0, 4))
@@ -60,7 +60,7 @@ def render_background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     t = (xx * np.cos(a) + yy * np.sin(a)) / max(w, h)
     t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
     img = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]
-    img += _texture(rng, w, h, np.zeros(3, np.float32), rng.uniform(0.05, 0.4))
+    img += texture(rng, w, h, np.zeros(3, np.float32), rng.uniform(0.05, 0.4))
     # Thin clutter lines and small blobs: distractors that are not any class.
     for _ in range(int(rng.integers(0, 4))):
         p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
@@ -120,7 +120,7 @@ def _paint(canvas: np.ndarray, obj: SceneObject, mask: np.ndarray) -> None:
     # Keep the silhouette visible: an object as dark/bright as what it covers becomes its complement.
     under = region[mask[y0:y1, x0:x1] > 127].mean(axis=0)
     color = obj.color if np.abs(obj.color - under).sum() >= 120 else np.clip(255.0 - under, 0, 255)
-    tex = _texture(rng, int(x1 - x0), int(y1 - y0), color.astype(np.float32), rng.uniform(0.05, 0.3))
+    tex = texture(rng, int(x1 - x0), int(y1 - y0), color.astype(np.float32), rng.uniform(0.05, 0.3))
     canvas[y0:y1, x0:x1] = region * (1 - alpha) + tex * alpha
     # A darker outline on some objects, as real objects have edges of varying contrast.
     if rng.random() < 0.5:

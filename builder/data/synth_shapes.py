@@ -35,6 +35,7 @@ _SHAPES: dict[str, np.ndarray | None] = {
     "diamond": np.array([[0, -1], [0.6, 0], [0, 1], [-0.6, 0]], dtype=float),
 }
 _SHAPE_ORDER = list(_SHAPES)
+KNOWN_SHAPES: tuple[str, ...] = tuple(_SHAPES)
 
 
 def shape_for_class(name: str, index: int) -> str:
@@ -42,13 +43,24 @@ def shape_for_class(name: str, index: int) -> str:
     return name if name in _SHAPES else _SHAPE_ORDER[index % len(_SHAPE_ORDER)]
 
 
+def shape_outline(shape: str) -> np.ndarray | None:
+    """The unit outline (vertices, radius about 1) of a known shape; None for the circle."""
+    return _SHAPES[shape]
+
+
+def shape_angle(shape: str, angle: float) -> float:
+    """The rotation a shape is drawn with for a drawn `angle`: squares tilt by at most ~14 degrees, so they stay
+    distinct from diamonds; every other shape turns freely."""
+    if shape == "square":
+        return float(((angle % (2 * np.pi)) / (2 * np.pi) - 0.5) * 0.5)
+    return angle
+
+
 def _shape_points(shape: str, cx: float, cy: float, radius: float, angle: float) -> np.ndarray | None:
     outline = _SHAPES[shape]
     if outline is None:
         return None
-    # Squares tilt by at most ~14 degrees, so they stay distinct from diamonds.
-    if shape == "square":
-        angle = ((angle % (2 * np.pi)) / (2 * np.pi) - 0.5) * 0.5
+    angle = shape_angle(shape, angle)
     c, s = np.cos(angle), np.sin(angle)
     rot = np.array([[c, -s], [s, c]])
     return (outline @ rot.T) * radius + np.array([cx, cy])
