@@ -15,6 +15,9 @@
 Hooks for other parts of the agent (all run on the inference thread; keep them short, never block):
   add_frame_hook(fn(FrameResult))  every inferred frame: stats, detections, errors (telemetry, OTA trial)
   add_tick_hook(fn())              every loop turn, frames or not (systemd WATCHDOG pings)
+  set_shadow_hook(fn(FrameResult, engine detections))  after the frame hooks, with the engine's detections
+                                   before any camera's filter and zones (agent.inference.shadow compares a
+                                   candidate model with those); one at a time, None removes it
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class PipelineCounters:
 
 FrameHook = Callable[[FrameResult], None]
 TickHook = Callable[[], None]
+ShadowHook = Callable[[FrameResult, list[Detection]], None]
 
 
 class Pipeline:
@@ -76,6 +80,7 @@ class Pipeline:
         self.last_stats: FrameStats | None = None
         self._frame_hooks: list[FrameHook] = []
         self._tick_hooks: list[TickHook] = []
+        self._shadow_hook: ShadowHook | None = None
         self._swap_lock = threading.Lock()
         self._pending: EngineLike | None = None
         self._has_pending = False  # _pending may legitimately be None (unload)
@@ -106,6 +111,9 @@ class Pipeline:
 
     def add_tick_hook(self, hook: TickHook) -> None:
         self._tick_hooks.append(hook)
+
+    def set_shadow_hook(self, hook: ShadowHook | None) -> None:
+        self._shadow_hook = hook
 
     def start(self) -> Pipeline:
         if self.running:
@@ -200,13 +208,14 @@ class Pipeline:
     def _run_one(self, engine: EngineLike, feed: Feed, frame: Frame, wait: float) -> None:
         error: str | None = None
         dets: list[Detection] = []
+        raw: list[Detection] = []
         pre = inv = post = 0.0
         device: str | None = None
         try:
-            dets, st = engine.infer_timed(frame.image)
+            raw, st = engine.infer_timed(frame.image)
             pre, inv, post = st.preprocess_s, st.invoke_s, st.postprocess_s
             device = getattr(st, "device", None) or getattr(engine, "device", None)
-            dets = feed.filter(dets)
+            dets = feed.filter(raw)
         except Exception as exc:  # one bad frame or a broken model must not stop the loop
             error = f"{type(exc).__name__}: {exc}"
             self.counters.errors += 1
@@ -235,6 +244,12 @@ class Pipeline:
                 hook(result)
             except Exception:
                 log.exception("frame hook %r failed", hook)
+        shadow = self._shadow_hook
+        if shadow is not None:
+            try:
+                shadow(result, raw)
+            except Exception:
+                log.exception("shadow hook failed")
         if self._sink is not None and error is None:
             try:
                 self._outq.put_nowait(result)

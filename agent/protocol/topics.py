@@ -9,6 +9,8 @@
     {prefix}/node/{node}/camera/{name}/snapshot   JPEG bytes of one camera
     {prefix}/node/{node}/update         retained  UpdateStatus
     {prefix}/node/{node}/keyring        retained  KeyringStatus (version, last refusal)
+    {prefix}/node/{node}/shadow         retained  ShadowRequest (a candidate to run beside the live model; empty: stop)
+    {prefix}/node/{node}/shadow/report  retained  ShadowReport (agreement of the candidate with the live model)
     {prefix}/node/{node}/cmd                      CommandRequest (v5 response topic + correlation data)
     {prefix}/announce/all               retained  Announcement
     {prefix}/announce/group/{group}     retained  Announcement
@@ -69,6 +71,14 @@ class Topics:
 
     def update(self, node: str) -> str:
         return self.node(node, "update")
+
+    def shadow(self, node: str) -> str:
+        """Retained: the node's shadow-run request (agent.protocol.shadow.ShadowRequest); empty = none."""
+        return self.node(node, "shadow")
+
+    def shadow_report(self, node: str) -> str:
+        """Retained: the node's latest ShadowReport."""
+        return self.node(node, "shadow/report")
 
     def command(self, node: str) -> str:
         return self.node(node, "cmd")
