@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import iou, wait_for
+from helpers import DetectionQuality, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError, load_config
@@ -117,15 +117,13 @@ def test_infer_json_one_object_per_image(images: tuple[list[Path], list[Any]], t
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["image"] for x in lines] == [str(p) for p in paths]
-    found = total = 0
+    quality = DetectionQuality()
     for obj, t in zip(lines, truth, strict=True):
         assert obj["backend"] == "cpu" and obj["width"] == 320
-        for box, name in zip(t.boxes, t.class_names, strict=True):
-            total += 1
-            found += any(d["class_name"] == name and iou(d["box"], box) >= 0.5 for d in obj["detections"])
+        quality.add([(d["box"], d["class_name"]) for d in obj["detections"]], t.boxes, t.class_names)
         for d in obj["detections"]:
             assert len(d["box"]) == 4 and all(0 <= v <= 1 for v in d["box"]) and 0 < d["score"] <= 1
-    assert found / total >= 0.7, f"{found}/{total} objects found with the right class"
+    quality.check()
 
 
 def test_infer_human_output_and_bad_image(images: tuple[list[Path], list[Any]], trained_bundle: Path,

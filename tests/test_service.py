@@ -15,7 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import iou, wait_for
+from helpers import DetectionQuality, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.camera.sources import CameraState
@@ -123,20 +123,14 @@ def test_detections_match_ground_truth(mqtt_broker: Any, watch: Watcher, trained
     assert st.model is not None and (st.model.name, st.model.version) == (m.name, m.version)
 
     msgs = [DetectionsMessage.model_validate_json(p) for p in watch.on(topic)]
-    found = total = stray = n_dets = 0
+    quality = DetectionQuality()
     for msg in msgs:
         assert msg.node == "cam-1" and msg.model_name == m.name and msg.model_version == m.version
         assert msg.backend == "cpu" and msg.frame_ts > 0
         # Camera frame k (1-based, file read from its start, looping) is frame (k-1) % n of the video.
         t = truth[(msg.frame_index - 1) % len(truth)]
-        for box, name in zip(t.boxes, t.class_names, strict=True):
-            total += 1
-            found += any(d.class_name == name and iou(d.box, box) >= 0.5 for d in msg.detections)
-        n_dets += len(msg.detections)
-        stray += sum(all(iou(d.box, b) < 0.1 for b in t.boxes) for d in msg.detections)
-    # A wrong frame index, box mapping or class table would drop these to near zero.
-    assert found / total >= 0.7, f"recall {found}/{total} (right class, IoU >= 0.5)"
-    assert stray <= max(1, n_dets // 10), f"{stray} of {n_dets} detections are nowhere near an object"
+        quality.add([(d.box, d.class_name) for d in msg.detections], t.boxes, t.class_names)
+    quality.check()  # a wrong frame index, box mapping or class table fails it
 
     svc.stop()
     assert wait_for(lambda: watch.on(T.availability("cam-1"))[-1:] == [b"offline"], 5)
