@@ -59,6 +59,61 @@ def test_judge_gates() -> None:
     assert judge(before, Health(100.0, 1.0, 0.0), off).ok
 
 
+def test_measure_detections_per_frame_from_telemetry() -> None:
+    """Telemetry.detections of each window, summed: total / frames of that version only; None from old agents."""
+    s = [Sample(t, 1, 10.0, 10 * t, 0, detection_frames=10, detection_count=20 + t % 2) for t in range(10)]
+    s += [Sample(10, 1, 10.0, 100, 0), Sample(11, 2, 10.0, 110, 0, detection_frames=50, detection_count=0)]
+    assert measure(s, [], 1, 0, 11).detections_per_frame == pytest.approx(205 / 100)
+    assert measure(s, [], 2, 0, 11).detections_per_frame == 0.0
+    old = [Sample(t, 1, 10.0, 10 * t, 0) for t in range(5)]  # an agent that does not report them
+    assert measure(old, [DetectionSample(2, 1, 8)], 1, 0, 4) == Health(10.0, 0.0, 2.0, 5, None)
+    zero = [Sample(t, 1, 10.0, 0, 0, detection_frames=0, detection_count=0) for t in range(3)]  # no frames ran
+    assert measure(zero, [], 1, 0, 3).detections_per_frame is None
+
+
+def test_judge_detections_per_frame_against_the_nodes_own_before() -> None:
+    th = Thresholds(max_latency_ratio=None, max_error_rate=None, max_detection_rate_change=0.5)
+    before = Health(detections_per_frame=2.0, detection_rate=4.0)
+    assert judge(before, Health(detections_per_frame=2.9, detection_rate=0.1), th).ok  # per frame wins over rate
+    v = judge(before, Health(detections_per_frame=0.4, detection_rate=4.0), th)
+    assert not v.ok and v.reasons == ["detections per frame changed -80% (2.00 -> 0.40; max +-50%)"]
+    assert not judge(before, Health(detections_per_frame=3.2), th).ok  # floods: +60 %
+    # Either side without it (an agent before the field): the detections topic's rate, as before.
+    v = judge(Health(detection_rate=4.0), Health(detections_per_frame=2.0, detection_rate=1.0), th)
+    assert not v.ok and v.reasons[0].startswith("detection rate changed -75%")
+    assert judge(Health(detection_rate=4.0), Health(detection_rate=5.0), th).ok
+    # Nothing seen before: unchanged when nothing is seen after; otherwise no ratio to judge, skipped and said so.
+    assert judge(Health(detections_per_frame=0.0), Health(detections_per_frame=0.0), th).skipped == []
+    v = judge(Health(detections_per_frame=0.0), Health(detections_per_frame=1.0), th)
+    assert v.ok and v.skipped == ["detection rate (none before)"]
+
+
+def test_engine_detection_gate_halts_on_a_node_that_goes_blind(tmp_path: Path) -> None:
+    """Each node against its own telemetry before the announcement: a (2 -> 2.2 per frame) passes, b (2 -> 0.4)
+    fails and halts the rollout; the baseline is kept in the record."""
+    th = Thresholds(soak_s=5, max_latency_ratio=None, max_error_rate=None, max_detection_rate_change=0.5)
+    eng, link, ann, clock = _engine(tmp_path, [["a", "b"], ["c"]], th)
+
+    def feed(node: str, version: int, t0: float, per_frame: float) -> None:
+        link.seen[node].samples += [Sample(t0 + i, version, 10.0, 50 * i, 0, detection_frames=50,
+                                           detection_count=round(50 * per_frame)) for i in range(5)]
+
+    for n in ("a", "b"):
+        feed(n, 6, 990, 2.0)
+    eng.tick()
+    assert eng.state.nodes["b"].baseline["detections_per_frame"] == pytest.approx(2.0)  # type: ignore[index]
+    for n, per_frame in (("a", 2.2), ("b", 0.4)):
+        link.node(n, 7, "committed", 7)
+        feed(n, 7, 1000.5, per_frame)
+    eng.tick()
+    clock[0] += 6
+    eng.tick()
+    assert eng.state.nodes["a"].status == "healthy" and eng.state.nodes["a"].reason is None
+    assert eng.state.nodes["b"].status == "failed"
+    assert "detections per frame changed -80%" in (eng.state.nodes["b"].reason or "")
+    assert eng.state.phase == "halted" and "c" not in ann.announced
+
+
 def test_wave_verdict_thresholds() -> None:
     strict = Thresholds()
     assert wave_verdict(["healthy", "healthy"], strict) == "passed"
@@ -341,3 +396,37 @@ def test_link_authenticates_and_reports_a_refusal(broker_factory: object) -> Non
         link.publish("edgefleet/announce/node/n1", b"", retain=True)  # the admin may announce per node
     finally:
         link.stop()
+
+
+def test_link_reads_detections_per_frame_and_old_telemetry(mqtt_broker: object) -> None:
+    """Over a real Mosquitto: a new agent's telemetry gives the sample its detections; an old agent's payload
+    (no `detections` key) still parses, without them; counts of another model than the message's are ignored."""
+    from helpers import wait_for
+
+    from agent.protocol.telemetry import DetectionCounts, Telemetry
+    from agent.protocol.topics import Topics
+    from builder.fleet.publish import mqtt_publish
+    from builder.rollout.link import RolloutLink
+
+    url = mqtt_broker.url  # type: ignore[attr-defined]
+    old = (b'{"node": "old-1", "ts": "2026-01-01T00:00:00Z", "interval_s": 10.0, "agent_version": "0.9.0", '
+           b'"uptime_s": 50.0, "model_version": 3, "latency": {"invoke": {"count": 9, "p95_ms": 7.5}}, '
+           b'"counters": {"frames_inferred": 90, "inference_errors": 1}}')
+    assert Telemetry.model_validate_json(old).detections is None
+    new = Telemetry(node="new-1", interval_s=10.0, agent_version="1.0", uptime_s=5.0, model_version=3,
+                    detections=DetectionCounts(model_version=3, frames=40, total=90, per_frame=2.25))
+    swapped = new.model_copy(update={"node": "new-2", "detections": DetectionCounts(model_version=2, frames=4)})
+    link = RolloutLink(url, Topics()).start()
+    try:
+        for node, payload in (("old-1", old), ("new-1", new.model_dump_json().encode()),
+                              ("new-2", swapped.model_dump_json().encode())):
+            # retained only so that a publish racing the link's SUBACK is not lost (nodes send it unretained)
+            mqtt_publish(url, f"edgefleet/node/{node}/telemetry", payload, retain=True)
+        assert wait_for(lambda: all((s := link.snapshot(n)) is not None and s.samples
+                                    for n in ("old-1", "new-1", "new-2")), 5)
+        samples = {n: link.snapshot(n).samples[-1] for n in ("old-1", "new-1", "new-2")}  # type: ignore[union-attr]
+    finally:
+        link.stop()
+    assert (samples["old-1"].p95_ms, samples["old-1"].frames, samples["old-1"].detection_frames) == (7.5, 90, None)
+    assert (samples["new-1"].detection_frames, samples["new-1"].detection_count) == (40, 90)
+    assert samples["new-2"].detection_frames is None

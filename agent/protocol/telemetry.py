@@ -97,6 +97,23 @@ class CameraTelemetry(_Msg):
     end_to_end: StageLatency | None = Field(default=None, description="capture → detections")
 
 
+class DetectionCounts(_Msg):
+    """Detections per inferred frame over the last window: what the node acts on (after the score threshold, NMS
+    and each camera's filter and zones), counted on every frame inferred without error, before the detections
+    topic's rate limit and empty-frame skipping. Only frames of `model_version` (the latest model in the
+    window) are counted, so a window that spans a model swap never mixes two models."""
+
+    model_version: int | None = Field(default=None, description="the model whose frames are counted")
+    frames: int = Field(default=0, ge=0, description="its frames inferred without error in the window")
+    total: int = Field(default=0, ge=0, description="detections on those frames")
+    per_frame: float | None = Field(default=None, description="total / frames; None without frames")
+    empty_frames: int = Field(default=0, ge=0, description="frames without any detection")
+    max_per_frame: int = Field(default=0, ge=0)
+    by_class: dict[str, int] = Field(default_factory=dict, description="detections per class name in the window")
+    frames_since_start: int = Field(default=0, ge=0, description="frames counted since the agent started")
+    total_since_start: int = Field(default=0, ge=0, description="detections on them")
+
+
 class Telemetry(_Msg):
     node: str
     ts: datetime = Field(default_factory=utcnow)
@@ -119,3 +136,4 @@ class Telemetry(_Msg):
     throttle: ThrottleInfo | None = None
     mqtt: MqttLink = Field(default_factory=MqttLink)
     cameras: dict[str, CameraTelemetry] = Field(default_factory=dict, description="per camera, keyed by name")
+    detections: DetectionCounts | None = Field(default=None, description="per frame; None: an agent before issue 12")

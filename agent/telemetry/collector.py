@@ -1,7 +1,7 @@
 """Fleet telemetry collector: per-stage latency histograms, event rates and process stats per window.
 
-The pipeline calls `TelemetryCollector.record_frame({stage: seconds})` once per frame and `count(...)` for
-events; `snapshot()` closes a window into a `Telemetry` message (agent.telemetry.publisher sends it every
+The pipeline calls `TelemetryCollector.record_frame({stage: seconds}, detections, model_version)` once per frame
+and `count(...)` for events; `snapshot()` closes a window into a `Telemetry` message (agent.telemetry.publisher sends it every
 `interval_s`). Sensor readers (power, temperatures, MQTT link) are plain callables, guarded by `_safe`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from agent.protocol.telemetry import (
     Temperatures,
     ThrottleInfo,
 )
+from agent.telemetry.detections import DetectionTally
 from agent.telemetry.histogram import LatencyHistogram
 from agent.telemetry.process import ProcessStats
 
@@ -85,6 +86,8 @@ class TelemetryCollector:
         self.cameras = cameras
         #: invoke time accumulated in the window: the Coral's duty cycle for the power estimate
         self._busy_s = 0.0
+        #: detections per frame, per model version (what the rollout's detection gate reads)
+        self.detections = DetectionTally()
 
     # -- recording (called from the pipeline threads) --------------------------------------------
     def record_stage(self, stage: str, seconds: float) -> None:
@@ -96,10 +99,13 @@ class TelemetryCollector:
             with self._lock:
                 self._busy_s += seconds
 
-    def record_frame(self, stages: Mapping[str, float]) -> None:
-        """One inferred frame: {stage: seconds}. Counts it as inferred."""
+    def record_frame(self, stages: Mapping[str, float], detections: Sequence[Any] | None = None,
+                     model_version: int | None = None) -> None:
+        """One inferred frame: {stage: seconds}, and its detections when the caller has them. Counts it as inferred."""
         for stage, sec in stages.items():
             self.record_stage(stage, sec)
+        if detections is not None:
+            self.detections.record(detections, model_version)
         self.count("frames_inferred")
 
     def count(self, event: str, n: int = 1) -> None:
@@ -157,6 +163,7 @@ class TelemetryCollector:
             throttle=_safe(self.throttle),
             mqtt=_safe(self.mqtt_stats) or MqttLink(),
             cameras=self._cameras(dt, reset),
+            detections=self.detections.snapshot(reset),
         )
 
     def _cameras(self, dt: float, reset: bool) -> dict[str, CameraTelemetry]:

@@ -120,7 +120,7 @@ class TelemetryRuntime:
             "invoke": st.invoke_s,
             "postprocess": st.postprocess_s,
             "end_to_end": st.end_to_end_s,
-        })
+        }, detections=result.detections, model_version=st.model_version)
 
     def on_tick(self) -> None:
         self.watchdog.kick()

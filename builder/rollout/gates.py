@@ -4,8 +4,10 @@ Measured from what nodes publish (agent.protocol.telemetry.Telemetry, Detections
 - p95 latency: the median over the window of `latency.invoke.p95_ms` (the model's own time; the camera's
   wait is not the model's fault), ratio after/before;
 - error rate: inference errors / frames inferred, from the counters' increase over the window;
-- detection rate: detections per second seen on the detections topic (the agent rate-limits and skips
-  empty frames, so this is a coarse signal: it catches a model that goes blind or floods), relative change.
+- detection rate: detections per inferred frame from `Telemetry.detections` (every frame of the model
+  counted on the node), relative change; for a node that does not report it (an agent before that field),
+  detections per second seen on the detections topic (the agent rate-limits and skips empty frames, so
+  that is a coarse signal: it catches a model that goes blind or floods).
 A gate whose numbers are missing on either side is skipped, and the verdict says so.
 """
 
@@ -35,6 +37,9 @@ class Sample:
     p95_ms: float | None
     frames: int
     errors: int
+    # Telemetry.detections of this model in the message's window; None from agents that do not report it
+    detection_frames: int | None = None
+    detection_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,9 @@ class DetectionSample:
 class Health:
     p95_ms: float | None = None
     error_rate: float | None = None
-    detection_rate: float | None = None
+    detection_rate: float | None = None  # per second, from the detections topic
     samples: int = 0
+    detections_per_frame: float | None = None  # from telemetry
 
 
 def measure(samples: list[Sample], detections: list[DetectionSample], version: int | None,
@@ -67,7 +73,11 @@ def measure(samples: list[Sample], detections: list[DetectionSample], version: i
     span = (win[-1].t - win[0].t) if len(win) >= 2 else 0.0
     dets = sum(d.count for d in detections if d.version == version and start <= d.t <= end)
     rate = dets / span if span > 0 else None
-    return Health(p95_ms=p95, error_rate=err, detection_rate=rate, samples=len(win))
+    counted = [(s.detection_frames, s.detection_count) for s in win
+               if s.detection_frames is not None and s.detection_count is not None]
+    det_frames = sum(f for f, _ in counted)
+    per_frame = sum(c for _, c in counted) / det_frames if det_frames > 0 else None
+    return Health(p95_ms=p95, error_rate=err, detection_rate=rate, samples=len(win), detections_per_frame=per_frame)
 
 
 @dataclass
@@ -95,14 +105,31 @@ def judge(before: Health, after: Health, th: Thresholds) -> Verdict:
         else:
             v.skipped.append("error rate")
     if th.max_detection_rate_change is not None:
-        if before.detection_rate and after.detection_rate is not None:
-            change = after.detection_rate / before.detection_rate - 1.0
-            if abs(change) > th.max_detection_rate_change:
-                v.reasons.append(f"detection rate changed {change:+.0%} (max +-{th.max_detection_rate_change:.0%})")
-        else:
-            v.skipped.append("detection rate")
+        _judge_detections(before, after, th.max_detection_rate_change, v)
     v.ok = not v.reasons
     return v
+
+
+def _judge_detections(before: Health, after: Health, limit: float, v: Verdict) -> None:
+    """Detections per frame when both sides report them (the node's own counts of every frame), else the
+    coarse detections per second from the detections topic; skipped without a non-zero "before"."""
+    b, a = before.detections_per_frame, after.detections_per_frame
+    if b is not None and a is not None:
+        if b == 0:
+            if a == 0:
+                return  # saw nothing before, sees nothing now: no change
+            v.skipped.append("detection rate (none before)")
+            return
+        change = a / b - 1.0
+        if abs(change) > limit:
+            v.reasons.append(f"detections per frame changed {change:+.0%} ({b:.2f} -> {a:.2f}; max +-{limit:.0%})")
+        return
+    if before.detection_rate and after.detection_rate is not None:
+        change = after.detection_rate / before.detection_rate - 1.0
+        if abs(change) > limit:
+            v.reasons.append(f"detection rate changed {change:+.0%} (max +-{limit:.0%})")
+    else:
+        v.skipped.append("detection rate")
 
 
 def wave_verdict(statuses: list[str], th: Thresholds) -> str:

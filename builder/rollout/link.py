@@ -129,9 +129,11 @@ class RolloutLink:
             elif leaf == "telemetry":
                 t = Telemetry.model_validate_json(payload)
                 inv = t.latency.get("invoke")
+                # detections per frame only when counted on the model the message is about (None: older agent)
+                c = t.detections if t.detections and t.detections.model_version == t.model_version else None
                 seen.samples = [*seen.samples[-MAX_SAMPLES:], Sample(
                     now, t.model_version, inv.p95_ms if inv else None, t.counters.frames_inferred,
-                    t.counters.inference_errors)]
+                    t.counters.inference_errors, c.frames if c else None, c.total if c else None)]
             elif leaf == "detections":
                 d = DetectionsMessage.model_validate_json(payload)
                 seen.detections = [*seen.detections[-MAX_SAMPLES:],
