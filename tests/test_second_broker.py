@@ -255,6 +255,27 @@ def test_announcement_then_rollout_update_the_node(node: Node, ejabberd: LocalEj
     print("\n" + "\n".join(st["events"]))
 
 
+def test_empty_retained_message_clears_and_is_delivered_live(ejabberd: LocalEjabberd) -> None:
+    """How the rollout clears a per-node announcement, Home Assistant configs are removed and a shadow run is
+    stopped: an empty retained publish reaches live subscribers and leaves nothing for later ones."""
+    from agent.protocol.manifest import Target
+
+    topic = TOPICS.announce(Target(kind="node", value="node-zz"))
+    admin = Recorder(ejabberd, topic=topic)
+    try:
+        for payload in (b'{"v": 1}', b""):
+            admin.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+        assert wait_for(lambda: [p for t, p, _ in admin.msgs if t == topic] == [b'{"v": 1}', b""], 5), admin.msgs
+    finally:
+        admin.close()
+    late = Recorder(ejabberd, topic=topic)
+    try:
+        time.sleep(0.5)
+        assert not late.msgs
+    finally:
+        late.close()
+
+
 def test_kill_9_fires_the_last_will(node: Node, ejabberd: LocalEjabberd) -> None:
     os.kill(node.proc.pid, signal.SIGKILL)
     node.proc.wait(10)
@@ -268,3 +289,11 @@ def test_kill_9_fires_the_last_will(node: Node, ejabberd: LocalEjabberd) -> None
         assert late.of(NODE, "availability") == [(b"offline", True)]  # the will was retained
     finally:
         late.close()
+    ejabberd.stop()  # retained messages live in ejabberd's Mnesia spool: they survive a broker restart
+    ejabberd.start()
+    after = Recorder(ejabberd)
+    try:
+        assert wait_for(lambda: after.of(NODE, "availability") and after.of(NODE, "state"), 5), after.msgs
+        assert after.of(NODE, "availability") == [(b"offline", True)] and after.running() == node.rec.running()
+    finally:
+        after.close()
