@@ -59,9 +59,10 @@ class CaptureRing:
     def count(self) -> int:
         return len(self._sizes)
 
-    @property
     def size(self) -> int:
-        return sum(self._sizes.values())
+        """Bytes held (images + metadata)."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def ids(self) -> list[str]:
         with self._lock:
