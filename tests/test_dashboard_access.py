@@ -26,12 +26,16 @@ from agent.security.signing import SigningKey
 from builder.dashboard.audit import AuditLog, read
 from builder.dashboard.auth import AccessPolicy
 from builder.dashboard.rollout import PublishConfig
+from builder.dashboard.rollouts import StagedRollouts
 from builder.dashboard.server import Dashboard, tls_context
 from builder.dashboard.state import FleetState
 from builder.fleet.devservices import LocalBroker, free_port, wait_port
 
 T = Topics("edgefleet")
-API_GETS = ["/api/state", "/api/bundles", "/api/snapshot/node-a", "/api/events"]
+API_GETS = ["/api/state", "/api/bundles", "/api/snapshot/node-a", "/api/events", "/api/rollouts"]
+# Every state-changing route (builder.dashboard.routes.ROUTES), with its audit action.
+API_POSTS = {"/api/rollout": "publish", "/api/rollouts/start": "rollout-start", "/api/rollouts/pause": "rollout-pause",
+             "/api/rollouts/resume": "rollout-resume", "/api/rollouts/abort": "rollout-abort", "/api/command": "command"}
 
 
 def _dashboard(tmp_path: Path, broker_url: str | None, **kw: object) -> Dashboard:
@@ -47,7 +51,8 @@ def _dashboard(tmp_path: Path, broker_url: str | None, **kw: object) -> Dashboar
         link = FleetLink(broker_url, state).start()
     cfg = PublishConfig(broker_url or "mqtt://127.0.0.1:9", T, http_base="http://127.0.0.1:9/bundles", key=key)
     (tmp_path / "bundles").mkdir(exist_ok=True)
-    return Dashboard(state, link, [tmp_path / "bundles"], cfg, batch_s=0.05,
+    rollouts = StagedRollouts(cfg, tmp_path / "rollouts").start() if broker_url is not None else None
+    return Dashboard(state, link, [tmp_path / "bundles"], cfg, batch_s=0.05, rollouts=rollouts,
                      audit=AuditLog(tmp_path / "audit.jsonl"), **kw).start()  # type: ignore[arg-type]
 
 
@@ -112,6 +117,36 @@ def test_state_changing_requests_need_token_host_and_origin(dash: Dashboard) -> 
     assert len(denied) == 10 and all(e["who"] == "anonymous" and e["remote"] == "127.0.0.1"
                                      and e["action"] == "publish" for e in denied)
     assert {e["outcome"][:10] for e in denied} == {"denied 401", "denied 403"}
+
+
+def test_every_state_changing_route_needs_token_host_and_origin_and_is_audited(dash: Dashboard) -> None:
+    """The table's POST routes (publish, staged rollouts, fleet commands) all get the same locks and audit."""
+    from builder.dashboard.routes import ROUTES
+
+    assert {r.path for r in ROUTES if r.method == "POST"} == set(API_POSTS)
+    refusals = [({"Authorization": ""}, 401), ({"Authorization": "Bearer not-the-token-0123456789"}, 401),
+                ({"Origin": "http://evil.example"}, 403), ({"Origin": "null"}, 403),
+                ({"Host": "evil.example", "Origin": "http://evil.example"}, 403)]
+    for path, action in API_POSTS.items():
+        for headers, status in refusals:
+            c = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
+            c.request("POST", path, body=b'{"id": "x", "command": "inventory", "nodes": ["node-a"]}',
+                      headers={"Content-Type": "application/json", "Origin": dash.url, **AUTH, **headers})
+            assert c.getresponse().status == status, (path, headers)
+            c.close()
+        status, _, out = request(dash, "POST", path, {"Content-Type": "application/json", **AUTH}, b"{}")
+        assert status == 403 and b"Origin" in out, path  # no Origin at all
+        entries = [e for e in read(dash.audit.path) if e["action"] == action]  # type: ignore[union-attr]
+        assert len(entries) == len(refusals) + 1 and all(e["outcome"].startswith("denied") for e in entries), path
+        # With every lock passed the handler answers (and that is audited too): 4xx for these bodies.
+        c = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
+        c.request("POST", path, body=b'{"id": "no-such-rollout"}',
+                  headers={"Content-Type": "application/json", "Origin": dash.url, **AUTH})
+        r = c.getresponse()
+        assert 400 <= r.status < 500 and json.loads(r.read())["ok"] is False, path
+        c.close()
+        last = [e for e in read(dash.audit.path) if e["action"] == action][-1]  # type: ignore[union-attr]
+        assert last["who"] == dash.access.token_id and last["outcome"].startswith("error 4"), (path, last)
 
 
 def test_page_login_sets_an_httponly_strict_cookie(dash: Dashboard) -> None:

@@ -300,7 +300,8 @@ def test_dashboard_in_chromium_shows_nodes_and_rolls_out_to_both(
                 "const r = document.querySelector(`tr[data-camera-of='${arguments[0]}']`);"
                 "return r && r.dataset.cameraState", n) for n in NODES), 30, "a camera row under each node", fleet)
 
-        # Roll out from the page: pick the new bundle, target all, publish.
+        # One-shot publish from the page (under its <details>): pick the new bundle, target all, publish.
+        drv.execute_script("document.getElementById('oneshot').open = true")
         select = Select(drv.find_element(By.ID, "bundle"))
         _wait(drv, lambda: any(f"v{new}" in o.text for o in select.options), 10, "the bundle list", fleet)
         select.select_by_visible_text(next(o.text for o in select.options if f"v{new}" in o.text))

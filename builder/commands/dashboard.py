@@ -52,6 +52,9 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="private key of --tls-cert")
     p.add_argument("--ca-file", type=Path, default=None, help="CA certificate for a TLS broker")
     p.add_argument("--history", type=int, default=180, help="chart points kept per node (default 180)")
+    p.add_argument("--rollout-dir", type=Path, default=None, metavar="DIR",
+                   help="staged rollouts' state directory, shared with `edge-builder rollout` (default "
+                   "$EDGE_ROLLOUT_DIR or ~/.local/state/edge-builder/rollouts); unfinished ones are resumed")
     p.set_defaults(func=_run)
 
 
@@ -111,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.protocol.topics import DEFAULT_PREFIX, Topics
     from builder.dashboard.link import FleetLink, LinkError
     from builder.dashboard.rollout import PublishConfig
+    from builder.dashboard.rollouts import StagedRollouts
     from builder.dashboard.server import Dashboard
     from builder.dashboard.state import FleetState
 
@@ -134,10 +138,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     cfg = PublishConfig(args.broker, topics, http_base=args.http_base, key=args.key, upload_dir=args.upload,
                         ca_file=args.ca_file, trusted_keys=args.trusted_keys)
+    rollouts = StagedRollouts(cfg, args.rollout_dir).start()  # adopts an unfinished rollout nobody runs
     try:
         dash = Dashboard(state, link, args.bundles, cfg, host=args.host, port=args.port, access=access,
-                         audit=audit, tls=tls)
+                         audit=audit, tls=tls, rollouts=rollouts)
     except OSError as exc:
+        rollouts.stop()
         link.stop()
         audit.close()
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
@@ -170,6 +176,11 @@ def _announce(dash: Any, args: argparse.Namespace, cfg: Any) -> None:
     if dash.tls is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: plain HTTP on {args.host}: the token crosses the network in clear; use --tls-cert/--tls-key "
               "or a TLS reverse proxy (docs/DASHBOARD.md)", file=sys.stderr)
+    running = [r for r in dash.rollouts.view()["rollouts"] if r["runner"] and r["runner"]["ours"]]
+    for r in running:
+        print(f"resuming rollout {r['id']} ({r['phase']})", flush=True)
+    if dash.rollouts.link_problem:
+        print(f"note: {dash.rollouts.link_problem}", file=sys.stderr)
     if args.bundles and cfg.problem():
         print(f"note: rollout is disabled: {cfg.problem()}", file=sys.stderr)
     elif args.bundles and cfg.keyring() is None:

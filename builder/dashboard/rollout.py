@@ -1,4 +1,5 @@
-"""Rollout from the dashboard: publish one listed bundle to a target (all | group:G | node:N).
+"""One-shot publish from the dashboard: one listed bundle to a target (all | group:G | node:N) at once.
+(Staged rollouts are builder.dashboard.rollouts; both use PublishConfig and verified_copy.)
 
 Publishing is builder.fleet.publish's job (check the files, re-target and sign the manifest with the fleet key,
 optionally copy the bundle where nodes fetch it, publish the retained Announcement); this module maps the
@@ -53,6 +54,12 @@ class PublishConfig:
         except SignatureError:
             return None
 
+    def files_base(self, info: BundleInfo) -> str:
+        """The URL nodes fetch `info`'s files from: --http-base serves --upload DIR, else the --bundles roots."""
+        assert self.http_base is not None
+        base = self.http_base.rstrip("/")
+        return base if self.upload_dir is not None or info.rel == "." else f"{base}/{info.rel}"
+
 
 def publish(info: BundleInfo, target: Target, cfg: PublishConfig) -> str:
     """Publish `info` to `target`; return the announce topic. Raises RolloutError."""
@@ -63,21 +70,18 @@ def publish(info: BundleInfo, target: Target, cfg: PublishConfig) -> str:
     problem = cfg.problem()
     if problem:
         raise RolloutError(problem)
-    assert cfg.http_base is not None and cfg.key is not None
-    base = cfg.http_base.rstrip("/")
-    # Without an upload dir, the --bundles directory itself is what --http-base serves.
-    http_base = base if cfg.upload_dir is not None or info.rel == "." else f"{base}/{info.rel}"
+    assert cfg.key is not None
     with tempfile.TemporaryDirectory(prefix="edge-dashboard-") as tmp:
-        checked = _verified_copy(Path(info.path), Path(tmp) / "bundle", cfg.keyring())
+        checked = verified_copy(Path(info.path), Path(tmp) / "bundle", cfg.keyring())
         try:
-            result = publish_bundle(checked, cfg.broker_url, target, cfg.key, http_base=http_base,
+            result = publish_bundle(checked, cfg.broker_url, target, cfg.key, http_base=cfg.files_base(info),
                                     upload_dir=cfg.upload_dir, prefix=cfg.topics.prefix, ca_file=cfg.ca_file)
         except PublishError as exc:
             raise RolloutError(str(exc)) from None
     return result.topic
 
 
-def _verified_copy(src: Path, dst: Path, keyring: Keyring | None) -> Path:
+def verified_copy(src: Path, dst: Path, keyring: Keyring | None) -> Path:
     """Copy the manifest, its signature and the files it lists to `dst`, then verify the copy."""
     try:
         m = parse_manifest((src / MANIFEST_NAME).read_bytes())

@@ -4,10 +4,8 @@
                               /?token=T logs in: sets the session cookie and redirects to /
     GET  /api/session         {"logged_in": bool} (no token needed: the page shows its login prompt on false)
     GET  /api/events          SSE: one `snapshot` event, then `delta` events with only what changed
-    GET  /api/state           the snapshot as plain JSON (scripts, the terminal twin, tests)
-    GET  /api/bundles         bundles found under --bundles (untrusted ones listed as refused)
-    POST /api/rollout         {"bundle": id, "target": "all" | "group:G" | "node:N"} -> publish
-    GET  /api/snapshot/NODE   the node's last JPEG snapshot, if it publishes them
+    /api/...                  the JSON API: one table in builder.dashboard.routes (state, bundles, publish,
+                              staged rollouts, fleet commands)
 
 Access (builder.dashboard.auth): every request's Host must be on the allow-list; every /api/ route needs
 the token (Bearer or the login cookie); a POST also needs an allowed Origin. The page and its static files
@@ -28,12 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from agent.protocol.manifest import Target
 from builder.dashboard.audit import AuditLog
 from builder.dashboard.auth import AccessError, AccessPolicy
-from builder.dashboard.bundles import BundleInfo, find_bundles
 from builder.dashboard.link import FleetLink
-from builder.dashboard.rollout import PublishConfig, RolloutError, publish
+from builder.dashboard.rollout import PublishConfig
+from builder.dashboard.rollouts import StagedRollouts
+from builder.dashboard.routes import FleetApi, Reply, Route, find
 from builder.dashboard.state import FleetState, dumps
 
 STATIC = Path(__file__).with_name("static")
@@ -43,7 +41,7 @@ KEEPALIVE_S = 15.0
 # Our own scripts only (an injected <script> or inline handler does not run); snapshots are blob:/data: images.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-ACTIONS = {"/api/rollout": "publish"}  # POST route -> audit log action
+MAX_BODY = 65536
 IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing (slowloris, a stuck TLS handshake) is dropped
 
 
@@ -55,21 +53,16 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-class Dashboard:
-    """State + MQTT link + HTTP server, started and stopped together."""
+class Dashboard(FleetApi):
+    """State + MQTT links + staged-rollout runner + HTTP server, started and stopped together."""
 
     def __init__(self, state: FleetState, link: FleetLink | None, bundle_roots: list[Path],
                  publish_cfg: PublishConfig, host: str = "127.0.0.1", port: int = 0, batch_s: float = 0.2,
                  access: AccessPolicy | None = None, audit: AuditLog | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
-        self.state = state
-        self.link = link
-        self.bundle_roots = [Path(p) for p in bundle_roots]
-        self.publish_cfg = publish_cfg
+                 tls: ssl.SSLContext | None = None, rollouts: StagedRollouts | None = None) -> None:
+        super().__init__(state, link, bundle_roots, publish_cfg, audit, rollouts)
         self.batch_s = batch_s
         self.stopping = threading.Event()
-        self._bundles: dict[str, BundleInfo] = {}
-        self._publish_lock = threading.Lock()
         self.httpd = _Server((host, port), _Handler)
         self.httpd.dashboard = self
         self.tls = tls
@@ -79,7 +72,6 @@ class Dashboard:
         self.access = access or AccessPolicy()
         self.access.tls = tls is not None
         self.access.listening(host, self.port)
-        self.audit = audit
         self._thread: threading.Thread | None = None
 
     @property
@@ -107,41 +99,12 @@ class Dashboard:
         if self._thread is not None and self._thread.is_alive():  # shutdown() waits forever on an unserved server
             self.httpd.shutdown()
         self.httpd.server_close()
+        if self.rollouts is not None:  # the runner releases its claim; the record stays for the next start
+            self.rollouts.stop()
         if self.link is not None:
             self.link.stop()
         if self.audit is not None:
             self.audit.close()
-
-    def bundles(self) -> list[BundleInfo]:
-        found = find_bundles(self.bundle_roots, keyring=self.publish_cfg.keyring())
-        self._bundles = {b.id: b for b in found}
-        return found
-
-    def rollout(self, bundle_id: str, target_text: str) -> dict[str, Any]:
-        if self.link is None:
-            raise RolloutError("not connected to a broker")
-        try:
-            target = Target.parse(target_text.strip())
-            self.publish_cfg.topics.announce(target)  # validates the group/node name as a topic segment
-        except ValueError as exc:
-            raise RolloutError(str(exc).splitlines()[-1]) from None
-        if bundle_id not in self._bundles:
-            self.bundles()
-        info = self._bundles.get(bundle_id)
-        if info is None:
-            raise RolloutError(f"unknown bundle id {bundle_id!r}; reload the bundle list")
-        if info.refused:
-            raise RolloutError(f"bundle {info.rel} refused: {info.refused}")
-        with self._publish_lock:  # one publish at a time: two clicks must not interleave announcements
-            topic = publish(info, target, self.publish_cfg)
-            assert info.name is not None and info.version is not None
-            r = self.state.add_rollout(info.rel, info.name, info.version, target)
-        return {"ok": True, "topic": topic, "rollout": r.model_dump()}
-
-    def record(self, who: str, remote: str, action: str, outcome: str, target: str | None = None,
-               **detail: Any) -> None:
-        if self.audit is not None:
-            self.audit.record(who, remote, action, outcome, target, **detail)
 
 
 class _Server(ThreadingHTTPServer):
@@ -189,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
     def remote(self) -> str:
         return str(self.client_address[0])
 
-    def _access(self, mutating: bool) -> str | None:
+    def _access(self, mutating: bool, action: str | None = None) -> str | None:
         """The caller's identity for the audit log if allowed; else send 401/403 and return None."""
         try:
             self.dash.access.check_host(self.headers.get("Host"))
@@ -198,8 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.dash.access.check_token(self.headers.get("Authorization"), self.headers.get("Cookie"))
         except AccessError as exc:
             if mutating:
-                path = urlparse(self.path).path
-                self.dash.record("anonymous", self.remote, ACTIONS.get(path, path), f"denied {exc.status}: {exc}")
+                self.dash.record("anonymous", self.remote, action or urlparse(self.path).path,
+                                 f"denied {exc.status}: {exc}")
             extra = {"WWW-Authenticate": 'Bearer realm="edge-dashboard"'} if exc.status == 401 else None
             self._send(exc.status, dumps({"ok": False, "error": str(exc)}).encode(), "application/json",
                        headers=extra)
@@ -217,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._session()
         if path.startswith("/api/"):
             if self._access(mutating=False) is not None:
-                self._api_get(path)
+                self._api_get(path, find("GET", path))
             return None
         try:
             self.dash.access.check_host(self.headers.get("Host"))
@@ -255,51 +218,44 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json({"ok": True, "logged_in": False})
         self._json({"ok": True, "logged_in": True, "who": access.token_id})
 
-    def _api_get(self, path: str) -> None:
-        if path == "/api/events":
+    def _api_get(self, path: str, route: Route | None) -> None:
+        if route is None:
+            return self._error(404, f"no such endpoint: {path}")
+        if route.handler is None:  # the event stream
             return self._events()
-        if path == "/api/state":
-            return self._json(self.dash.state.snapshot())
-        if path == "/api/bundles":
-            return self._json({"bundles": [b.model_dump() for b in self.dash.bundles()],
-                               "roots": [str(r) for r in self.dash.bundle_roots],
-                               "http_base": self.dash.publish_cfg.http_base,
-                               "problem": self.dash.publish_cfg.problem()})
-        if path.startswith("/api/snapshot/"):
-            jpeg = self.dash.state.snapshot_jpeg(path[len("/api/snapshot/"):])
-            if jpeg is None:
-                return self._error(404, "no snapshot from that node")
-            return self._send(200, jpeg, "image/jpeg")
-        self._error(404, f"no such endpoint: {path}")
+        self._reply(route.handler(self.dash, path))
+
+    def _reply(self, r: Reply) -> None:
+        if r.raw is not None:
+            return self._send(r.status, r.raw, r.ctype)
+        self._json(r.body, r.status)
 
     def do_POST(self) -> None:
         path = urlparse(self.path).path
         self.close_connection = True  # a refused request's body is never read: do not parse it as the next one
-        who = self._access(mutating=True)
+        route = find("POST", path)
+        action = route.action if route is not None and route.action else path
+        who = self._access(mutating=True, action=action)
         if who is None:
             return None
-        if path != "/api/rollout":
+        if route is None or route.handler is None:
             return self._error(404, f"no such endpoint: {path}")
         # Cross-site forms cannot send application/json without a CORS preflight, which we never grant.
         if not self.headers.get("Content-Type", "").startswith("application/json"):
-            self.dash.record(who, self.remote, "publish", "error 415: not application/json")
+            self.dash.record(who, self.remote, action, "error 415: not application/json")
             return self._error(415, "send application/json")
         try:
             length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(min(length, 65536)) or b"{}")
-            bundle_id, target = str(body["bundle"]), str(body.get("target", "all"))
-        except (ValueError, KeyError, TypeError):
-            self.dash.record(who, self.remote, "publish", "error 400: malformed body")
-            return self._error(400, 'body must be {"bundle": ID, "target": "all|group:G|node:N"}')
-        try:
-            out = self.dash.rollout(bundle_id, target)
-        except RolloutError as exc:
-            self.dash.record(who, self.remote, "publish", f"error 400: {exc}", target, bundle=bundle_id)
-            return self._error(400, str(exc))
-        r = out["rollout"]
-        self.dash.record(who, self.remote, "publish", "ok", target, bundle=bundle_id, path=r["bundle"],
-                         name=r["name"], version=r["version"], topic=out["topic"])
-        self._json(out)
+            body = json.loads(self.rfile.read(min(length, MAX_BODY)) or b"{}")
+            if not isinstance(body, dict):
+                raise TypeError
+        except (ValueError, TypeError):
+            self.dash.record(who, self.remote, action, "error 400: malformed body")
+            return self._error(400, "the body must be a JSON object")
+        r = route.handler(self.dash, body)
+        outcome = "ok" if r.status < 400 else f"error {r.status}: {r.error}"
+        self.dash.record(who, self.remote, action, outcome, r.target, **r.detail)  # fsynced before the reply
+        self._reply(r)
 
     def _static(self, name: str) -> None:
         # Only files that exist directly in static/: no subdirectories, no "..".
