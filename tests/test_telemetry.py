@@ -213,3 +213,80 @@ def test_per_camera_windows_from_feed_counters() -> None:
     assert ca.latency is not None and ca.latency.count == 20 and ca.latency.p50_ms == pytest.approx(4.0, rel=0.01)
     assert (cb.state, cb.device, cb.inference_fps) == ("stalled", "cpu:1t", 0.0)
     assert c.snapshot().cameras["a"].inference_fps == 0  # the next window starts from the new totals
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients missing")
+def test_daemon_counts_real_detections_per_frame(mqtt_broker, trained_bundle, trained_bundle_keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real detector (the trained bundle) on a synthetic scene through the whole daemon: Telemetry.detections
+    counts, frame for frame, the detections each frame's result carries (what a second frame hook records)."""
+    from agent.config import AgentConfig
+    from agent.inference.engine import Engine
+    from agent.inference.frames import FrameResult
+    from agent.security.bundle import Bundle
+    from agent.security.signing import Keyring
+    from agent.service.daemon import AgentService
+    from builder.data.synth import make_video
+
+    classes = json.loads((trained_bundle / "manifest.json").read_text())["class_names"]
+    video = tmp_path / "cam.avi"
+    make_video(video, n_frames=20, size=(320, 240), fps=20, classes=classes, seed=5)
+    cfg = AgentConfig(node_id="det-1", topic_prefix="tel", broker={"url": mqtt_broker.url},
+                      camera={"source": str(video), "loop": True, "realtime": False},
+                      backend={"prefer": "cpu"}, detect={"score_threshold": 0.3}, state_dir=tmp_path / "state",
+                      trusted_keys_dir=tmp_path / "k",
+                      telemetry={"interval_s": 1.0, "power_source": "estimated", "hass_discovery": False})
+    sub = subprocess.Popen(["mosquitto_sub", "-h", mqtt_broker.host, "-p", str(mqtt_broker.port), "-t",
+                            Topics("tel").telemetry("det-1"), "-C", "3", "-W", "40"], stdout=subprocess.PIPE, text=True)
+    seen: list[list[str]] = []  # each inferred frame's detected class names
+
+    def record(r: FrameResult) -> None:
+        if r.stats.error is None:
+            seen.append([d.class_name for d in r.detections])
+
+    svc = AgentService(cfg)
+    svc.start()
+    bundle = Bundle.load(trained_bundle, Keyring.load(trained_bundle_keys))
+    try:
+        svc.pipeline.add_frame_hook(record)
+        svc.install_engine(Engine.load(bundle, cfg))
+        out, _ = sub.communicate(timeout=60)
+    finally:
+        svc.stop()
+        if sub.poll() is None:
+            sub.kill()
+    final = svc.telemetry.collector.snapshot().detections  # the daemon is stopped: no frame in flight
+    assert final is not None and final.frames_since_start == len(seen) > 0
+    assert final.total_since_start == sum(len(f) for f in seen) > 0, "the trained model should see the shapes"
+    windows = [m.detections for m in map(Telemetry.model_validate_json, out.strip().splitlines())]
+    assert len(windows) == 3 and all(w is not None for w in windows)
+    counted = [w for w in windows if w is not None and w.frames > 0]
+    assert counted and sum(w.total for w in counted) > 0
+    for w in counted:
+        assert w.model_version == bundle.manifest.version and w.per_frame == pytest.approx(w.total / w.frames, abs=1e-4)
+        assert sum(w.by_class.values()) == w.total and set(w.by_class) <= set(classes)
+        assert 0 <= w.empty_frames <= w.frames and w.max_per_frame <= max(len(f) for f in seen)
+
+
+def test_detection_tally_windows_by_model_version() -> None:
+    """A window spanning a model swap reports the newest model's frames only; totals never reset."""
+    from agent.protocol.messages import Detection
+    from agent.telemetry.detections import DetectionTally
+
+    def det(name: str) -> Detection:
+        return Detection(box=(0, 0, 1, 1), class_id=0, class_name=name, score=0.9)
+
+    c = TelemetryCollector("n1", "0.1.0")
+    assert c.snapshot().detections is not None and c.snapshot().detections.per_frame is None  # type: ignore[union-attr]
+    for dets, version in (([det("a")] * 3, 1), ([], 1), ([det("a"), det("b")], 2), ([], 2), ([det("b")], 2)):
+        c.record_frame({"invoke": 0.001}, detections=dets, model_version=version)
+    d = c.snapshot().detections
+    assert d is not None and (d.model_version, d.frames, d.total, d.empty_frames, d.max_per_frame) == (2, 3, 3, 1, 2)
+    assert d.per_frame == 1.0 and d.by_class == {"a": 1, "b": 2}
+    assert (d.frames_since_start, d.total_since_start) == (5, 6)
+    c.record_frame({"invoke": 0.001})  # a caller without detections: timed, not counted
+    d = c.snapshot().detections
+    assert d is not None and (d.frames, d.frames_since_start) == (0, 5) and c.totals["frames_inferred"] == 6
+    t = DetectionTally()
+    for i in range(300):  # by_class stays bounded whatever the labels
+        t.record([det(f"c{i}")], 1)
+    assert len(t.snapshot().by_class) == 257 and t.snapshot().frames == 0
