@@ -138,7 +138,7 @@ def _result(invoke_s: float) -> Any:
 
     stats = SimpleNamespace(error=None, backend="cpu", model_version=3, capture_wait_s=0.001, preprocess_s=0.0005,
                             invoke_s=invoke_s, postprocess_s=0.0003, end_to_end_s=invoke_s + 0.002)
-    return SimpleNamespace(stats=stats, model_name="shapes")
+    return SimpleNamespace(stats=stats, model_name="shapes", detections=[])
 
 
 def test_per_camera_entities_read_their_camera_from_telemetry() -> None:
