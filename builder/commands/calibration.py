@@ -1,4 +1,4 @@
-"""edge-builder calibration build: a class-balanced calibration image set from a dataset."""
+"""edge-builder calibration build: a class-balanced calibration image set (images + labels) from a dataset."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def register(sub: SubParsers) -> None:
     b.add_argument("--n", type=int, default=300, help="number of images (default 300, the recommended minimum)")
     b.add_argument("--split", default="train", help="split to sample (default train)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--imgsz", type=int, default=320,
+                   help="model input size the per-stride object counts are reported at (default 320)")
     b.set_defaults(func=_build)
     p.set_defaults(func=show_help(p))
 
@@ -33,7 +35,19 @@ def _build(args: argparse.Namespace) -> int:
     except (CalibrationError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{info['images']} images in {args.out / 'images'}; images per class: {info['images_per_class']}")
+    print(f"{info['images']} images in {args.out / 'images'}, labels in {args.out / 'labels'}; "
+          f"images per class: {info['images_per_class']}")
+    _print_coverage(args.out / "images", [str(f) for f in info["files"]], args.imgsz)  # type: ignore[attr-defined]
     if int(info["images"]) < 300:  # type: ignore[call-overload]
         print("warning: fewer than 300 images (the recommended minimum for calibration)", file=sys.stderr)
     return 0
+
+
+def _print_coverage(images: Path, files: list[str], imgsz: int) -> None:
+    """Objects per stride at the model's input size, as the converter's coverage check will count them."""
+    from builder.quantize.coverage import count_coverage, summary_line
+
+    cov = count_coverage(images, files, imgsz)
+    print(summary_line(cov))
+    for w in cov["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)

@@ -1,14 +1,20 @@
-"""Numerical checks of the converted files: FP32 parity with PyTorch and the INT8 output ranges."""
+"""Checks around the conversion: calibration coverage (objects per stride, before converting), FP32 parity with
+PyTorch and the INT8 output ranges."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.inference.tensors import TensorInfo
+from builder.convert.options import ConvertError, Log
+from builder.data.calibration import CalibrationError, open_source
+from builder.data.strides import STRIDES
 from builder.evaluate.runners import Runner, TFLiteRunner
+from builder.quantize.coverage import count_coverage, summary_line
 
 FIRED_LOGIT = 1.0  # a level "fires" when FP32 reaches this class logit (score 0.73) on real images
 PARITY_ATOL = 1e-3  # FP32 TFLite vs PyTorch, absolute, on logits of magnitude ~10 (measured: 9.5e-6)
@@ -122,3 +128,29 @@ def _range_row(
         row["severity"] = "warning"
         row["note"] = f"validation max {val_range[1]:.2f} exceeds the calibrated max {hi_r:.2f} (clipped)"
     return row
+
+
+def calibration_coverage_check(
+    source: Path, files: Sequence[str], imgsz: int, strict: bool = False, log: Log | None = None,
+    strides: Sequence[int] = STRIDES,
+) -> dict[str, Any]:
+    """Objects per stride in the calibration set (builder.quantize.coverage), logged with a warning per missing
+    stride. `strict` (--strict-calibration) fails the build unless every stride has objects, which needs labels:
+    "missing" and "unknown" both fail. `files` are the calibration images used, relative to `source` (a folder or
+    an archive, opened again here)."""
+    try:
+        with open_source(Path(source)) as root:
+            cov = count_coverage(root, files, imgsz, strides)
+    except CalibrationError as exc:
+        raise ConvertError(str(exc)) from exc
+    say = log or (lambda m: None)
+    say(f"      {summary_line(cov)}")
+    for w in cov["warnings"]:
+        say(f"      warning: {w}")
+    cov["strict"] = strict
+    if strict and cov["status"] != "ok":
+        what = ("no labels to count objects by stride" if cov["status"] == "unknown"
+                else "no calibration objects at stride " + ", ".join(str(s) for s in cov["missing"]))
+        raise ConvertError(f"--strict-calibration: {what} (see the warnings above); add labelled calibration images "
+                           "with objects of every size, or drop --strict-calibration to convert with a warning")
+    return cov

@@ -8,7 +8,8 @@ output at zero point 255 and lost all accuracy in our measurements.
 - `find_images`: every image under a directory, recursively, or inside a .tar.gz / .tgz / .tar.
 - `sample_images`: deterministic choice of N (sorted paths, seeded permutation).
 - `load_calibration`: the (N, S, S, 3) uint8 RGB canvases handed to the converter.
-- `build_calibration_set`: `edge-builder calibration build`, a class-balanced set from a dataset.
+- `build_calibration_set`: `edge-builder calibration build`, a class-balanced set from a dataset (images/ and their
+  YOLO labels/, which the converter's coverage check counts per stride).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from agent.inference.preprocess import letterbox, load_image
 from builder.data.dataset import DatasetError, Item, load_dataset
+from builder.data.yolo_view import label_rows
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 RECOMMENDED = 300  # the guide's "300+ calibration images"
@@ -130,7 +132,8 @@ def build_calibration_set(
     seed: int = 0,
     split: str = "train",
 ) -> dict[str, object]:
-    """Copy a class-balanced sample of a dataset's images into `out` (plus calibration.json).
+    """Copy a class-balanced sample of a dataset's images into `out`/images, their labels into `out`/labels (YOLO),
+    and write `out`/calibration.json.
 
     Greedy: repeatedly take an image containing the class with the fewest picks so far (images
     without objects fill the rest, at most 10%), so every class and every object scale the model has
@@ -148,7 +151,7 @@ def build_calibration_set(
     picked, counts = balanced_sample([_classes_of(it) for it in items], len(class_names), n, seed)
     if not picked:
         raise CalibrationError(f"no usable images in {dataset_path}")
-    names = _copy_images([Path(items[i].image) for i in sorted(picked)], Path(out) / "images")
+    names = _copy_images([items[i] for i in sorted(picked)], Path(out))
     info: dict[str, object] = {
         "dataset": str(dataset_path),
         "split": split,
@@ -196,12 +199,16 @@ def balanced_sample(
     return picked, counts
 
 
-def _copy_images(images: list[Path], dest: Path) -> list[str]:
-    """Copy with a numbered prefix (keeps same-named files from different folders apart); the new names."""
-    dest.mkdir(parents=True, exist_ok=True)
+def _copy_images(items: list[Item], out: Path) -> list[str]:
+    """Copy into out/images with a numbered prefix (keeps same-named files from different folders apart) and write
+    each image's boxes as a YOLO label in out/labels (the converter's coverage check reads them); the new names."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
     names = []
-    for j, src in enumerate(images):
-        dst = dest / f"{j:05d}_{src.name}"
-        shutil.copy2(src, dst)
+    for j, item in enumerate(items):
+        dst = out / "images" / f"{j:05d}_{item.image.name}"
+        shutil.copy2(item.image, dst)
+        rows = label_rows(item)
+        (out / "labels" / f"{dst.stem}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
         names.append(dst.name)
     return names

@@ -35,7 +35,7 @@ from builder.data.synth_objects import (
     off_class_hue,
     paint_object,
 )
-from builder.data.synth_scene import apply_lighting
+from builder.data.synth_scene import apply_lighting, overlap_fraction
 from builder.data.synth_shapes import KNOWN_SHAPES, shape_for_class
 
 REFERENCE_SIZE = 320  # the size bands are set for this input size and scale with the image
@@ -87,13 +87,6 @@ def _new_thing(rng: np.random.Generator, imgsz: int, classes: Sequence[str], lab
     return o
 
 
-def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """Fraction of box a covered by box b."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return iw * ih / max(1e-9, (a[2] - a[0]) * (a[3] - a[1]))
-
-
 def place_things(rng: np.random.Generator, imgsz: int, classes: Sequence[str]) -> list[PhotoObject]:
     """Objects and distractors in paint order; a later one covers at most 35% of an earlier one's box."""
     n_obj = int(rng.integers(1, MAX_OBJECTS + 1))
@@ -109,7 +102,7 @@ def place_things(rng: np.random.Generator, imgsz: int, classes: Sequence[str]) -
                 continue
             w, h = object_extent(o)
             box = (o.cx - w / 2, o.cy - h / 2, o.cx + w / 2, o.cy + h / 2)
-            if all(_overlap(b, box) <= _MAX_OVERLAP for b in boxes):
+            if all(overlap_fraction(b, box) <= _MAX_OVERLAP for b in boxes):
                 things.append(o)
                 boxes.append(box)
                 break

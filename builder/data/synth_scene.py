@@ -175,7 +175,7 @@ def place_objects(
         cy = float(rng.uniform(radius * 0.6, h - radius * 0.6))
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         # Allow partial occlusion but not burying: at most 35% of an earlier object's box covered.
-        if any(_overlap_fraction(b, box) > 0.35 for b in boxes):
+        if any(overlap_fraction(b, box) > 0.35 for b in boxes):
             continue
         cls = int(rng.integers(0, n_classes))
         objs.append(
@@ -194,7 +194,7 @@ def place_objects(
     return objs
 
 
-def _overlap_fraction(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def overlap_fraction(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """Fraction of box a covered by box b."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

@@ -10,7 +10,7 @@ from builder.data.layout import Item
 from builder.data.records import Dataset
 
 
-def _label_rows(item: Item) -> list[str]:
+def label_rows(item: Item) -> list[str]:
     rows = []
     for (x0, y0, x1, y1), c in zip(item.boxes.tolist(), item.classes.tolist(), strict=True):
         rows.append(
@@ -43,7 +43,7 @@ def write_yolo_view(ds: Dataset, out: Path, splits: Iterable[str] = ("train", "v
             stem = f"{i:06d}_{item.image.stem}"
             link = img_dir / f"{stem}{item.image.suffix.lower()}"
             os.symlink(item.image.resolve(), link)
-            rows = _label_rows(item)
+            rows = label_rows(item)
             (lbl_dir / f"{stem}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
         written[split] = str(img_dir.resolve())
     cfg = {"path": str(out.resolve()), **written, "nc": ds.num_classes, "names": dict(enumerate(ds.class_names))}
