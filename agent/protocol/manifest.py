@@ -2,6 +2,11 @@
 
 A bundle is a directory: manifest.json, manifest.sig and the files the manifest lists.
 The signature covers the exact bytes of manifest.json; verifiers check it before parsing.
+
+Schema versions (strict: unknown keys are an error in each, so a new field means a new version):
+1: every node fetches every file. 2: adds `needs`, the files each backend's node fetches (its model, the
+CPU fallback, the golden self-test files), so a node skips the reference variants and reports. Agents
+read both; the builder writes 2 unless asked for 1 (nodes older than this schema refuse 2).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest schema: what agents read and the builder writes by default
+SCHEMA_VERSIONS = (1, 2)
+BackendName = Literal["cpu", "edgetpu"]  # the ModelFiles fields: one `needs` list per backend
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
@@ -132,7 +139,7 @@ class Target(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 1
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     version: int = Field(ge=1, description="monotonic; agents refuse anything not above their high-water mark")
     created: datetime
@@ -148,6 +155,19 @@ class Manifest(_Strict):
     min_agent_version: str = "0.0.0"
     expires: datetime | None = None
     target: Target = Target()
+    # v2 only: the bundle files a node running each backend fetches (its model, the CPU fallback, golden files).
+    needs: dict[BackendName, list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _needs_fit_schema(self) -> Manifest:
+        if self.schema_version == 1:
+            if "needs" in self.model_fields_set:  # v1 is frozen: a key it never had is an unknown key
+                raise ValueError("needs: extra inputs are not permitted in schema_version 1 (it is a v2 field)")
+            return self
+        if not self.needs:
+            raise ValueError("schema_version 2 requires `needs` (the files each backend fetches)")
+        check_needs(self.needs, {f.path for f in self.files}, self.models, self.golden)
+        return self
 
     @model_validator(mode="after")
     def _references_exist(self) -> Manifest:
@@ -175,9 +195,78 @@ class Manifest(_Strict):
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
+    def needed_paths(self, backend: str | None) -> frozenset[str] | None:
+        """The paths a node preferring `backend` fetches; None = every file (v1, or no list applies)."""
+        if self.needs is None or backend is None:
+            return None
+        if backend in self.needs:
+            return frozenset(self.needs[backend])  # type: ignore[index]
+        if getattr(self.models, backend, None) is None:
+            return frozenset(self.needs["cpu"])  # no model for that backend in this bundle: it runs the CPU one
+        return None  # a model without a list (an older builder's edit): fetch everything, never too little
+
+    def needed_files(self, backend: str | None) -> list[FileEntry]:
+        """The file entries a node preferring `backend` fetches, in manifest order."""
+        paths = self.needed_paths(backend)
+        return list(self.files) if paths is None else [f for f in self.files if f.path in paths]
+
+    def runnable_with(self, held: set[str] | frozenset[str]) -> bool:
+        """Whether a bundle directory holding `held` is complete for some node: v1 needs every file,
+        v2 every file of at least one backend's list (each list holds the CPU model and golden files)."""
+        if self.needs is None:
+            return {f.path for f in self.files} <= held
+        return any(set(paths) <= held for paths in self.needs.values())
+
     def is_expired(self, now: datetime | None = None) -> bool:
         return self.expires is not None and (now or datetime.now(UTC)) >= self.expires
 
     def to_bytes(self) -> bytes:
-        """Canonical serialisation written to manifest.json (what gets signed)."""
-        return (self.model_dump_json(indent=2, exclude_none=False) + "\n").encode()
+        """Canonical serialisation written to manifest.json (what gets signed). A v1 manifest is written
+        without `needs`, byte for byte as v1 builders wrote it (v1 nodes refuse unknown keys)."""
+        exclude = {"needs"} if self.schema_version == 1 else None
+        return (self.model_dump_json(indent=2, exclude_none=False, exclude=exclude) + "\n").encode()
+
+
+def check_needs(needs: dict[BackendName, list[str]], paths: set[str], models: ModelFiles,
+                golden: GoldenTest | None) -> None:
+    """A v2 `needs` table must let each node run and self-test: every list names listed files only, holds
+    the CPU model (the fallback every node can run) and the golden files, and its own backend's model."""
+    if "cpu" not in needs:
+        raise ValueError("needs must have a `cpu` list (the CPU model is every node's fallback)")
+    for backend, files in needs.items():
+        model = getattr(models, backend)
+        if model is None:
+            raise ValueError(f"needs lists files for {backend!r}, but `models` has no {backend} model")
+        if len(set(files)) != len(files):
+            raise ValueError(f"needs.{backend} lists a file twice")
+        unknown = [f for f in files if f not in paths]
+        if unknown:
+            raise ValueError(f"needs.{backend} refers to {unknown[0]!r}, which is not in its file list")
+        required = [models.cpu, model] + ([golden.input, golden.expected] if golden else [])
+        absent = [f for f in required if f not in files]
+        if absent:
+            raise ValueError(f"needs.{backend} lacks {absent[0]!r} (a node running {backend} needs it)")
+
+
+def default_needs(models: ModelFiles, golden: GoldenTest | None) -> dict[BackendName, list[str]]:
+    """What each backend's node fetches: its model, the CPU model (fallback) and the golden self-test files."""
+    shared = [models.cpu] + ([golden.input, golden.expected] if golden else [])
+    needs: dict[BackendName, list[str]] = {"cpu": shared}
+    if models.edgetpu is not None:
+        needs["edgetpu"] = [models.edgetpu, *shared]
+    return needs
+
+
+def with_schema(m: Manifest, schema_version: int) -> Manifest:
+    """`m` as schema 1 (no `needs`: nodes fetch every file) or 2 (its `needs`, else `default_needs`).
+    Validated again, so a `needs` table gone stale after an edit of `files` or `models` is an error."""
+    if schema_version not in SCHEMA_VERSIONS:
+        raise ValueError(f"manifest schema_version must be one of {SCHEMA_VERSIONS}, not {schema_version}")
+    data = m.model_dump(exclude={"needs"})
+    data["schema_version"] = schema_version
+    if schema_version == 2:
+        # The default lists, except where `m` has its own for a backend it still has a model for.
+        needs = default_needs(m.models, m.golden)
+        needs.update({k: v for k, v in (m.needs or {}).items() if getattr(m.models, k) is not None})
+        data["needs"] = needs
+    return Manifest.model_validate(data)

@@ -37,18 +37,31 @@ def parse_manifest(data: bytes) -> Manifest:
         raise BundleError(f"manifest is invalid: {exc.error_count()} error(s): {exc.errors()[0]['msg']}") from exc
 
 
-def check_files(root: Path, manifest: Manifest) -> None:
-    """Every listed file exists with the declared size and sha256."""
+def check_files(root: Path, manifest: Manifest, complete: bool = True) -> frozenset[str]:
+    """Every file present has the declared size and sha256; returns the paths present.
+
+    `complete`: every listed file must be there (a bundle the builder publishes). Otherwise files may be
+    absent as long as the manifest says a node can run without them (`Manifest.runnable_with`: a v2
+    node fetches only its backend's files; a v1 bundle is always complete)."""
+    held: set[str] = set()
     for entry in manifest.files:
         p = root / entry.path
         if not p.is_file():
-            raise BundleError(f"{entry.path}: missing from bundle")
+            continue
         size = p.stat().st_size
         if size != entry.size:
             raise BundleError(f"{entry.path}: size {size} differs from manifest ({entry.size})")
         digest = sha256_file(p)
         if digest != entry.sha256:
             raise BundleError(f"{entry.path}: sha256 {digest[:12]}… differs from manifest ({entry.sha256[:12]}…)")
+        held.add(entry.path)
+    if len(held) < len(manifest.files) and (complete or not manifest.runnable_with(held)):
+        # Name what the smallest complete set (the CPU node's) misses first, else the first absent file.
+        cpu = manifest.needed_paths("cpu") or frozenset()
+        absent = [f.path for f in manifest.files if f.path not in held]
+        first = next((f for f in absent if f in cpu and not complete), absent[0])
+        raise BundleError(f"{first}: missing from bundle")
+    return frozenset(held)
 
 
 @dataclass(frozen=True)
@@ -56,13 +69,25 @@ class Bundle:
     root: Path
     manifest: Manifest
     manifest_bytes: bytes
+    held: frozenset[str] | None = None  # the listed files present and verified (None: not checked)
 
     def path(self, rel: str) -> Path:
         return self.root / rel
 
+    def has(self, rel: str) -> bool:
+        """Whether this copy holds file `rel` (a v2 node fetches only its backend's files)."""
+        return rel in self.held if self.held is not None else (self.root / rel).is_file()
+
+    def absent(self) -> list[str]:
+        """The listed files this copy does not hold (those the node did not download)."""
+        return [f.path for f in self.manifest.files if not self.has(f.path)]
+
     @classmethod
-    def load(cls, root: Path, keyring: Keyring | None = None, check: bool = True) -> Bundle:
-        """Load a bundle directory; with a keyring, verify the signature on the exact bytes first."""
+    def load(cls, root: Path, keyring: Keyring | None = None, check: bool = True, complete: bool = False) -> Bundle:
+        """Load a bundle directory; with a keyring, verify the signature on the exact bytes first.
+
+        `check`: sizes and sha256 of the files present, and enough of them for a node to run (`complete`:
+        every listed file, e.g. before publishing). See `check_files`."""
         root = Path(root)
         mpath = root / MANIFEST_NAME
         try:
@@ -73,9 +98,8 @@ class Bundle:
             sig = read_signature_file(root / SIGNATURE_NAME)
             keyring.verify_file(data, sig)  # before parsing: untrusted JSON is not interpreted
         manifest = parse_manifest(data)
-        if check:
-            check_files(root, manifest)
-        return cls(root, manifest, data)
+        held = check_files(root, manifest, complete) if check else None
+        return cls(root, manifest, data, held)
 
 
 def write_manifest(root: Path, manifest: Manifest, key: SigningKey | None = None) -> bytes:

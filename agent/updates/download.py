@@ -258,11 +258,14 @@ def download_bundle(
     limits: DownloadLimits,
     progress: ProgressFn | None = None,
     session: requests.Session | None = None,
+    files: list[FileEntry] | None = None,
 ) -> Path:
-    """Download every file of `manifest` into `staging` (resuming), plus the exact signed manifest.
+    """Download `files` (default: every file of `manifest`) into `staging` (resuming), plus the exact
+    signed manifest. A node passes `manifest.needed_files(its backend)`: a v2 manifest's list for it.
 
-    Returns `staging`, a complete bundle directory whose files match the manifest's sizes and digests.
+    Returns `staging`, a bundle directory whose downloaded files match the manifest's sizes and digests.
     """
+    entries = list(manifest.files) if files is None else files
     try:
         staging.mkdir(parents=True, exist_ok=True)
         # The manifest and signature come from the announcement, not the server: write the exact bytes.
@@ -270,7 +273,7 @@ def download_bundle(
         (staging / SIGNATURE_NAME).write_bytes(signature_json)
     except OSError as exc:
         raise DownloadError(describe_os_error(exc, "preparing the staging directory")) from None
-    total = manifest.total_size()
+    total = sum(e.size for e in entries)
     done = 0
 
     def tick(n: int) -> None:
@@ -283,7 +286,7 @@ def download_bundle(
     own = session is None
     sess = session or requests.Session()
     try:
-        for entry in manifest.files:
+        for entry in entries:
             dest = staging / entry.path
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)

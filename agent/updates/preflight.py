@@ -25,9 +25,11 @@ if TYPE_CHECKING:  # the child process needs none of the bundle machinery: keep 
 
 def preflight(bundle: Bundle, timeout: float = 60.0) -> None:
     """Raise ActivationFailed if a model file of `bundle` cannot be opened (and the CPU model run once)
-    by the TFLite runtime in a child process. The Edge TPU model is only parsed (the TPU is ours)."""
+    by the TFLite runtime in a child process. The Edge TPU model is only parsed (the TPU is ours), and only
+    when this node holds it (a v2 CPU node does not download it)."""
     m = bundle.manifest
-    checks = [(m.models.cpu, True)] + ([(m.models.edgetpu, False)] if m.models.edgetpu else [])
+    tpu = m.models.edgetpu
+    checks = [(m.models.cpu, True)] + ([(tpu, False)] if tpu and bundle.has(tpu) else [])
     for rel, allocate in checks:
         cmd = [sys.executable, "-m", "agent.updates.preflight", str(bundle.path(rel)), "1" if allocate else "0"]
         try:

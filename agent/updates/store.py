@@ -346,11 +346,14 @@ class ModelStore:
         for v in self.installed_versions():
             d = self.version_dir(v)
             size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
-            name = None
-            with contextlib.suppress(OSError, ValueError):
-                name = json.loads((d / "manifest.json").read_bytes()).get("name")
+            name, absent = None, []
+            with contextlib.suppress(OSError, ValueError, AttributeError, TypeError, KeyError):
+                doc = json.loads((d / "manifest.json").read_bytes())
+                name = doc.get("name")
+                # Files of a v2 manifest this node did not fetch (another backend's): listed, not missing.
+                absent = [f["path"] for f in doc.get("files", []) if not (d / str(f["path"])).is_file()]
             out.append({
-                "version": v, "name": name, "bytes": size,
+                "version": v, "name": name, "bytes": size, "not_fetched": absent,
                 "current": state.current is not None and state.current.version == v,
                 "previous": state.previous is not None and state.previous.version == v,
                 "committed": any(r.version == v for r in state.committed),

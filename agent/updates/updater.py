@@ -57,7 +57,7 @@ from agent.updates.store import (
     describe_os_error,
 )
 from agent.updates.switch import LoadEngine, SwapEngine
-from agent.updates.verify import authenticate, check_expiry, check_manifest
+from agent.updates.verify import authenticate, check_expiry, check_manifest, preferred_backend
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Updater(ManualControl):
         on_change: Callable[[], object] | None = None,
         agent_version: str = AGENT_VERSION,
         clock: ClockSource = clock_status,
+        backend: str | None = None,
     ) -> None:
         self.node = node
         self.groups = list(groups)
@@ -100,6 +101,7 @@ class Updater(ManualControl):
         self.publish = publish
         self.on_change = on_change
         self.agent_version = agent_version
+        self.backend = backend  # whose files a v2 manifest makes us fetch; None: the running engine's preference
         self.state = StoreState()
         self.engine = None
         self.bundle = None
@@ -272,7 +274,11 @@ class Updater(ManualControl):
     def _check_undated(self, m: Manifest) -> None:
         check_manifest(m, node=self.node, groups=self.groups, state=self.state,
                        max_bundle_bytes=self.cfg.max_bundle_bytes, agent_version=self.agent_version,
-                       require_expires=self.cfg.require_expires)
+                       require_expires=self.cfg.require_expires, backend=self.fetch_backend())
+
+    def fetch_backend(self) -> str | None:
+        """The backend whose `needs` list this node fetches (see agent.updates.verify.preferred_backend)."""
+        return self.backend or preferred_backend(self.engine)
 
     def verify(self, payload: bytes) -> tuple[Announcement, Manifest]:
         ann, m = self.authenticate(payload)
@@ -341,7 +347,8 @@ class Updater(ManualControl):
         return True
 
     def _download(self, ann: Announcement, m: Manifest) -> Path:
-        need = m.total_size() + self.cfg.min_free_bytes
+        files = m.needed_files(self.fetch_backend())  # v1: every file; v2: this backend's list
+        need = sum(f.size for f in files) + self.cfg.min_free_bytes
         try:
             self.store.ensure_dirs()
             free = shutil.disk_usage(self.store.root).free
@@ -371,7 +378,7 @@ class Updater(ManualControl):
         limits = DownloadLimits(self.cfg.connect_timeout_s, self.cfg.read_timeout_s, self.cfg.total_timeout_s,
                                 self.cfg.download_retries)
         try:
-            download_bundle(ann.base_url, m, ann.manifest_bytes(), sig, staging, limits, progress)
+            download_bundle(ann.base_url, m, ann.manifest_bytes(), sig, staging, limits, progress, files=files)
         except DownloadError as exc:
             raise UpdateFailed(f"download failed: {exc}") from None
         try:

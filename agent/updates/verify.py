@@ -48,9 +48,10 @@ def authenticate(payload: bytes, keyring: Keyring) -> tuple[Announcement, Manife
 
 
 def check_manifest(m: Manifest, *, node: str, groups: list[str], state: StoreState, max_bundle_bytes: int,
-                   agent_version: str, require_expires: bool = False) -> None:
+                   agent_version: str, require_expires: bool = False, backend: str | None = None) -> None:
     """The policy checks on an authenticated manifest that need no clock; raise UpdateRejected.
 
+    Sizes count the files this node fetches (`m.needed_files(backend)`: all of them for a v1 manifest).
     The expiry itself is judged by `check_expiry`, once the clock can be trusted (see ClockGate)."""
     if not m.target.matches(node, groups):
         raise UpdateRejected(f"manifest targets {m.target}, not this node ({node}, groups {groups})")
@@ -63,13 +64,32 @@ def check_manifest(m: Manifest, *, node: str, groups: list[str], state: StoreSta
         )
     if version_tuple(agent_version) < version_tuple(m.min_agent_version):
         raise UpdateRejected(f"needs agent {m.min_agent_version}, this node runs {agent_version}")
-    too_big = [f for f in m.files if f.size > max_bundle_bytes]
-    if too_big or m.total_size() > max_bundle_bytes:
+    fetched = m.needed_files(backend)
+    total = sum(f.size for f in fetched)
+    too_big = [f for f in fetched if f.size > max_bundle_bytes]
+    if too_big or total > max_bundle_bytes:
         what = too_big[0].path if too_big else "bundle"
-        size = too_big[0].size if too_big else m.total_size()
+        size = too_big[0].size if too_big else total
         raise UpdateRejected(f"{what} declares {size} bytes, over the limit of {max_bundle_bytes}")
     if state.pinned is not None:
         raise UpdateRejected(f"node is pinned to v{state.pinned}; send `pin` without a version to unpin")
+
+
+def preferred_backend(engine: object) -> str | None:
+    """The backend a node prefers, from its running engine's config: "edgetpu" when it is set to use an
+    Edge TPU (even while degraded to the CPU: the TPU may come back), "cpu" when it runs the CPU only, None
+    when unknown (no engine yet, or one without a config: fetch every file, never too few).
+
+    Config, not the hardware of the moment: a TPU unplugged at download time must not leave the node
+    without the TPU model once it is back; the CPU fallback is in the Edge TPU list anyway."""
+    cfg = getattr(engine, "cfg", None)
+    if cfg is None:  # a TPU pool: its members carry the config
+        cfg = getattr(next(iter(getattr(engine, "members", None) or []), None), "cfg", None)
+    preferred = getattr(getattr(cfg, "backend", None), "preferred", None)
+    if not callable(preferred):
+        return None
+    accel = preferred()
+    return (str(getattr(accel, "type", "")) or None) if accel is not None else "cpu"
 
 
 def check_expiry(m: Manifest, now: datetime | None = None) -> None:
@@ -78,4 +98,4 @@ def check_expiry(m: Manifest, now: datetime | None = None) -> None:
         raise UpdateRejected(f"manifest expired at {m.expires.isoformat() if m.expires else '?'}")
 
 
-__all__ = ["authenticate", "check_expiry", "check_manifest", "version_tuple"]
+__all__ = ["authenticate", "check_expiry", "check_manifest", "preferred_backend", "version_tuple"]

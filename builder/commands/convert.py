@@ -45,6 +45,9 @@ def register(sub: SubParsers) -> None:
                    help="accept an Edge TPU compile that leaves ops on the CPU")
     p.add_argument("--no-compile", dest="compile_edgetpu", action="store_false",
                    help="do not run edgetpu_compiler even when present")
+    p.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,
+                   help="manifest schema: 2 (default) lists each backend's files so a node fetches only what it "
+                   "runs; 1 for agents older than schema 2 (every node fetches every file)")
     p.set_defaults(func=_run)
 
 
@@ -54,7 +57,12 @@ def _run(args: argparse.Namespace) -> int:
     # The flags' dest names are ConvertOptions' field names.
     opts = ConvertOptions(**{k: v for k, v in vars(args).items() if k in ConvertOptions.model_fields})
     try:
-        run_conversion(opts)
+        out = run_conversion(opts)
+        if args.manifest_version != 2:  # the builder writes schema 2; rewrite (and re-sign) for old agents
+            from agent.security.signing import SigningKey
+            from builder.convert.bundle import set_schema
+
+            set_schema(out, args.manifest_version, SigningKey.load(opts.key) if opts.key else None)
     except ConvertError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -35,6 +35,9 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--key", type=Path, required=True, help="private signing key (edge-builder keygen)")
     p.add_argument("--expires-days", type=float, default=30.0, metavar="N",
                    help="the manifest expires N days from now (default 30); re-publish or --refresh before that")
+    p.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,
+                   help="manifest schema: 2 (default) lists each backend's files so a node fetches only what it "
+                   "runs; 1 for agents older than schema 2 (they refuse 2; every node fetches every file)")
     p.add_argument("--refresh", action="store_true",
                    help="re-sign the retained announcement of --target with a new expiry (needs the key that "
                    "signed it); --upload DIR also rewrites the server's copy of its manifest")
@@ -67,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         res = publish_bundle(args.bundle, args.broker, target, args.key, http_base=args.http_base,
                              upload_dir=args.upload, prefix=args.prefix or DEFAULT_PREFIX,
                              username=args.username, password=args.password, ca_file=args.ca,
-                             expires_days=args.expires_days)
+                             expires_days=args.expires_days, manifest_version=args.manifest_version)
     except (PublishError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -10,8 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from agent.protocol.manifest import GoldenTest, Manifest, ModelFiles, OutputLayout, TensorSpec, VariantMetrics
-from agent.security.bundle import file_entry, write_manifest
+from agent.protocol.manifest import (
+    SCHEMA_VERSION,
+    SIGNATURE_NAME,
+    GoldenTest,
+    Manifest,
+    ModelFiles,
+    OutputLayout,
+    TensorSpec,
+    VariantMetrics,
+    with_schema,
+)
+from agent.security.bundle import Bundle, file_entry, write_manifest
 from agent.security.signing import SigningKey
 from builder.convert.measure import Evaluation
 from builder.convert.options import ConvertOptions
@@ -77,7 +87,8 @@ def manifest_stage(
     opts: ConvertOptions, prep: Prepared, golden: Golden, evaluation: Evaluation, staging: Path,
     signing_key: SigningKey | None,
 ) -> Manifest:
-    """manifest.json over every file in staging (and manifest.sig when a key is given)."""
+    """manifest.json over every file in staging (and manifest.sig when a key is given), schema 2: each
+    backend's `needs` list (its model, the CPU fallback, the golden files) lets nodes skip the rest."""
     metrics = {
         k: VariantMetrics(map50_95=e.get("map50_95"), map50=e.get("map50"), latency_ms=e.get("latency_ms"),
                           size_bytes=e.get("size_bytes"), images=e.get("images"))
@@ -101,7 +112,20 @@ def manifest_stage(
         metrics=metrics,
         golden=GoldenTest(input="golden_input.npy", expected="golden_expected.npy", model="cpu"),
     )
+    manifest = with_schema(manifest, SCHEMA_VERSION)
     write_manifest(staging, manifest, signing_key)
+    return manifest
+
+
+def set_schema(bundle_dir: Path, schema_version: int, key: SigningKey | None) -> Manifest:
+    """Rewrite a finished bundle's manifest as schema `schema_version` (1: for agents older than schema 2),
+    signed again with `key`; without a key a signature of the old bytes would be wrong, so it goes."""
+    bundle = Bundle.load(bundle_dir, complete=True)
+    manifest = with_schema(bundle.manifest, schema_version)
+    if manifest.to_bytes() != bundle.manifest_bytes:
+        if key is None:
+            (Path(bundle_dir) / SIGNATURE_NAME).unlink(missing_ok=True)
+        write_manifest(Path(bundle_dir), manifest, key)
     return manifest
 
 

@@ -5,6 +5,8 @@ group B's topic): publishing re-targets the manifest and signs the new bytes wit
 The announcement carries those exact bytes; nodes never fetch manifest.json from the server.
 Every published manifest expires (default 30 days, TUF's freshness rule: a frozen or replayed old
 announcement dies by itself); `refresh_announcement` re-signs the live one with a later expiry.
+The manifest is published as schema 2 (per-backend `needs`: nodes fetch only their files) unless
+`manifest_version=1` is asked for, for fleets with agents older than schema 2 (they fetch every file).
 Light on purpose (stdlib, paho, agent.*): importable without torch or TensorFlow.
 """
 
@@ -22,7 +24,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
-from agent.protocol.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, Target
+from agent.protocol.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    SIGNATURE_NAME,
+    Manifest,
+    Target,
+    with_schema,
+)
 from agent.protocol.messages import Announcement
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
 from agent.security.bundle import Bundle, BundleError, parse_manifest
@@ -52,14 +61,21 @@ def expiry(days: float) -> datetime:
     return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
 
 
-def prepare(bundle_dir: Path, target: Target, key: SigningKey,
-            expires_days: float = DEFAULT_EXPIRES_DAYS) -> tuple[Bundle, bytes, bytes]:
-    """Check every file of the bundle, set its target and expiry, sign. Returns (bundle, manifest, sig json)."""
+def prepare(bundle_dir: Path, target: Target, key: SigningKey, expires_days: float = DEFAULT_EXPIRES_DAYS,
+            manifest_version: int = SCHEMA_VERSION) -> tuple[Bundle, bytes, bytes]:
+    """Check every file of the bundle, set its target, expiry and schema version, sign.
+    Returns (bundle, manifest bytes, signature json)."""
     try:
-        bundle = Bundle.load(Path(bundle_dir))  # sizes and sha256 of every file, before we vouch for it
+        # Sizes and sha256 of every file, before we vouch for it: a published bundle is complete.
+        bundle = Bundle.load(Path(bundle_dir), complete=True)
     except BundleError as exc:
         raise PublishError(f"bundle {bundle_dir}: {exc}") from None
     manifest = bundle.manifest.model_copy(update={"target": target, "expires": expiry(expires_days)})
+    try:
+        manifest = with_schema(manifest, manifest_version)
+    except ValueError as exc:
+        raise PublishError(f"bundle {bundle_dir}: cannot write a schema {manifest_version} manifest: "
+                           f"{str(exc).splitlines()[0]}") from None
     data = manifest.to_bytes()
     sig = key.signature_file(data).model_dump_json(indent=2).encode()
     return bundle, data, sig
@@ -177,8 +193,9 @@ def publish_bundle(
     password: str | None = None,
     ca_file: Path | None = None,
     expires_days: float = DEFAULT_EXPIRES_DAYS,
+    manifest_version: int = SCHEMA_VERSION,
 ) -> PublishResult:
-    """The whole `edge-builder publish`.
+    """The whole `edge-builder publish` (`manifest_version=1` for nodes older than manifest schema 2).
 
     http_base alone: the URL where the bundle directory is already served.
     upload_dir (+ http_base): copy into upload_dir/<name>/<version>/; http_base is the URL serving upload_dir.
@@ -186,7 +203,7 @@ def publish_bundle(
     if http_base is None:
         raise PublishError("--http-base is required: the URL nodes fetch files from (of the bundle, or of --upload DIR)")
     key = _load_key(key_path)
-    bundle, data, sig = prepare(bundle_dir, target, key, expires_days)
+    bundle, data, sig = prepare(bundle_dir, target, key, expires_days, manifest_version)
     m = bundle.manifest
     uploaded = None
     base_url = http_base.rstrip("/") + "/"

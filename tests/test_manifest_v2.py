@@ -1,0 +1,295 @@
+"""Manifest schema 2: nodes download only what they run (docs/UPDATES.md, "What a node downloads").
+
+Schema 1 still parses byte for byte and still refuses unknown keys; schema 2 adds `needs`, the files each
+backend's node fetches, covered by the signature like every other byte. A CPU node running the real daemon
+asks the real HTTP server for its list only; a schema 1 announcement from the builder still updates it; a
+node whose store holds schema 1 bundles and state (an old agent's) keeps running them after the upgrade,
+then takes a schema 2 update, rolls back to and pins stored versions, and rebuilds a lost state from a
+store holding a partial (CPU-only) version.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from helpers import wait_for
+from helpers_updates import NodeHarness, Watcher, make_variant, write_video
+
+from agent.inference.config import BackendConfig
+from agent.protocol.manifest import Manifest, with_schema
+from agent.security.bundle import Bundle, BundleError, file_entry, parse_manifest, write_manifest
+from agent.security.signing import Keyring, SignatureError, SigningKey
+from agent.updates.errors import UpdateRejected
+from agent.updates.verify import authenticate, preferred_backend
+from builder.convert.bundle import set_schema
+from builder.fleet.publish import make_announcement, prepare, publish_bundle
+
+CPU_LIST = {"model_quant.tflite", "golden_input.npy", "golden_expected.npy"}
+FINAL = {"committed", "rolled_back", "failed", "rejected"}
+
+
+def _doc(m: Manifest) -> dict[str, Any]:
+    return json.loads(m.to_bytes())
+
+
+def _refused(doc: dict[str, Any], match: str) -> None:
+    with pytest.raises(BundleError, match=match):
+        parse_manifest(json.dumps(doc).encode())
+
+
+@pytest.fixture
+def tpu_bundle(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path, coral_data: Path) -> Path:
+    """The trained bundle plus a compiled Edge TPU model (Google's, as no edgetpu_compiler runs here), v1."""
+    root = tmp_path / "tpu-bundle"
+    shutil.copytree(trained_bundle, root)
+    shutil.copy(coral_data / "mobilenet_v1_0.25_128_quant_edgetpu.tflite", root / "model_edgetpu.tflite")
+    m = Bundle.load(root, check=False).manifest
+    files = [*m.files, file_entry(root, "model_edgetpu.tflite")]
+    models = m.models.model_copy(update={"edgetpu": "model_edgetpu.tflite"})
+    write_manifest(root, m.model_copy(update={"files": files, "models": models}), SigningKey.load(trained_bundle_key))
+    return root
+
+
+# -- the schema ------------------------------------------------------------------------------------
+def test_v1_parses_and_is_rewritten_byte_for_byte(trained_bundle: Path) -> None:
+    b = Bundle.load(trained_bundle)
+    assert b.manifest.schema_version == 1 and b.manifest.needs is None
+    assert b.manifest.to_bytes() == b.manifest_bytes  # an old builder's bytes: no `needs: null` added
+    v2 = with_schema(b.manifest, 2)
+    assert with_schema(v2, 1).to_bytes() == b.manifest_bytes  # the builder's v1 is what old nodes read
+    assert b.manifest.needed_files("cpu") == b.manifest.files  # v1: every node fetches every file
+
+
+def test_v2_parses_with_each_backends_files(tpu_bundle: Path) -> None:
+    m = parse_manifest(with_schema(Bundle.load(tpu_bundle).manifest, 2).to_bytes())
+    assert m.schema_version == 2
+    assert m.needs == {"cpu": ["model_quant.tflite", "golden_input.npy", "golden_expected.npy"],
+                       "edgetpu": ["model_edgetpu.tflite", "model_quant.tflite", "golden_input.npy",
+                                   "golden_expected.npy"]}
+    assert {f.path for f in m.needed_files("cpu")} == CPU_LIST
+    assert {f.path for f in m.needed_files("edgetpu")} == CPU_LIST | {"model_edgetpu.tflite"}
+    assert len(m.needed_files(None)) == len(m.files)  # backend unknown: every file, never too few
+
+
+def test_unknown_keys_refused_in_both_schemas(trained_bundle: Path) -> None:
+    m1 = Bundle.load(trained_bundle).manifest
+    doc = _doc(m1)
+    _refused({**doc, "needs": {"cpu": ["model_quant.tflite"]}}, "not permitted in schema_version 1")
+    _refused({**doc, "needs": None}, "not permitted in schema_version 1")
+    _refused({**doc, "shiny": 1}, "Extra inputs are not permitted")
+    v2 = _doc(with_schema(m1, 2))
+    _refused({**v2, "shiny": 1}, "Extra inputs are not permitted")
+    _refused({**v2, "schema_version": 3}, "Input should be 1 or 2")
+    _refused({k: v for k, v in v2.items() if k != "needs"}, "requires `needs`")
+    _refused({**v2, "needs": {"cpu": [*v2["needs"]["cpu"], "nowhere.bin"]}}, "not in its file list")
+    _refused({**v2, "needs": {"cpu": ["model_quant.tflite", "golden_input.npy"]}}, "lacks 'golden_expected.npy'")
+    _refused({**v2, "needs": {"edgetpu": v2["needs"]["cpu"]}}, "must have a `cpu` list")
+    _refused({**v2, "needs": {**v2["needs"], "edgetpu": v2["needs"]["cpu"]}}, "has no edgetpu model")
+
+
+def test_tpu_node_file_selection(tpu_bundle: Path) -> None:
+    m = with_schema(Bundle.load(tpu_bundle).manifest, 2)
+    tpu, cpu = SimpleNamespace(cfg=SimpleNamespace(backend=BackendConfig(prefer="edgetpu"))), \
+        SimpleNamespace(cfg=SimpleNamespace(backend=BackendConfig(prefer="cpu")))
+    assert preferred_backend(tpu) == "edgetpu" and preferred_backend(cpu) == "cpu"
+    assert preferred_backend(SimpleNamespace(members=[tpu])) == "edgetpu"  # a TPU pool
+    assert preferred_backend(None) is None
+    off = BackendConfig(prefer="edgetpu", detectors={"edgetpu": {"enabled": False}})
+    assert preferred_backend(SimpleNamespace(cfg=SimpleNamespace(backend=off))) == "cpu"
+    fetched = {f.path for f in m.needed_files(preferred_backend(tpu))}
+    assert fetched == CPU_LIST | {"model_edgetpu.tflite"}  # its model + the CPU fallback + the golden files
+    assert not fetched & {"model_cpu.tflite", "model_dynamic.tflite", "report.json", "report.md"}
+    # A bundle without a TPU model: a TPU node fetches the CPU list (it will run the CPU model).
+    cpu_only = with_schema(m.model_copy(update={"models": m.models.model_copy(update={"edgetpu": None}),
+                                                "needs": None}), 2)
+    assert {f.path for f in cpu_only.needed_files("edgetpu")} == CPU_LIST
+
+
+def test_tampered_needs_fail_the_signature(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path,
+                                           trained_bundle_keys: Path) -> None:
+    key = SigningKey.load(trained_bundle_key)
+    ring = Keyring.load(trained_bundle_keys)
+    _, data, sig = prepare(trained_bundle, Bundle.load(trained_bundle).manifest.target, key)
+    ann = make_announcement(data, key, "http://127.0.0.1:1/")
+    assert authenticate(ann.model_dump_json().encode(), ring)[1].schema_version == 2
+    doc = json.loads(data)
+    doc["needs"]["cpu"] = [p for p in doc["needs"]["cpu"] if p != "golden_expected.npy"] + ["golden_expected.npy"]
+    doc["needs"]["cpu"].reverse()  # still a valid table, other bytes
+    forged = ann.model_copy(update={"manifest_b64": base64.b64encode(json.dumps(doc, indent=2).encode()).decode()})
+    with pytest.raises(UpdateRejected, match="signature"):
+        authenticate(forged.model_dump_json().encode(), ring)
+    # On disk too: a stored v2 bundle whose list was edited does not load.
+    root = tmp_path / "b"
+    shutil.copytree(trained_bundle, root)
+    (root / "manifest.json").write_bytes(data)
+    (root / "manifest.sig").write_bytes(sig)
+    assert Bundle.load(root, ring).manifest.schema_version == 2
+    (root / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    with pytest.raises(SignatureError):
+        Bundle.load(root, ring)
+
+
+def test_partial_bundle_checks(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path,
+                               trained_bundle_keys: Path) -> None:
+    ring = Keyring.load(trained_bundle_keys)
+    root = tmp_path / "b"
+    shutil.copytree(trained_bundle, root)
+    set_schema(root, 2, SigningKey.load(trained_bundle_key))
+    full = Bundle.load(root, ring, complete=True)
+    not_needed = {f.path for f in full.manifest.files} - CPU_LIST
+    (root / "model_cpu.tflite").write_bytes(b"tampered")  # a file present must still match
+    with pytest.raises(BundleError, match="model_cpu.tflite: size"):
+        Bundle.load(root, ring)
+    for rel in not_needed:
+        (root / rel).unlink()
+    b = Bundle.load(root, ring)  # what a v2 CPU node holds: complete for the CPU
+    assert b.held == CPU_LIST and sorted(b.absent()) == sorted(not_needed) and b.has("model_quant.tflite")
+    with pytest.raises(BundleError, match="missing from bundle"):
+        Bundle.load(root, ring, complete=True)  # what the builder publishes is always complete
+    (root / "golden_expected.npy").unlink()
+    with pytest.raises(BundleError, match="golden_expected.npy: missing from bundle"):
+        Bundle.load(root, ring)
+    # A v1 bundle has no lists: every file is needed.
+    v1 = tmp_path / "v1"
+    shutil.copytree(trained_bundle, v1)
+    (v1 / "report.md").unlink()
+    with pytest.raises(BundleError, match="report.md: missing from bundle"):
+        Bundle.load(v1, ring)
+
+
+def test_builder_writes_v2_by_default_and_v1_on_request(tmp_path: Path, trained_bundle: Path,
+                                                        trained_bundle_key: Path, trained_bundle_keys: Path) -> None:
+    key, ring = SigningKey.load(trained_bundle_key), Keyring.load(trained_bundle_keys)
+    target = Bundle.load(trained_bundle).manifest.target
+    assert parse_manifest(prepare(trained_bundle, target, key)[1]).schema_version == 2
+    data = prepare(trained_bundle, target, key, manifest_version=1)[1]
+    assert parse_manifest(data).schema_version == 1 and b'"needs"' not in data
+    root = tmp_path / "b"
+    shutil.copytree(trained_bundle, root)
+    assert set_schema(root, 2, key).schema_version == 2 and Bundle.load(root, ring).manifest.needs
+    assert set_schema(root, 1, key).schema_version == 1
+    assert (root / "manifest.json").read_bytes() == (trained_bundle / "manifest.json").read_bytes()
+    Bundle.load(root, ring)
+
+
+# -- nodes -----------------------------------------------------------------------------------------
+def _fetched(http: Any, version: int) -> set[str]:
+    """The files the HTTP server was asked for under .../<version>/."""
+    return {r[1].rsplit("/", 1)[1] for r in http.requests if r[0] == "GET" and f"/{version}/" in r[1]}
+
+
+@pytest.fixture
+def cpu_daemon(tmp_path: Path, mqtt_broker: Any, trained_bundle: Path, trained_bundle_keys: Path) -> Iterator[Any]:
+    from agent.config import AgentConfig
+    from agent.service.daemon import AgentService
+    from builder.data.synth import make_video
+
+    video = tmp_path / "scene.avi"
+    make_video(video, n_frames=40, size=(320, 240), fps=15,
+               classes=Bundle.load(trained_bundle).manifest.class_names, seed=5)
+    cfg = AgentConfig(
+        node_id="cam-1", topic_prefix="edgefleet", broker={"url": mqtt_broker.url},
+        camera={"source": str(video), "loop": True, "realtime": True}, backend={"prefer": "cpu"},
+        state_dir=tmp_path / "state", trusted_keys_dir=trained_bundle_keys, bundle=trained_bundle,
+        updates={"trial_frames": 10, "trial_seconds": 5, "clock_sync": "off"},
+    )
+    svc = AgentService(cfg)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def test_cpu_daemon_fetches_only_its_files_and_still_takes_v1(cpu_daemon: Any, mqtt_broker: Any, http_server: Any,
+                                                             trained_bundle: Path, trained_bundle_key: Path,
+                                                             tmp_path: Path) -> None:
+    m1 = Bundle.load(trained_bundle).manifest
+    watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
+    try:
+        assert wait_for(lambda: cpu_daemon.updater is not None and cpu_daemon.updater.engine is not None, 30)
+
+        def ship(version: int, schema: int) -> dict[str, Any]:
+            b = make_variant(trained_bundle, tmp_path / f"v{version}", trained_bundle_key, version)
+            mark = watcher.mark()
+            publish_bundle(b, mqtt_broker.url, m1.target, trained_bundle_key, http_base=http_server.base_url,
+                           upload_dir=http_server.root, manifest_version=schema)
+            return watcher.wait_update(FINAL, mark, version=version, timeout=90)
+
+        v2, v3 = m1.version + 1, m1.version + 2
+        st = ship(v2, 2)
+        assert st["state"] == "committed", st
+        assert _fetched(http_server, v2) == CPU_LIST  # not model_cpu, model_dynamic, the reports
+        st = ship(v3, 1)  # `--manifest-version 1`, for old nodes: a new node takes it too, fetching every file
+        assert st["state"] == "committed", st
+        assert _fetched(http_server, v3) == {f.path for f in m1.files}
+        versions = {v["version"]: v for v in cpu_daemon.updater.inventory()["versions"]}
+        assert set(versions[v2]["not_fetched"]) == {f.path for f in m1.files} - CPU_LIST
+        assert versions[v3]["not_fetched"] == []
+    finally:
+        watcher.close()
+
+
+def test_stored_v1_state_survives_the_upgrade(tmp_path: Path, mqtt_broker: Any, http_server: Any,
+                                              trained_bundle: Path, trained_bundle_key: Path,
+                                              trained_bundle_keys: Path) -> None:
+    """An old node (every file of v1 manifests) → the upgraded agent on the same store: runs it, takes v2."""
+    m1 = Bundle.load(trained_bundle).manifest
+    video = write_video(tmp_path / "scene.avi")
+    watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
+
+    def node(initial: Path | None) -> NodeHarness:
+        return NodeHarness(state_dir=tmp_path / "state", keys_dir=trained_bundle_keys, broker_host=mqtt_broker.host,
+                           broker_port=mqtt_broker.port, video=video, initial_bundle=initial).start()
+
+    def ship(version: int, schema: int) -> dict[str, Any]:
+        b = make_variant(trained_bundle, tmp_path / f"v{version}", trained_bundle_key, version)
+        mark = watcher.mark()
+        publish_bundle(b, mqtt_broker.url, m1.target, trained_bundle_key, http_base=http_server.base_url,
+                       upload_dir=http_server.root, manifest_version=schema)
+        return watcher.wait_update(FINAL, mark, version=version, timeout=90)
+
+    old, new = m1.version + 1, m1.version + 2
+    try:
+        h = node(trained_bundle)
+        try:
+            assert ship(old, 1)["state"] == "committed"
+        finally:
+            h.stop()
+        state_before = json.loads((tmp_path / "state" / "models" / "state.json").read_bytes())
+        assert state_before["current"]["version"] == old
+
+        h = node(None)  # the upgraded agent, same store, no seed bundle
+        try:
+            assert h.updater.state.current is not None and h.updater.state.current.version == old
+            assert h.updater.state.high_water == state_before["high_water"]
+            h.loop.wait_frames(5)
+            assert h.loop.seen_versions == [old]
+            h.updater.backend = "cpu"  # the harness's engine carries no backend config
+            assert ship(new, 2)["state"] == "committed"
+            assert _fetched(http_server, new) == CPU_LIST
+            for cmd, version in (({"command": "rollback"}, old), ({"command": "pin", "version": new}, new)):
+                res = watcher.command(h.node, cmd, timeout=60)
+                assert res["ok"], res
+                assert wait_for(lambda v=version: h.loop.engine.model_version == v, 20)
+        finally:
+            h.stop()
+        (tmp_path / "state" / "models" / "state.json").unlink()  # lost: rebuilt from the (partial) bundles
+        h = node(None)
+        try:
+            assert h.updater.state.current is not None and h.updater.state.current.version == new
+            assert {r.version for r in h.updater.state.committed} == {old, new}
+            quarantine = tmp_path / "state" / "models" / "quarantine"
+            assert not quarantine.exists() or not any(quarantine.iterdir())
+            time.sleep(0.2)
+            assert h.loop.engine.model_version == new
+        finally:
+            h.stop()
+    finally:
+        watcher.close()
