@@ -186,6 +186,16 @@ def _fetched(http: Any, version: int) -> set[str]:
     return {r[1].rsplit("/", 1)[1] for r in http.requests if r[0] == "GET" and f"/{version}/" in r[1]}
 
 
+def _ship(watcher: Watcher, broker: Any, http: Any, bundle: Path, key: Path, tmp_path: Path, version: int,
+          schema: int) -> dict[str, Any]:
+    """Publish a copy of `bundle` as `version` with a schema `schema` manifest; the node's final status."""
+    b = make_variant(bundle, tmp_path / f"v{version}", key, version)
+    mark = watcher.mark()
+    publish_bundle(b, broker.url, Bundle.load(bundle).manifest.target, key, http_base=http.base_url,
+                   upload_dir=http.root, manifest_version=schema)
+    return watcher.wait_update(FINAL, mark, version=version, timeout=90)
+
+
 @pytest.fixture
 def cpu_daemon(tmp_path: Path, mqtt_broker: Any, trained_bundle: Path, trained_bundle_keys: Path) -> Iterator[Any]:
     from agent.config import AgentConfig
@@ -216,11 +226,8 @@ def test_cpu_daemon_fetches_only_its_files_and_still_takes_v1(cpu_daemon: Any, m
         assert wait_for(lambda: cpu_daemon.updater is not None and cpu_daemon.updater.engine is not None, 30)
 
         def ship(version: int, schema: int) -> dict[str, Any]:
-            b = make_variant(trained_bundle, tmp_path / f"v{version}", trained_bundle_key, version)
-            mark = watcher.mark()
-            publish_bundle(b, mqtt_broker.url, m1.target, trained_bundle_key, http_base=http_server.base_url,
-                           upload_dir=http_server.root, manifest_version=schema)
-            return watcher.wait_update(FINAL, mark, version=version, timeout=90)
+            return _ship(watcher, mqtt_broker, http_server, trained_bundle, trained_bundle_key, tmp_path, version,
+                         schema)
 
         v2, v3 = m1.version + 1, m1.version + 2
         st = ship(v2, 2)
@@ -249,11 +256,7 @@ def test_stored_v1_state_survives_the_upgrade(tmp_path: Path, mqtt_broker: Any, 
                            broker_port=mqtt_broker.port, video=video, initial_bundle=initial).start()
 
     def ship(version: int, schema: int) -> dict[str, Any]:
-        b = make_variant(trained_bundle, tmp_path / f"v{version}", trained_bundle_key, version)
-        mark = watcher.mark()
-        publish_bundle(b, mqtt_broker.url, m1.target, trained_bundle_key, http_base=http_server.base_url,
-                       upload_dir=http_server.root, manifest_version=schema)
-        return watcher.wait_update(FINAL, mark, version=version, timeout=90)
+        return _ship(watcher, mqtt_broker, http_server, trained_bundle, trained_bundle_key, tmp_path, version, schema)
 
     old, new = m1.version + 1, m1.version + 2
     try:
