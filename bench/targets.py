@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MISSED = 3  # exit status of a benchmark that ran to the end and missed a target
+SHADOW_MAX_LOSS = 0.10  # issue 15: a shadow run (>= 1 frame/s) costs the live pipeline at most this share of its FPS
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "builder.commands.rollout",
     "builder.commands.collect",
     "builder.commands.harvest",
+    "builder.commands.shadow",
 ]
 
 

@@ -256,3 +256,22 @@ def test_untrusted_candidate_refused_live_keeps_running_and_stop_frees_it(
     assert not (node.cfg.state_dir / "shadow" / "candidate").exists()
     frames = node.pipeline.counters.frames
     assert wait_for(lambda: node.pipeline.counters.frames >= frames + 5, 10)
+
+
+def test_builder_cli_start_status_stop(mqtt_broker: Any, http_server: Any, reports: Reports, node: AgentService,
+                                       trained_bundle: Path, trained_bundle_key: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from builder.cli import main
+
+    common = ["--node", "cam-1", "--broker", mqtt_broker.url, "--prefix", "shd"]
+    rc = main(["shadow", "start", str(trained_bundle), *common, "--key", str(trained_bundle_key),
+               "--http-base", http_server.base_url, "--upload", str(http_server.root), "--rate", "10",
+               "--frames", "5", "--id", "cli", "--wait", "60"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "shadow run cli done" in out and "F1 1.000" in out, out
+    assert main(["shadow", "status", *common, "--json"]) == 0
+    rep = ShadowReport.model_validate_json(capsys.readouterr().out)
+    assert rep.request_id == "cli" and rep.state == ShadowState.DONE and rep.agreement and rep.agreement.frames >= 5
+    assert main(["shadow", "stop", *common]) == 0
+    assert wait_for(lambda: reports.last("cli", ShadowState.STOPPED), 10)
