@@ -194,8 +194,11 @@ class LocalEjabberd:
             return self
         raise AssertionError("unreachable")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (the VM runs init:stop, Mnesia closes its files), SIGKILL after `timeout`."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM (the VM runs init:stop, Mnesia closes its files: about 1 s), SIGKILL after `timeout`.
+
+        Stopped within a second or two of its first boot, while Mnesia is still committing the new schema, the
+        VM can take 13 s to wind down (mnesia_tm crashes, supervisors wait out their shutdown timeouts)."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
