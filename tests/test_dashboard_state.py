@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.protocol.manifest import Manifest, ModelFiles, OutputLayout, Target, TensorSpec
+from agent.protocol.manifest import Target
 from agent.protocol.messages import (
     Detection,
     DetectionsMessage,
@@ -19,9 +19,9 @@ from agent.protocol.messages import (
 )
 from agent.protocol.telemetry import CameraTelemetry, PowerInfo, StageLatency, Telemetry, Temperatures
 from agent.protocol.topics import Topics
-from agent.security.bundle import file_entry, write_manifest
 from agent.security.signing import SigningKey
 from builder.dashboard.bundles import find_bundles
+from builder.dashboard.loadgen import sim_bundle
 from builder.dashboard.state import FleetState, dumps
 from builder.dashboard.table import changes, format_table
 from builder.dashboard.telemetry_view import MalformedPayload, read_telemetry
@@ -60,15 +60,7 @@ def update_msg(node: str, version: int, state: UpdateState, progress: float | No
 
 def tiny_bundle(dst: Path, name: str, version: int, key: SigningKey | None = None) -> Path:
     """A well-formed, signed bundle whose model file is opaque bytes (the dashboard never loads models)."""
-    dst.mkdir(parents=True)
-    (dst / "model_cpu.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
-    m = Manifest(name=name, version=version, created=datetime.now(UTC),
-                 files=[file_entry(dst, "model_cpu.tflite")], models=ModelFiles(cpu="model_cpu.tflite"),
-                 input=TensorSpec(name="images", shape=[1, 160, 160, 3], dtype="uint8", scale=1 / 255, zero_point=0),
-                 outputs=[TensorSpec(name="out", shape=[1, 100, 7], dtype="float32")],
-                 class_names=["circle", "square", "triangle"], layout=OutputLayout(decoder="yolo_nas_raw", num_classes=3))
-    write_manifest(dst, m, key or SigningKey.generate())
-    return dst
+    return sim_bundle(dst, name, version, key)
 
 
 # ---- telemetry ----------------------------------------------------------------------------------------

@@ -1,35 +1,87 @@
 """A load generator of SIMULATED nodes for the dashboard's benchmark and tests. It measures nothing.
 
 Each simulated node speaks the real payload models on the real topic tree through a real broker: retained
-availability (with the `offline` last will), retained NodeState, periodic Telemetry and DetectionsMessage.
+availability (with the `offline` last will), retained NodeState, periodic Telemetry and DetectionsMessage. It answers an announcement (announce/all, its groups,
+announce/node/ID) as a real node reports one: retained UpdateStatus `downloading` → `trial` → `committed` and a
+retained NodeState running the new version, over `update_delay_s` (None, the default: it ignores announcements);
+it verifies no signature and loads no model.
 The figures in its telemetry are made up (so power is labelled `estimated`, source `loadgen`, and the agent
 version is `loadgen`); they exist only to give the dashboard something to draw and to time the page against.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import ValidationError
 
-from agent.protocol.messages import Detection, DetectionsMessage, ModelRef, NodeState, UpdateStatus
+from agent.protocol.manifest import Manifest, ModelFiles, OutputLayout, TensorSpec
+from agent.protocol.messages import (
+    Announcement,
+    Detection,
+    DetectionsMessage,
+    ModelRef,
+    NodeState,
+    UpdateState,
+    UpdateStatus,
+)
 from agent.protocol.telemetry import PowerInfo, Rates, StageLatency, Telemetry, Temperatures
 from agent.protocol.topics import Topics
+from agent.security.bundle import BundleError, file_entry, parse_manifest, write_manifest
+from agent.security.keys import SigningKey
 from builder.dashboard.link import make_client
 
 LOADGEN_VERSION = "loadgen"
 CLASSES = ("circle", "square", "triangle")
 
 
+class Later:
+    """One thread that runs callbacks at their time: a thousand simulated updates need not be a thousand timers."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def call(self, delay_s: float, fn: Callable[[], object]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), fn))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="loadgen-later", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                fn = heapq.heappop(self._heap)[2]
+            with contextlib.suppress(Exception):  # one simulated node's failure must not stop the others'
+                fn()
+
+
+LATER = Later()
+
+
 class SimNode:
     """One simulated node on its own MQTT connection (so its last will works like a real agent's)."""
 
     def __init__(self, broker_url: str, node_id: str, topics: Topics, groups: list[str] | None = None,
-                 model: ModelRef | None = None, backend: str = "cpu", seed: int = 0) -> None:
+                 model: ModelRef | None = None, backend: str = "cpu", seed: int = 0,
+                 update_delay_s: float | None = None) -> None:
         self.node_id = node_id
         self.topics = topics
         self.groups = groups or []
@@ -39,10 +91,48 @@ class SimNode:
         self.started = time.time()
         self.frame = 0
         self.stopped = False
+        self.update_delay_s = update_delay_s  # None: ignore announcements
+        self.updating: int | None = None  # the version being "installed"
         self.client, cfg = make_client(broker_url, f"sim-{node_id}")
         self.client.will_set(topics.availability(node_id), "offline", qos=1, retain=True)
+        if update_delay_s is not None:
+            self.client.on_connect = self._on_connect
+            self.client.on_message = self._on_announcement
         self.client.connect(cfg.host, cfg.port, keepalive=30)
         self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.subscribe([(t, 1) for t in self.topics.announce_subscriptions(self.node_id, self.groups)])
+
+    def _on_announcement(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:  # a withdrawn announcement
+            return
+        try:
+            m = parse_manifest(Announcement.model_validate_json(msg.payload).manifest_bytes())
+        except (ValidationError, ValueError, BundleError) as exc:
+            self.publish_update(UpdateState.REJECTED, None, None, f"announcement rejected: {str(exc)[:120]}")
+            return
+        if not m.target.matches(self.node_id, self.groups) or m.version <= max(self.model.version, self.updating or 0):
+            return  # not for this node, or not newer: a real node stays quiet too
+        self.updating = m.version
+        delay = self.update_delay_s or 0.0
+        self.publish_update(UpdateState.DOWNLOADING, m.name, m.version, progress=0.5)
+        LATER.call(delay / 2, lambda: self.publish_update(UpdateState.TRIAL, m.name, m.version))
+        LATER.call(delay, lambda: self._commit(ModelRef(name=m.name, version=m.version)))
+
+    def _commit(self, model: ModelRef) -> None:
+        if self.stopped:
+            return
+        previous, self.model = self.model, model
+        done = self.publish_update(UpdateState.COMMITTED, model.name, model.version)
+        self.publish_state(last_update=done, previous=previous)
+
+    def publish_update(self, state: UpdateState, name: str | None, version: int | None, reason: str | None = None,
+                       progress: float | None = None) -> UpdateStatus:
+        u = UpdateStatus(node=self.node_id, name=name, version=version, state=state, reason=reason, progress=progress,
+                         running_version=self.model.version)
+        self._pub(self.topics.update(self.node_id), u.model_dump_json(), retain=True, qos=1)
+        return u
 
     def _pub(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 0) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -51,10 +141,10 @@ class SimNode:
         self._pub(self.topics.availability(self.node_id), "online", retain=True, qos=1)
         self.publish_state()
 
-    def publish_state(self, last_update: UpdateStatus | None = None) -> None:
+    def publish_state(self, last_update: UpdateStatus | None = None, previous: ModelRef | None = None) -> None:
         st = NodeState(node=self.node_id, status="running", agent_version=LOADGEN_VERSION, backend=self.backend,
                        device="simulated", model=self.model, groups=self.groups, camera="simulated",
-                       last_update=last_update)
+                       last_update=last_update, previous_model=previous)
         self._pub(self.topics.state(self.node_id), st.model_dump_json(), retain=True, qos=1)
 
     def telemetry(self, interval_s: float = 1.0) -> Telemetry:
@@ -107,11 +197,11 @@ class SimFleet:
     """N simulated nodes publishing telemetry (and detections) every `interval_s` from one thread."""
 
     def __init__(self, broker_url: str, count: int, topics: Topics, interval_s: float = 1.0,
-                 detections: bool = True, prefix_id: str = "sim") -> None:
+                 detections: bool = True, prefix_id: str = "sim", update_delay_s: float | None = None) -> None:
         self.interval_s = interval_s
         self.detections = detections
-        self.nodes = [SimNode(broker_url, f"{prefix_id}-{i:03d}", topics, groups=[f"g{i % 3}"], seed=i)
-                      for i in range(count)]
+        self.nodes = [SimNode(broker_url, f"{prefix_id}-{i:03d}", topics, groups=[f"g{i % 3}"], seed=i,
+                              update_delay_s=update_delay_s) for i in range(count)]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rounds = 0
@@ -138,8 +228,29 @@ class SimFleet:
             self.rounds += 1
 
     def stop(self) -> None:
+        """Every node says `offline` first, then all disconnect: a thousand nodes stop in about a second."""
         self._stop.set()
         if self._thread:
             self._thread.join(5)
+        live = [n for n in self.nodes if not n.stopped and n.client.is_connected()]
+        for info in [n._pub(n.topics.availability(n.node_id), "offline", retain=True, qos=1) for n in live]:
+            info.wait_for_publish(5)
         for n in self.nodes:
-            n.stop()
+            n.stopped = True
+            n.client.disconnect()
+        for n in self.nodes:
+            n.client.loop_stop()
+
+
+def sim_bundle(dst: Path, name: str, version: int, key: SigningKey | None = None) -> Path:
+    """A well-formed, signed bundle whose model file is opaque bytes: what a rollout to simulated nodes (or the
+    dashboard, which never loads models) ships."""
+    dst.mkdir(parents=True)
+    (dst / "model_cpu.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    m = Manifest(name=name, version=version, created=datetime.now(UTC),
+                 files=[file_entry(dst, "model_cpu.tflite")], models=ModelFiles(cpu="model_cpu.tflite"),
+                 input=TensorSpec(name="images", shape=[1, 160, 160, 3], dtype="uint8", scale=1 / 255, zero_point=0),
+                 outputs=[TensorSpec(name="out", shape=[1, 100, 7], dtype="float32")],
+                 class_names=list(CLASSES), layout=OutputLayout(decoder="yolo_nas_raw", num_classes=len(CLASSES)))
+    write_manifest(dst, m, key or SigningKey.generate())
+    return dst
