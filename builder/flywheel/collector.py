@@ -27,7 +27,7 @@ from agent.protocol.topics import check_segment
 from builder.dashboard.auth import AccessPolicy
 from builder.flywheel import inbox
 from builder.flywheel.credentials import NodeCredentials
-from builder.flywheel.http_util import send_error, send_json
+from builder.flywheel.http_util import base_url, secure, send_error, send_json
 from builder.flywheel.review_http import ReviewRoutes
 
 log = logging.getLogger(__name__)
@@ -44,28 +44,20 @@ class Collector:
         self.root.mkdir(parents=True, exist_ok=True)
         self.credentials = NodeCredentials(self.root)
         self.max_body = max_body
-        self.httpd = _Server((host, port), _Handler)
-        self.httpd.collector = self
+        # The handler reaches this collector through a class attribute of its own subclass.
+        self.httpd = ThreadingHTTPServer((host, port), type("CollectorHandler", (_Handler,), {"c": self}))
+        self.httpd.daemon_threads = True
         self.tls = tls
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
-        self.access = access or AccessPolicy()
-        self.access.tls = tls is not None
-        self.access.listening(host, self.port)
+        self.port = int(self.httpd.server_address[1])
+        self.access = secure(self.httpd, tls, access or AccessPolicy(), host)
         self.review = ReviewRoutes(review_dataset, self.access) if review_dataset is not None else None
         self.counters = {"stored": 0, "duplicate": 0, "refused": 0}
         self.store_lock = threading.Lock()  # one store at a time: two retries of one frame must not race
         self._thread: threading.Thread | None = None
 
     @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    @property
     def url(self) -> str:
-        host = str(self.httpd.server_address[0])
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        return f"{'https' if self.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return base_url(self.httpd.server_address, self.tls is not None)
 
     def start(self) -> Collector:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="collector-http", daemon=True)
@@ -73,7 +65,7 @@ class Collector:
         return self
 
     def stop(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():  # shutdown() of an unserved server never returns
             self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -82,23 +74,13 @@ class Collector:
             self.counters[what] += 1
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    collector: Collector
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    c: Collector  # set by Collector on its subclass
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
-
-    @property
-    def c(self) -> Collector:
-        return self.server.collector
 
     def do_GET(self) -> None:
         if urlparse(self.path).path == "/healthz":

@@ -108,24 +108,29 @@ def add_frame(out: Path, meta: CaptureMeta, image_path: Path, labeler: Callable[
     return item
 
 
+def harvested_before(out: Path, fid: str) -> bool:
+    return any(sidecar(out, f"{split}/{fid}").exists() for split in SPLITS)
+
+
 def harvest(collected_dir: Path, out: Path, checkpoint: Path, conf: float = 0.25, val_fraction: float = 0.1,
             progress: Callable[[int, int], None] | None = None,
             labeler: PseudoLabeler | None = None) -> HarvestReport:
+    """Add every collected frame not harvested yet; the checkpoint is loaded only if there is one."""
     if not Path(collected_dir).is_dir():
         raise HarvestError(f"{collected_dir}: not a collector folder")
     if not Path(checkpoint).is_file():
         raise HarvestError(f"checkpoint {checkpoint} does not exist")
-    frames = collected(Path(collected_dir))
-    labeler = labeler or PseudoLabeler(Path(checkpoint), conf)
     out = Path(out)
-    init_dataset(out, labeler.class_names)
+    frames = collected(Path(collected_dir))
     rep = HarvestReport(dataset=out)
     for i, (meta, img) in enumerate(frames):
-        split = split_of(meta.id, val_fraction)
-        if sidecar(out, f"{split}/{meta.id}").exists():
+        if harvested_before(out, meta.id):
             rep.skipped += 1
         else:
-            rep.boxes += len(add_frame(out, meta, img, labeler, split).boxes)
+            if labeler is None:
+                labeler = PseudoLabeler(Path(checkpoint), conf)
+                init_dataset(out, labeler.class_names)
+            rep.boxes += len(add_frame(out, meta, img, labeler, split_of(meta.id, val_fraction)).boxes)
             rep.added += 1
         if progress:
             progress(i + 1, len(frames))

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
+import ssl
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+from builder.dashboard.auth import AccessPolicy
 from builder.dashboard.server import CSP
+
+
+def secure(httpd: HTTPServer, tls: ssl.SSLContext | None, access: AccessPolicy, host: str) -> AccessPolicy:
+    """TLS on the listening socket (each handshake then runs in its connection's thread, not in accept()),
+    and the access policy's allow-list for the bound port."""
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+    access.tls = tls is not None
+    access.listening(host, int(httpd.server_address[1]))
+    return access
+
+
+def base_url(address: tuple[Any, ...], tls: bool) -> str:
+    """A URL this machine can open for a bound address (a wildcard bind is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(address[0]), str(address[0]))
+    return "{}://{}:{}".format("https" if tls else "http", f"[{host}]" if ":" in host else host, address[1])
 
 
 def send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str,

@@ -1,0 +1,333 @@
+"""The builder's side of the flywheel (issue 15): uploads from a node's ring to the real collector over
+loopback HTTP, harvest into a YOLO dataset with pseudo-labels from the test bundle's FP32 checkpoint, the
+review API and the review page in headless Chromium.
+
+Frames are real captures: the trained test bundle's TFLite engine over a synthetic video, kept by CaptureSink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+from helpers_flywheel import load_engine, video_results
+
+from agent.capture import CaptureConfig, CaptureSink, Uploader
+from agent.capture.ring import CaptureRing
+from agent.capture.uploader import UploadRequest, upload_topics
+from agent.inference.frames import FrameResult
+from builder.dashboard.auth import AccessPolicy
+from builder.fleet.devservices import free_port
+from builder.flywheel import review
+from builder.flywheel.collector import Collector
+from builder.flywheel.harvest import harvest
+from builder.flywheel.inbox import collected
+
+N = 6  # frames captured per ring
+TOKEN = "review-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def results(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> list[FrameResult]:
+    tmp = tmp_path_factory.mktemp("frames")
+    eng = load_engine(trained_bundle, tmp)
+    try:
+        return video_results(eng, tmp, n_frames=N * 2)
+    finally:
+        eng.close()
+
+
+def fill_ring(root: Path, results: list[FrameResult], node: str = "node-1") -> CaptureRing:
+    cfg = CaptureConfig(enabled=True, band=(0.0, 1.0), burst=N, rate_per_min=1e6)
+    sink = CaptureSink(cfg, CaptureRing(root, 50, 10**8), node, queue_size=N)  # no drop for a full queue
+    for r in results[::2][:N]:  # every other frame: distinct images
+        assert sink.observe(r.frame.image, r, "default")
+    assert sink.flush()
+    sink.close()
+    assert sink.ring.count == N
+    return sink.ring
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    col = Collector(tmp_path / "collected", port=free_port()).start()
+    yield col
+    col.stop()
+
+
+def _stored(col: Collector) -> dict[str, str]:
+    return {m.id: hashlib.sha256(p.read_bytes()).hexdigest() for m, p in collected(col.root)}
+
+
+def test_upload_acknowledged_frames_leave_the_ring(results: list[FrameResult], collector: Collector,
+                                                   tmp_path: Path) -> None:
+    ring = fill_ring(tmp_path / "ring", results)
+    shutil.copytree(ring.root, tmp_path / "backup")
+    sent = {i: ring.read(i)[1] for i in ring.ids()}  # type: ignore[index]
+    token = collector.credentials.add("node-1")
+    assert json.loads((collector.root / "nodes.json").read_text())["nodes"]["node-1"]["sha256"] != token
+    # A wrong token, or a node the collector does not know: refused, nothing leaves the ring.
+    for node, tok in (("node-1", "not-the-token"), ("node-2", token)):
+        rep = Uploader(ring, collector.url, node, tok, backoff_s=0.01).upload_all()
+        assert rep.sent == 0 and "refused the credential" in (rep.error or "") and ring.count == N
+    rep = Uploader(ring, collector.url, "node-1", token).upload_all()
+    assert (rep.sent, rep.error, ring.count) == (N, None, 0)
+    assert _stored(collector) == {i: hashlib.sha256(b).hexdigest() for i, b in sent.items()}
+    # The same frames again (an acknowledgement lost on the way): acknowledged, not stored twice.
+    again = CaptureRing(tmp_path / "backup", 50, 10**8)
+    assert Uploader(again, collector.url, "node-1", token).upload_all().sent == N
+    assert collector.counters["duplicate"] == N and len(_stored(collector)) == N
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that cuts its first connection after `cut` bytes of the request."""
+
+    def __init__(self, target: int, cut: int) -> None:
+        self.target, self.cut, self.cuts = target, cut, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        limit = self.cut if self.cuts == 0 else None
+        if limit is not None:
+            self.cuts += 1
+        pump = threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True)
+        pump.start()
+        self._pipe(client, upstream, limit)
+        if limit is not None:  # the cut: both sides see the connection die mid-request
+            for s in (client, upstream):
+                s.close()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        done = 0
+        try:
+            while limit is None or done < limit:
+                data = src.recv(min(65536, limit - done) if limit else 65536)
+                if not data:
+                    break
+                dst.sendall(data)
+                done += len(data)
+        except OSError:
+            pass
+        if limit is None:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+def test_a_truncated_upload_is_retried_and_a_dead_collector_loses_nothing(
+        results: list[FrameResult], tmp_path: Path) -> None:
+    ring = fill_ring(tmp_path / "ring", results)
+    port = free_port()
+    token_dir = tmp_path / "collected"
+    from builder.flywheel.credentials import NodeCredentials
+
+    token = NodeCredentials(token_dir).add("node-1")
+    # Nothing listens yet: the round stops, every frame stays.
+    rep = Uploader(ring, f"http://127.0.0.1:{port}", "node-1", token, attempts=2, backoff_s=0.01).upload_all()
+    assert rep.sent == 0 and "unreachable" in (rep.error or "") and ring.count == N
+    col = Collector(token_dir, port=port).start()
+    proxy = CuttingProxy(port, cut=1500)  # headers + the start of the first frame's body
+    try:
+        rep = Uploader(ring, f"http://127.0.0.1:{proxy.port}", "node-1", token, backoff_s=0.01).upload_all()
+        assert proxy.cuts == 1 and (rep.sent, rep.error, ring.count) == (N, None, 0)
+        assert len(_stored(col)) == N and col.counters["stored"] == N
+        # A body shorter than its Content-Length is refused and nothing is written.
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"PUT /api/v1/frames/{'1' * 19}-0000abcd HTTP/1.1\r\nHost: x\r\nX-Edge-Node: node-1\r\n"
+                      f"Authorization: Bearer {token}\r\nX-Edge-Meta-Length: 10\r\nContent-Length: 5000\r\n\r\n"
+                      "short".encode())
+            s.shutdown(socket.SHUT_WR)
+            assert b" 400 " in s.recv(4096).split(b"\r\n")[0] + b" "
+        assert len(_stored(col)) == N
+    finally:
+        proxy.sock.close()
+        col.stop()
+
+
+def test_the_collector_refuses_what_it_must(results: list[FrameResult], collector: Collector, tmp_path: Path) -> None:
+    import http.client
+
+    token = collector.credentials.add("node-1")
+    ring = fill_ring(tmp_path / "ring", results)
+    meta, image = ring.read(ring.ids()[0])  # type: ignore[misc]
+
+    def put(path: str, body: bytes, node: str = "node-1", meta_len: int | None = None) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", collector.port, timeout=10)
+        conn.request("PUT", path, body=body, headers={
+            "Authorization": f"Bearer {token}", "X-Edge-Node": node, "X-Edge-Sha256": hashlib.sha256(body).hexdigest(),
+            "X-Edge-Meta-Length": str(meta_len if meta_len is not None else len(head))})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    head = meta.model_dump_json().encode()
+    assert put("/api/v1/frames/../../nodes.json", head + image) == 404
+    assert put(f"/api/v1/frames/{meta.id}", head + image, node="../etc") == 401
+    other = meta.model_copy(update={"node": "node-2"}).model_dump_json().encode()
+    assert put(f"/api/v1/frames/{meta.id}", other + image, meta_len=len(other)) == 403
+    assert put(f"/api/v1/frames/{meta.id}", head + image[:-10], meta_len=len(head)) == 400  # image ≠ its sha
+    collector.max_body = 1000
+    assert put(f"/api/v1/frames/{meta.id}", head + image) == 413
+    assert _stored(collector) == {} and not (collector.root / "frames" / "node-2").exists()
+
+
+def test_upload_on_a_retained_request(results: list[FrameResult], collector: Collector, tmp_path: Path,
+                                      mqtt_broker: object) -> None:
+    """The request path the daemon wires: a retained MQTT message → Uploader.on_message → the upload thread."""
+    import paho.mqtt.publish as publish
+
+    from agent.config import BrokerConfig
+    from agent.service.mqtt import MqttClient
+
+    ring = fill_ring(tmp_path / "ring", results)
+    up = Uploader(ring, collector.url, "node-1", collector.credentials.add("node-1")).start()
+    port = mqtt_broker.port  # type: ignore[attr-defined]
+    publish.single(upload_topics("edgefleet", "node-1")[0], json.dumps({"request_id": "r1"}), retain=True,
+                   hostname="127.0.0.1", port=port)
+    client = MqttClient(BrokerConfig(url=f"mqtt://127.0.0.1:{port}"), client_id="capture-test")
+    for topic in upload_topics("edgefleet", "node-1"):
+        client.subscribe(topic, up.on_message)
+    client.start()
+    try:
+        assert wait_for(lambda: ring.count == 0 and up.last is not None, 20)
+        assert up.last is not None and up.last.sent == N and up.last.request_id == "r1"
+        assert wait_for(lambda: not up.request(UploadRequest(request_id="r1")), 5)  # served once, even after restart
+    finally:
+        client.stop()
+        up.stop()
+
+
+# ---- harvest and review ------------------------------------------------------------------------------
+def _checkpoint(bundle_dir: Path) -> Path:
+    found = sorted(bundle_dir.glob("output/checkpoints/*/ckpt_best.pth")) + sorted(bundle_dir.rglob("*.pt"))
+    if not found:
+        pytest.skip(f"no FP32 checkpoint beside the test bundle in {bundle_dir}")
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def harvested(results: list[FrameResult], trained_bundle_dir: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(collector dir, dataset, checkpoint): N frames uploaded for real, then harvested."""
+    tmp = tmp_path_factory.mktemp("harvest")
+    col = Collector(tmp / "collected", port=free_port()).start()
+    try:
+        ring = fill_ring(tmp / "ring", results)
+        assert Uploader(ring, col.url, "node-1", col.credentials.add("node-1")).upload_all().sent == N
+    finally:
+        col.stop()
+    ckpt = _checkpoint(trained_bundle_dir)
+    calls: list[tuple[int, int]] = []
+    rep = harvest(col.root, tmp / "dataset", ckpt, val_fraction=0.3, progress=lambda d, t: calls.append((d, t)))
+    assert (rep.added, rep.skipped, calls[-1]) == (N, 0, (N, N)) and rep.boxes >= N
+    return col.root, tmp / "dataset", ckpt
+
+
+def test_harvest_makes_an_unverified_yolo_dataset(harvested: tuple[Path, Path, Path]) -> None:
+    col_dir, ds, ckpt = harvested
+    items = review.list_items(ds)
+    assert len(items) == N and {i["status"] for i in items} == {"unverified"}
+    assert not list(ds.glob("labels/*/*.txt")) and (ds / "train.txt").read_text() == ""  # nothing trains yet
+    names = review.class_names(ds)
+    for it in items:
+        item = review.load_item(ds, it["key"])
+        assert (ds / item.image).is_file() and item.boxes == item.pseudo
+        assert all(0 <= b.class_id < len(names) and b.score is not None and b.score >= 0.25 for b in item.boxes)
+        assert item.capture["node"] == "node-1" and "band" in item.capture["reasons"]  # type: ignore[operator]
+    assert harvest(col_dir, ds, ckpt).skipped == N  # a second harvest adds nothing
+
+
+def test_review_api_writes_labels_on_accept(harvested: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(harvested[1], ds)
+    k1, k2, k3 = (i["key"] for i in review.list_items(ds)[:3])
+    a = review.apply(ds, k1, "accept")
+    assert a.status == "accepted"
+    assert (ds / "labels" / k1.split("/")[0] / f"{k1.split('/')[1]}.txt").read_text() == review.yolo_lines(a.boxes)
+    box = {"class_id": 2, "box": [0.1, 0.2, 0.5, 0.6]}
+    c = review.apply(ds, k2, "correct", [box])
+    assert c.status == "corrected"
+    assert (ds / "labels" / f"{k2}.txt").read_text() == "2 0.300000 0.400000 0.400000 0.400000\n"
+    r = review.apply(ds, k3, "reject")
+    assert r.status == "rejected" and not (ds / "labels" / f"{k3}.txt").exists()
+    listed = {ln for split in ("train", "val") for ln in (ds / f"{split}.txt").read_text().splitlines()}
+    assert listed == {a.image, c.image}
+    review.apply(ds, k1, "reject")  # changing one's mind: the label and the listing go
+    assert not (ds / "labels" / f"{k1}.txt").exists() and a.image not in (ds / "train.txt").read_text() + (
+        ds / "val.txt").read_text()
+    for bad in (("train/../../x", "accept", None), (k2, "accept", [{"class_id": 9, "box": [0, 0, 1, 1]}]),
+                (k2, "bless", None), (k2, "correct", [{"class_id": 0, "box": [0.5, 0.5, 0.5, 0.9]}])):
+        with pytest.raises(review.ReviewError):
+            review.apply(ds, *bad)
+
+
+def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from test_dashboard_browser import CHROME_FLAGS, CHROMEDRIVER, CHROMIUM
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("Debian chromium + chromium-driver are not installed")
+    ds = tmp_path / "ds"
+    shutil.copytree(harvested[1], ds)
+    col = Collector(tmp_path / "collected", port=free_port(), review_dataset=ds, access=AccessPolicy(TOKEN)).start()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in [*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+    body = lambda: drv.find_element(By.TAG_NAME, "body")  # noqa: E731
+
+    def press(keys: str, status: str) -> str:
+        before = body().get_attribute("data-last")
+        ActionChains(drv).send_keys(keys).perform()
+        assert wait_for(lambda: body().get_attribute("data-last") not in (None, before), 10)
+        key, _, got = (body().get_attribute("data-last") or "").partition(":")
+        assert got == status
+        return key
+
+    try:
+        drv.get(f"{col.url}/api/review/items")
+        assert "login required" in drv.page_source  # no token, no data
+        drv.get(f"{col.url}/review?token={TOKEN}")
+        assert wait_for(lambda: body().get_attribute("data-ready") == "1", 15), drv.page_source[:500]
+        k1 = press("a", "accepted")
+        time.sleep(0.3)  # the next frame's image loads
+        canvas = drv.find_element(By.ID, "view")
+        w, h = canvas.size["width"], canvas.size["height"]
+        ActionChains(drv).send_keys("Delete").perform()  # nothing selected: no-op
+        (ActionChains(drv).move_to_element_with_offset(canvas, int(-w * 0.45), int(-h * 0.45)).click_and_hold()
+         .move_by_offset(int(w * 0.2), int(h * 0.2)).release().perform())  # draw a box in the top-left corner
+        ActionChains(drv).send_keys("1").perform()  # the drawn (selected) box becomes class 1
+        k2 = press("a", "corrected")
+        k3 = press("r", "rejected")
+    finally:
+        drv.quit()
+        col.stop()
+    assert (ds / "labels" / f"{k1}.txt").read_text() == review.yolo_lines(review.load_item(ds, k1).boxes)
+    drawn = review.load_item(ds, k2).boxes[-1]
+    assert drawn.class_id == 1 and drawn.score is None and drawn.box[0] < 0.2 and drawn.box[1] < 0.2
+    assert (ds / "labels" / f"{k2}.txt").read_text().splitlines()[-1].startswith("1 ")
+    assert review.load_item(ds, k3).status == "rejected" and not (ds / "labels" / f"{k3}.txt").exists()
