@@ -120,6 +120,7 @@ def test_archive_source(labelled: Path, tmp_path: Path) -> None:
 
 def test_calibration_build_copies_labels(tmp_path: Path) -> None:
     """`edge-builder calibration build` writes labels/ beside images/, so the converter can count its objects."""
+    pytest.importorskip("yaml")
     from builder.data.calibration import build_calibration_set
     from builder.data.synth import make_dataset
 
