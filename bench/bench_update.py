@@ -66,21 +66,32 @@ def new_version(src: Path, dst: Path, key: Path, version: int) -> Path:
     return dst
 
 
-def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bundle_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the bundle flags the update benchmarks share (see `bundle_args`)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="a signed bundle (default: the test bundle)")
     ap.add_argument("--key", type=Path, help="its signing key (with --bundle)")
     ap.add_argument("--trusted", type=Path, help="directory with its public key (with --bundle)")
+    return ap
+
+
+def bundle_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parsed flags; --bundle needs its key and trusted keys."""
+    args = ap.parse_args()
+    if args.bundle and not (args.key and args.trusted):
+        ap.error("--bundle needs --key and --trusted")
+    return args
+
+
+def parse_args() -> argparse.Namespace:
+    ap = bundle_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-active-s", type=float, default=TARGET_ACTIVE_S,
                     help=f"target: worst download -> active, seconds ({TARGET_ACTIVE_S:g})")
     ap.add_argument("--max-gap-ratio", type=float, default=TARGET_GAP_RATIO,
                     help=f"target: worst swap gap over the median frame gap ({TARGET_GAP_RATIO:g})")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    if args.bundle and not (args.key and args.trusted):
-        ap.error("--bundle needs --key and --trusted")
-    return args
+    return bundle_args(ap)
 
 
 def control_ratios(frames: list[tuple[float, int | None]]) -> list[float]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import targets
-from bench_update import find_bundle
+from bench_update import bundle_args, bundle_parser, find_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,17 +44,11 @@ MIN_CPU_RATIO = 3.0  # issue 12: "roughly 4x less data per update" for a CPU nod
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, help="a signed bundle (default: the test bundle)")
-    ap.add_argument("--key", type=Path, help="its signing key (with --bundle)")
-    ap.add_argument("--trusted", type=Path, help="directory with its public key (with --bundle)")
+    ap = bundle_parser(__doc__)
     ap.add_argument("--min-cpu-ratio", type=float, default=MIN_CPU_RATIO,
                     help=f"target: a CPU node's bytes per update, schema 1 over schema 2 (>= {MIN_CPU_RATIO:g})")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    if args.bundle and not (args.key and args.trusted):
-        ap.error("--bundle needs --key and --trusted")
-    return args
+    return bundle_args(ap)
 
 
 def with_tpu_model(src: Path, dst: Path, key: Path) -> Path:
