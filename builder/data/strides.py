@@ -5,7 +5,7 @@ libreyolo 1.6.0) takes as positives the anchor points whose centres lie inside a
 levels by predicted score x IoU^6. The level that ends up firing for a size is learned (our 128 px test
 bundle fires at stride 8 for every object up to 64 px). For counting we use a geometric proxy of that
 assigner: an object of size L = sqrt(w * h) (pixels at the model input) belongs to the coarsest stride s
-with L >= 2 s, i.e. the coarsest level that puts at least 2 x 2 of its anchor centres inside the box, and
+with L >= 2 s, i.e. the coarsest level that puts about 2 x 2 of its anchor centres inside the box, and
 to the finest level when smaller than that:
 
     stride 8: L < 32 px      stride 16: 32 <= L < 64 px      stride 32: L >= 64 px
@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 
 STRIDES: tuple[int, ...] = (8, 16, 32)
-ANCHORS_ACROSS = 2  # L >= ANCHORS_ACROSS * stride: at least 2 x 2 anchor centres of that level inside the box
+ANCHORS_ACROSS = 2  # L >= ANCHORS_ACROSS * stride: about 2 x 2 anchor centres of that level inside the box
 
 
 def box_size(w: float, h: float) -> float:
