@@ -11,7 +11,10 @@ import contextlib
 import hashlib
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -217,6 +220,26 @@ def test_upload_on_a_retained_request(results: list[FrameResult], collector: Col
         up.stop()
 
 
+def test_collect_command(results: list[FrameResult], tmp_path: Path) -> None:
+    """`edge-builder collect add-node` prints a token the node uploads with to `edge-builder collect`."""
+    cli = [sys.executable, "-m", "builder.cli", "collect"]
+    add = subprocess.run([*cli, "add-node", "node-9", "--dir", str(tmp_path / "c")], capture_output=True, text=True)
+    assert add.returncode == 0 and len(add.stdout.strip()) >= 40
+    bad = subprocess.run([*cli, "add-node", "../x", "--dir", str(tmp_path / "c")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "node id" in bad.stderr
+    port = free_port()
+    server = subprocess.Popen([*cli, "--dir", str(tmp_path / "c"), "--listen", f"127.0.0.1:{port}"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert "collector listening on" in (server.stdout.readline() if server.stdout else "")
+        ring = fill_ring(tmp_path / "ring", results, node="node-9")
+        rep = Uploader(ring, f"http://127.0.0.1:{port}", "node-9", add.stdout.strip()).upload_all()
+        assert (rep.sent, ring.count) == (N, 0) and len(list((tmp_path / "c" / "frames" / "node-9").glob("*.jpg"))) == N
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(15) == 0
+
+
 # ---- harvest and review ------------------------------------------------------------------------------
 def _checkpoint(bundle_dir: Path) -> Path:
     found = sorted(bundle_dir.glob("output/checkpoints/*/ckpt_best.pth")) + sorted(bundle_dir.rglob("*.pt"))
@@ -228,7 +251,7 @@ def _checkpoint(bundle_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def harvested(results: list[FrameResult], trained_bundle_dir: Path,
               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(collector dir, dataset, checkpoint): N frames uploaded for real, then harvested."""
+    """(collector dir, dataset, checkpoint): N frames uploaded for real, then `edge-builder harvest`."""
     tmp = tmp_path_factory.mktemp("harvest")
     col = Collector(tmp / "collected", port=free_port()).start()
     try:
@@ -237,9 +260,11 @@ def harvested(results: list[FrameResult], trained_bundle_dir: Path,
     finally:
         col.stop()
     ckpt = _checkpoint(trained_bundle_dir)
-    calls: list[tuple[int, int]] = []
-    rep = harvest(col.root, tmp / "dataset", ckpt, val_fraction=0.3, progress=lambda d, t: calls.append((d, t)))
-    assert (rep.added, rep.skipped, calls[-1]) == (N, 0, (N, N)) and rep.boxes >= N
+    proc = subprocess.run([sys.executable, "-m", "builder.cli", "harvest", "--collected", str(col.root), "--out",
+                           str(tmp / "dataset"), "--checkpoint", str(ckpt), "--val-fraction", "0.3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"harvested {N} new frames" in proc.stdout and f"] {N}/{N}" in proc.stderr  # the progress bar
     return col.root, tmp / "dataset", ckpt
 
 
