@@ -21,6 +21,7 @@ import pytest
 # Reason fragments (lower case) for things the project's setup provides in every venv.
 REQUIRED = (
     "mosquitto",  # apt: mosquitto, mosquitto-clients
+    "ejabberd",  # apt: ejabberd (the second MQTT 5 broker)
     "cloud-init",
     "chromium",  # apt: chromium, chromium-driver
     "chromedriver",

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("reason", [
     "mosquitto not installed (apt-get install mosquitto mosquitto-clients)",
     "mosquitto-clients missing",
+    "ejabberd not installed (apt-get install ejabberd; .ci/run installs it)",
     "cloud-init not installed",
     "Debian chromium + chromium-driver are not installed",
     "could not import 'selenium.webdriver': No module named 'selenium'",
