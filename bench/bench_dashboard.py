@@ -1,17 +1,24 @@
 """Dashboard under load: N SIMULATED nodes publish telemetry (and detections) every second through a real
-Mosquitto; `edge-builder dashboard` runs as its own process. Measured:
+Mosquitto; `edge-builder dashboard` runs as its own process. Measured, at each fleet size (default 50 and 1,000):
 
 - staleness: for every telemetry message that reaches a page, arrival time minus the node's timestamp in
   it. Read from the SSE stream by this script (what EventSource receives), and, with --browser, inside
-  headless Chromium by the page's own code (window.dashboard.lags).
-- the dashboard process's CPU (user+system over wall time, % of one core) and RSS, idle and under load.
+  headless Chromium by the page's own code: on arrival (window.dashboard.lags) and when a row in view shows
+  it (window.nodeTable.shownLags); the page is scrolled through the table meanwhile, and a row coming into
+  view is timed separately (catch-up: into view -> drawn).
+- Chromium's CPU (all its processes, % of one core) and its renderer's main-thread busy time;
+- the dashboard process's CPU (user+system over wall time, % of one core) and RSS, idle and under load;
+- a staged rollout (builder.rollout's engine in-process, --waves, --soak) to every simulated node, which
+  answers like a node (loadgen): its wall time, whether it completed, the engine's slowest tick.
 
-The nodes are builder.dashboard.loadgen's load generator: real payload models, made-up figures. Target from
-issue 8: the page stays under 2 s behind with 50 nodes at 1 Hz, with modest server CPU.
+The nodes are builder.dashboard.loadgen's load generator: real payload models, made-up figures. Targets (in
+bench/targets.py, from issues 8 and 12): page staleness p95 <= 1 s and max <= 2 s, Chromium <= 50 % of a core,
+server RSS <= 300 MB, the rollout completed.
 
-    python bench/bench_dashboard.py [--nodes 50] [--duration 30] [--no-browser] [--max-staleness 2]
+    python bench/bench_dashboard.py [--nodes 50,1000] [--duration 30] [--no-browser] [--no-rollout]
 
-Writes bench/results/dashboard.json; exit status 3 when the staleness target is missed.
+Writes bench/results/dashboard.json (50 nodes) and dashboard_N.json (other sizes); exit status 3 when a target
+is missed.
 """
 
 from __future__ import annotations
@@ -34,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from targets import Target, finish
+from rollout_sim import run_rollout
+from targets import (
+    DASHBOARD_MAX_STALENESS_S,
+    DASHBOARD_P95_SHOWN_S,
+    DASHBOARD_PAGE_CPU_PERCENT,
+    DASHBOARD_SERVER_RSS_MB,
+    Target,
+    finish,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,8 +57,6 @@ sys.path.insert(0, str(ROOT))
 from agent.protocol.topics import Topics  # noqa: E402
 from builder.dashboard.loadgen import SimFleet  # noqa: E402
 from builder.fleet.devservices import LocalBroker, free_port, wait_port  # noqa: E402
-
-TARGET_STALENESS_S = 2.0
 
 
 def dashboard_cmd() -> list[str]:
@@ -109,8 +122,12 @@ def stats(xs: list[float]) -> dict[str, float | int | None]:
             "max_s": round(s[-1], 4)}
 
 
-def browser_lags(url: str, seconds: float) -> tuple[list[float], float | None]:
-    """Open the page in headless Chromium for `seconds`; return the page's lags and Chromium's CPU %."""
+SCROLL_AT = (0.0, 0.5, 0.15, 0.85, 0.35, 1.0, 0.6, 0.05, 0.75, 0.25)  # of the page's height, one every 2 s
+
+
+def browser_page(url: str, seconds: float) -> dict[str, Any]:
+    """Open the page in headless Chromium for `seconds`, scrolling through the table every 2 s: the page's own
+    staleness samples, Chromium's CPU (all processes) and the renderer's main-thread busy time (CDP)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -124,32 +141,55 @@ def browser_lags(url: str, seconds: float) -> tuple[list[float], float | None]:
     drv = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
     try:
         drv.get(url)
-        time.sleep(3)  # page load + snapshot; not counted
-        drv.execute_script("window.dashboard.lags.length = 0")
+        time.sleep(5)  # page load + snapshot (megabytes at 1,000 nodes); not counted
+        drv.execute_script("window.dashboard.lags.length = 0; window.nodeTable.shownLags.length = 0;"
+                           "window.nodeTable.catchUps.length = 0")
+        drv.execute_cdp_cmd("Performance.enable", {})
+        busy0 = _task_seconds(drv)
         procs = [p for p in psutil.Process(drv.service.process.pid).children(recursive=True)]
         c0 = sum(cpu_seconds(p) for p in procs if p.is_running())
         t0 = time.monotonic()
-        time.sleep(seconds)
+        for i in range(max(1, int(seconds / 2))):
+            drv.execute_script("window.scrollTo(0, arguments[0] * (document.body.scrollHeight - innerHeight))",
+                               SCROLL_AT[i % len(SCROLL_AT)])
+            time.sleep(max(0.0, t0 + 2 * (i + 1) - time.monotonic()))
+        wall = time.monotonic() - t0
         c1 = sum(cpu_seconds(p) for p in procs if p.is_running())
-        cpu = 100.0 * (c1 - c0) / (time.monotonic() - t0)
-        lags = [float(x) for x in drv.execute_script("return window.dashboard.lags.slice()")]
-        return lags, cpu
+        busy = _task_seconds(drv) - busy0
+        page = drv.execute_script("return {arrival: window.dashboard.lags.slice(), shown: window.nodeTable.shownLags."
+                                  "slice(), catchUps: window.nodeTable.catchUps.slice(), rows: document."
+                                  "querySelectorAll('#nodes tbody tr[data-node]').length}")
+        errors = [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+        return {"arrival": stats(page["arrival"]), "shown": stats(page["shown"]), "catch_up": stats(page["catchUps"]),
+                "rows": page["rows"], "chromium_cpu_percent": round(100.0 * (c1 - c0) / wall, 1),
+                "main_thread_busy_percent": round(100.0 * busy / wall, 1), "page_errors": errors[:5]}
     finally:
         drv.quit()
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _task_seconds(drv: Any) -> float:
+    metrics = drv.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]
+    return float(next(m["value"] for m in metrics if m["name"] == "TaskDuration"))
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, default=50)
+    ap.add_argument("--nodes", default="50,1000", help="fleet sizes, comma-separated (default 50,1000)")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between each node's telemetry")
     ap.add_argument("--duration", type=float, default=30.0, help="measurement window in seconds")
     ap.add_argument("--browser", action=argparse.BooleanOptionalAction, default=None,
                     help="also measure inside headless Chromium (default: when chromium and selenium exist)")
-    ap.add_argument("--max-staleness", type=float, default=TARGET_STALENESS_S,
-                    help=f"target: the largest staleness seen, seconds ({TARGET_STALENESS_S:g})")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dashboard.json")
+    ap.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run a staged rollout to every simulated node (default on)")
+    ap.add_argument("--waves", default="1,10%,rest", help="the rollout's waves (default 1,10%%,rest)")
+    ap.add_argument("--soak", type=float, default=3.0, help="the rollout's soak per wave, seconds (default 3)")
+    ap.add_argument("--max-staleness", type=float, default=DASHBOARD_MAX_STALENESS_S,
+                    help=f"target: the largest staleness seen, seconds ({DASHBOARD_MAX_STALENESS_S:g})")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result file of a single size (default bench/results/dashboard[_N].json)")
     args = ap.parse_args()
+    args.sizes = [int(x) for x in args.nodes.split(",") if x.strip()]
     if args.browser is None:
         import importlib.util
 
@@ -158,11 +198,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, dash: psutil.Process, port: int,
-            make_fleet: Callable[[], SimFleet]) -> dict[str, Any]:
-    """Idle, then under the simulated fleet's load: staleness (SSE, and the page's own), server CPU and RSS."""
+def measure(args: argparse.Namespace, nodes: int, dash: psutil.Process, port: int, fleet: SimFleet,
+            rollout: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
+    """Idle, then under the simulated fleet's load: staleness (SSE, and the page's own), server CPU and RSS;
+    then the staged rollout."""
     idle_cpu, idle_rss = measure_cpu(dash, 3.0)
-    fleet = make_fleet().start()
+    started = time.monotonic()
+    fleet.start()
+    start_s = time.monotonic() - started
     probe = SSEProbe(port, args.token)
     probe.start()
     time.sleep(3.0)  # every node online and sending; the first snapshot is not a measurement
@@ -170,53 +213,82 @@ def measure(args: argparse.Namespace, dash: psutil.Process, port: int,
     load_cpu, load_rss = measure_cpu(dash, args.duration)
     probe.recording = False
     probe.stop_flag.set()
-    page_lags, chromium_cpu = (browser_lags(f"http://127.0.0.1:{port}/?token={args.token}", min(args.duration, 20.0))
-                               if args.browser else ([], None))
-    sse = stats(probe.lags)
-    page = stats(page_lags)
+    page = (browser_page(f"http://127.0.0.1:{port}/?token={args.token}", min(args.duration, 20.0))
+            if args.browser else None)
+    rss_after_page = dash.memory_info().rss / 2**20
     return {
-        "nodes": args.nodes, "interval_s": args.interval, "duration_s": args.duration,
-        "telemetry_msgs_per_s": round(args.nodes / args.interval, 1),
+        "nodes": nodes, "interval_s": args.interval, "duration_s": args.duration,
+        "telemetry_msgs_per_s": round(nodes / args.interval, 1), "loadgen_start_s": round(start_s, 1),
         "loadgen_rounds": fleet.rounds,
-        "sse": {**sse, "events_per_s": round(probe.events / args.duration, 2),
+        "sse": {**stats(probe.lags), "events_per_s": round(probe.events / args.duration, 2),
                 "kbytes_per_s": round(probe.bytes / args.duration / 1024, 1),
-                "expected_msgs": int(args.nodes * args.duration / args.interval)},
-        "browser": {**page, "chromium_cpu_percent": round(chromium_cpu, 1) if chromium_cpu is not None else None}
-        if args.browser else None,
+                "expected_msgs": int(nodes * args.duration / args.interval)},
+        "browser": page,
         "server_cpu_percent": {"idle": round(idle_cpu, 2), "load": round(load_cpu, 2)},
-        "server_rss_mb": {"idle": round(idle_rss, 1), "load": round(load_rss, 1)},
+        "server_rss_mb": {"idle": round(idle_rss, 1), "load": round(max(load_rss, rss_after_page), 1)},
+        "rollout": rollout() if rollout else None,
         "target_staleness_s": args.max_staleness,
+        "uptime_load": [round(x, 2) for x in os.getloadavg()],
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "note": "nodes are a load generator (builder.dashboard.loadgen): real MQTT, made-up figures",
     }
 
 
-def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
-    def fmt(s: dict[str, Any] | None) -> str:
-        if not s or not s["n"]:
-            return "-"
-        return f"{s['p50_s'] * 1000:.0f} / {s['p95_s'] * 1000:.0f} / {s['max_s'] * 1000:.0f} ms  (n={s['n']})"
+def _ms(s: dict[str, Any] | None) -> str:
+    if not s or not s["n"]:
+        return "-"
+    return f"{s['p50_s'] * 1000:.0f} / {s['p95_s'] * 1000:.0f} / {s['max_s'] * 1000:.0f}"
 
-    print(f"\nDashboard bench: {args.nodes} simulated nodes, telemetry every {args.interval:g} s, "
-          f"{args.duration:g} s window")
-    rows = [
-        ("telemetry in", f"{result['telemetry_msgs_per_s']} msg/s (+ as many detections)"),
-        ("staleness via SSE p50/p95/max", fmt(result["sse"])),
-        ("staleness in Chromium p50/p95/max", fmt(result["browser"]) if args.browser else "(run with --browser)"),
-        ("SSE events / s, KiB / s", f"{result['sse']['events_per_s']}, {result['sse']['kbytes_per_s']}"),
-        ("server CPU idle -> load (% of a core)",
-         f"{result['server_cpu_percent']['idle']} -> {result['server_cpu_percent']['load']}"),
-        ("server RSS idle -> load (MB)", f"{result['server_rss_mb']['idle']} -> {result['server_rss_mb']['load']}"),
+
+def rows_of(r: dict[str, Any]) -> list[tuple[str, str]]:
+    b, ro = r.get("browser") or {}, r.get("rollout") or {}
+    return [
+        ("telemetry in (msg/s, + as many detections)", str(r["telemetry_msgs_per_s"])),
+        ("staleness via SSE p50/p95/max (ms)", _ms(r["sse"])),
+        ("page: arrival p50/p95/max (ms)", _ms(b.get("arrival"))),
+        ("page: shown in view p50/p95/max (ms)", _ms(b.get("shown"))),
+        ("page: scrolled row drawn p50/p95/max (ms)", _ms(b.get("catch_up"))),
+        ("Chromium CPU (% of a core)", str(b.get("chromium_cpu_percent", "-"))),
+        ("renderer main thread busy (%)", str(b.get("main_thread_busy_percent", "-"))),
+        ("SSE events/s, KiB/s", f"{r['sse']['events_per_s']}, {r['sse']['kbytes_per_s']}"),
+        ("server CPU idle -> load (% of a core)", f"{r['server_cpu_percent']['idle']} -> {r['server_cpu_percent']['load']}"),
+        ("server RSS idle -> load (MB)", f"{r['server_rss_mb']['idle']} -> {r['server_rss_mb']['load']}"),
+        ("rollout waves, outcome", f"{ro.get('wave_sizes', '-')} {ro.get('phase', '-')}"),
+        ("rollout wall time (s), slowest tick (s)", f"{ro.get('wall_s', '-')}, {ro.get('slowest_tick_s', '-')}"),
+        ("load average (1/5/15 min)", " ".join(str(x) for x in r["uptime_load"])),
     ]
-    if args.browser and result["browser"]["chromium_cpu_percent"] is not None:
-        rows.append(("Chromium rendering CPU (% of a core)", str(result["browser"]["chromium_cpu_percent"])))
-    w = max(len(r[0]) for r in rows)
-    for k, v in rows:
-        print(f"  {k.ljust(w)}  {v}")
 
 
-def main() -> int:
-    args = parse_args()
+def print_side_by_side(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"\nDashboard bench: simulated nodes, telemetry every {args.interval:g} s, {args.duration:g} s window")
+    cols = [rows_of(r) for r in results]
+    w = max(len(k) for k, _ in cols[0])
+    vw = [max(len(v) for _, v in c) + 2 for c in cols]
+    print("  " + "".ljust(w) + "".join(f"{str(r['nodes']) + ' nodes':>{x}}" for r, x in zip(results, vw, strict=True)))
+    for i, (k, _) in enumerate(cols[0]):
+        print("  " + k.ljust(w) + "".join(f"{c[i][1]:>{x}}" for c, x in zip(cols, vw, strict=True)))
+
+
+def targets_of(r: dict[str, Any], args: argparse.Namespace) -> list[Target]:
+    n = r["nodes"]
+    out = [Target(f"{n} nodes: staleness via SSE, max", r["sse"]["max_s"], args.max_staleness, at_most=True, unit=" s"),
+           Target(f"{n} nodes: server RSS", r["server_rss_mb"]["load"], DASHBOARD_SERVER_RSS_MB, True, " MB")]
+    if r["browser"]:
+        b = r["browser"]
+        out += [Target(f"{n} nodes: staleness in Chromium (arrival), max", b["arrival"]["max_s"], args.max_staleness,
+                       at_most=True, unit=" s"),
+                Target(f"{n} nodes: staleness in Chromium (shown in view), p95", b["shown"]["p95_s"],
+                       DASHBOARD_P95_SHOWN_S, at_most=True, unit=" s"),
+                Target(f"{n} nodes: Chromium rendering CPU", b["chromium_cpu_percent"], DASHBOARD_PAGE_CPU_PERCENT,
+                       at_most=True, unit=" %"),
+                Target(f"{n} nodes: page errors", len(b["page_errors"]), 0, at_most=True)]
+    if r["rollout"]:
+        out.append(Target(f"{n} nodes: staged rollout completed", float(r["rollout"]["completed"]), 1, at_most=False))
+    return out
+
+
+def run_size(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
+    """One fleet size on its own broker and dashboard process."""
     topics = Topics()
     work = Path(tempfile.mkdtemp(prefix="edge-bench-dash-"))
     broker = LocalBroker(work / "mosquitto").start()
@@ -226,18 +298,19 @@ def main() -> int:
                              "--audit-log", str(work / "audit.jsonl")], cwd=ROOT,
                             env={**os.environ, "EDGE_DASHBOARD_TOKEN": args.token},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    fleets: list[SimFleet] = []
-
-    def make_fleet() -> SimFleet:  # after the idle measurement: its 50 connections are load
-        fleets.append(SimFleet(broker.url, args.nodes, topics, interval_s=args.interval))
-        return fleets[-1]
-
-    result: dict[str, Any] = {}
+    fleet: SimFleet | None = None
     try:
         wait_port(port, 30)
-        result = measure(args, psutil.Process(proc.pid), port, make_fleet)
+        # After the idle measurement its connections are load; each node answers an announcement in 1 s.
+        fleet = SimFleet(broker.url, nodes, topics, interval_s=args.interval, update_delay_s=1.0)
+        rollout = (lambda: run_rollout(broker.url, topics, nodes, work, args.waves, args.soak)) if args.rollout else None
+        return measure(args, nodes, psutil.Process(proc.pid), port, fleet, rollout)
+    except BaseException:
+        if proc.poll() is not None and proc.stderr:
+            print(proc.stderr.read().decode(), file=sys.stderr)
+        raise
     finally:
-        for fleet in fleets:
+        if fleet is not None:
             fleet.stop()
         proc.terminate()
         try:
@@ -246,15 +319,20 @@ def main() -> int:
             proc.kill()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
-    if proc.returncode not in (0, -15) and not result:
-        print(proc.stderr.read().decode() if proc.stderr else "", file=sys.stderr)
-        return 1
-    print_table(result, args)
-    targets = [Target("staleness via SSE, max", result["sse"]["max_s"], args.max_staleness, at_most=True, unit=" s")]
-    if args.browser:
-        targets.append(Target("staleness in Chromium, max", result["browser"]["max_s"], args.max_staleness,
-                              at_most=True, unit=" s"))
-    return finish(result, targets, args.out)
+
+
+def main() -> int:
+    args = parse_args()
+    results, codes = [], []
+    for nodes in args.sizes:
+        print(f"== {nodes} simulated nodes", flush=True)
+        result = run_size(args, nodes)
+        results.append(result)
+        out = args.out if args.out and len(args.sizes) == 1 else \
+            ROOT / "bench" / "results" / ("dashboard.json" if nodes == 50 else f"dashboard_{nodes}.json")
+        codes.append(finish(result, targets_of(result, args), out))
+    print_side_by_side(results, args)
+    return max(codes)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 //   cell and their two charts; rows out of view keep their data attributes and their slow cells (status,
 //   model, backend, last update) current and are caught up the moment they scroll into view;
 // - staleness as the operator sees it: `shownLags` holds, per telemetry message shown in a row in view,
-//   the seconds from the node's timestamp to the frame that wrote it into the page.
+//   the seconds from the node's timestamp to the frame that wrote it into the page; `catchUps` the seconds
+//   from a row with missed changes coming into view to its being drawn.
 // Uses app.js's helpers h, pill, num, ago, serverNow and HISTORY_S (globals of the page).
 // A <th class="select"> first in the table's header turns on a checkbox column (fleet commands): the
 // checked ids are window.nodeTable.selected(); checking one calls window.nodeTable.onSelect(ids), if set.
@@ -18,6 +19,7 @@ window.nodeTable = (() => {
   const camRows = new Map();    // "id\0camera" -> {tr, keys}
   const selection = new Set();
   const shownLags = [];         // seconds, node timestamp -> written into a row in view
+  const catchUps = [];          // seconds, a row with missed changes coming into view -> drawn
   let current = new Map();      // the nodes map of the last render
   let structure = "";           // the ids and cameras in table order, as last laid out
   let colors = null;            // chart colours, read once from the CSS variables
@@ -82,7 +84,7 @@ window.nodeTable = (() => {
   function makeRow(id) {
     const tr = h("tr", { "data-node": id });
     const r = { id, tr, node: null, keys: [], tds: [], visible: false, stale: true, chartNode: null, shownTs: null,
-                attrs: "", check: null, cams: "" };
+                attrs: "", check: null, cams: "", visibleSince: null };
     if (selectColumn) {
       r.check = h("input", { type: "checkbox", "data-select-node": id, checked: selection.has(id) });
       r.check.addEventListener("change", () => toggle(id, r.check.checked));
@@ -122,9 +124,12 @@ window.nodeTable = (() => {
     }
     if (n.telemetry && n.telemetry.ts !== r.shownTs) {
       r.shownTs = n.telemetry.ts;
-      shownLags.push(Date.now() / 1000 - n.telemetry.ts);
-      if (shownLags.length > 20000) shownLags.splice(0, shownLags.length - 20000);
+      // A row scrolled into view shows what it missed: that is catching up (scroll -> drawn), not staleness.
+      const sample = r.visibleSince !== null ? catchUps : shownLags;
+      sample.push(r.visibleSince !== null ? (performance.now() - r.visibleSince) / 1000 : Date.now() / 1000 - n.telemetry.ts);
+      if (sample.length > 20000) sample.splice(0, sample.length - 20000);
     }
+    r.visibleSince = null;
   }
 
   function cameraRows(id, n, visible, full) {
@@ -240,7 +245,8 @@ window.nodeTable = (() => {
       const r = rows.get(e.target.getAttribute("data-node"));
       if (!r) continue;
       r.visible = e.isIntersecting;
-      if (r.visible && r.stale) catchUp = true;
+      r.visibleSince = r.visible && r.stale ? performance.now() : null;
+      if (r.visibleSince !== null) catchUp = true;
     }
     if (catchUp) requestAnimationFrame(() => { if (catchUp) { catchUp = false; render(current, false); } });
   }
@@ -259,7 +265,7 @@ window.nodeTable = (() => {
     for (const r of rows.values()) if (r.check) r.check.checked = selection.has(r.id);
   }
 
-  const api = { render, selected, setSelected, onSelect: null, shownLags,
+  const api = { render, selected, setSelected, onSelect: null, shownLags, catchUps,
                 get visibleRows() { return [...rows.values()].filter(r => r.visible).length; } };
   return api;
 })();
