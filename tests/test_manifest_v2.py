@@ -46,6 +46,15 @@ def _refused(doc: dict[str, Any], match: str) -> None:
 
 
 @pytest.fixture
+def v1_bundle(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path) -> Path:
+    """The trained bundle as schema 1, as an old builder wrote it (whichever schema the cached build has)."""
+    root = tmp_path / "v1-bundle"
+    shutil.copytree(trained_bundle, root)
+    set_schema(root, 1, SigningKey.load(trained_bundle_key))
+    return root
+
+
+@pytest.fixture
 def tpu_bundle(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path, coral_data: Path) -> Path:
     """The trained bundle plus a compiled Edge TPU model (Google's, as no edgetpu_compiler runs here), v1."""
     root = tmp_path / "tpu-bundle"
@@ -59,8 +68,8 @@ def tpu_bundle(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path, c
 
 
 # -- the schema ------------------------------------------------------------------------------------
-def test_v1_parses_and_is_rewritten_byte_for_byte(trained_bundle: Path) -> None:
-    b = Bundle.load(trained_bundle)
+def test_v1_parses_and_is_rewritten_byte_for_byte(v1_bundle: Path) -> None:
+    b = Bundle.load(v1_bundle)
     assert b.manifest.schema_version == 1 and b.manifest.needs is None
     assert b.manifest.to_bytes() == b.manifest_bytes  # an old builder's bytes: no `needs: null` added
     v2 = with_schema(b.manifest, 2)
@@ -79,8 +88,8 @@ def test_v2_parses_with_each_backends_files(tpu_bundle: Path) -> None:
     assert len(m.needed_files(None)) == len(m.files)  # backend unknown: every file, never too few
 
 
-def test_unknown_keys_refused_in_both_schemas(trained_bundle: Path) -> None:
-    m1 = Bundle.load(trained_bundle).manifest
+def test_unknown_keys_refused_in_both_schemas(v1_bundle: Path) -> None:
+    m1 = Bundle.load(v1_bundle).manifest
     doc = _doc(m1)
     _refused({**doc, "needs": {"cpu": ["model_quant.tflite"]}}, "not permitted in schema_version 1")
     _refused({**doc, "needs": None}, "not permitted in schema_version 1")
@@ -138,7 +147,7 @@ def test_tampered_needs_fail_the_signature(tmp_path: Path, trained_bundle: Path,
 
 
 def test_partial_bundle_checks(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path,
-                               trained_bundle_keys: Path) -> None:
+                               trained_bundle_keys: Path, v1_bundle: Path) -> None:
     ring = Keyring.load(trained_bundle_keys)
     root = tmp_path / "b"
     shutil.copytree(trained_bundle, root)
@@ -158,14 +167,12 @@ def test_partial_bundle_checks(tmp_path: Path, trained_bundle: Path, trained_bun
     with pytest.raises(BundleError, match="golden_expected.npy: missing from bundle"):
         Bundle.load(root, ring)
     # A v1 bundle has no lists: every file is needed.
-    v1 = tmp_path / "v1"
-    shutil.copytree(trained_bundle, v1)
-    (v1 / "report.md").unlink()
+    (v1_bundle / "report.md").unlink()
     with pytest.raises(BundleError, match="report.md: missing from bundle"):
-        Bundle.load(v1, ring)
+        Bundle.load(v1_bundle, ring)
 
 
-def test_builder_writes_v2_by_default_and_v1_on_request(tmp_path: Path, trained_bundle: Path,
+def test_builder_writes_v2_by_default_and_v1_on_request(tmp_path: Path, trained_bundle: Path, v1_bundle: Path,
                                                         trained_bundle_key: Path, trained_bundle_keys: Path) -> None:
     key, ring = SigningKey.load(trained_bundle_key), Keyring.load(trained_bundle_keys)
     target = Bundle.load(trained_bundle).manifest.target
@@ -176,7 +183,7 @@ def test_builder_writes_v2_by_default_and_v1_on_request(tmp_path: Path, trained_
     shutil.copytree(trained_bundle, root)
     assert set_schema(root, 2, key).schema_version == 2 and Bundle.load(root, ring).manifest.needs
     assert set_schema(root, 1, key).schema_version == 1
-    assert (root / "manifest.json").read_bytes() == (trained_bundle / "manifest.json").read_bytes()
+    assert (root / "manifest.json").read_bytes() == (v1_bundle / "manifest.json").read_bytes()
     Bundle.load(root, ring)
 
 
@@ -244,10 +251,10 @@ def test_cpu_daemon_fetches_only_its_files_and_still_takes_v1(cpu_daemon: Any, m
 
 
 def test_stored_v1_state_survives_the_upgrade(tmp_path: Path, mqtt_broker: Any, http_server: Any,
-                                              trained_bundle: Path, trained_bundle_key: Path,
+                                              v1_bundle: Path, trained_bundle_key: Path,
                                               trained_bundle_keys: Path) -> None:
     """An old node (every file of v1 manifests) → the upgraded agent on the same store: runs it, takes v2."""
-    m1 = Bundle.load(trained_bundle).manifest
+    m1 = Bundle.load(v1_bundle).manifest
     video = write_video(tmp_path / "scene.avi")
     watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
 
@@ -256,11 +263,11 @@ def test_stored_v1_state_survives_the_upgrade(tmp_path: Path, mqtt_broker: Any, 
                            broker_port=mqtt_broker.port, video=video, initial_bundle=initial).start()
 
     def ship(version: int, schema: int) -> dict[str, Any]:
-        return _ship(watcher, mqtt_broker, http_server, trained_bundle, trained_bundle_key, tmp_path, version, schema)
+        return _ship(watcher, mqtt_broker, http_server, v1_bundle, trained_bundle_key, tmp_path, version, schema)
 
     old, new = m1.version + 1, m1.version + 2
     try:
-        h = node(trained_bundle)
+        h = node(v1_bundle)
         try:
             assert ship(old, 1)["state"] == "committed"
         finally:
