@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import wait_for
 from helpers_flywheel import load_engine, video_results
@@ -218,6 +219,37 @@ def test_upload_on_a_retained_request(results: list[FrameResult], collector: Col
     finally:
         client.stop()
         up.stop()
+
+
+def test_the_builders_score_reference_matches_what_a_node_sees(
+        results: list[FrameResult], trained_bundle: Path, trained_bundle_dir: Path, tmp_path: Path) -> None:
+    """The builder's reference (bundle INT8 model, validation split) against the node's real engine on the same
+    images with its default decode: no drift. The synthetic video is another scene: it does drift."""
+    from agent.capture.reference import load_reference, tv_distance
+    from agent.config import AgentConfig
+    from agent.inference.engine import Engine
+    from agent.inference.preprocess import load_image
+    from agent.security.bundle import Bundle
+    from builder.flywheel.reference import score_reference, write_reference
+
+    ref = score_reference(trained_bundle / "model_quant.tflite", trained_bundle_dir / "dataset", min_score=0.2)
+    assert ref.images > 0 and sum(ref.counts) > ref.images  # several objects per image
+    write_reference(tmp_path, ref)
+    assert load_reference(tmp_path) == ref
+    cfg = AgentConfig(state_dir=tmp_path / "s", trusted_keys_dir=tmp_path / "k", detect={"score_threshold": 0.2},
+                      backend={"prefer": "cpu", "detectors": {"cpu": {"threads": 1}}})
+    eng = Engine.load(Bundle.load(trained_bundle), cfg)
+    try:
+        val = sorted((trained_bundle_dir / "dataset" / "images" / "val").glob("*.jpg"))
+        node = [d.score for p in val for d in eng.infer(load_image(str(p)))]
+        video = [d.score for r in results for d in eng.infer(r.frame.image)]
+    finally:
+        eng.close()
+    same, other = tv_distance(ref, np.array(node), 0.2), tv_distance(ref, np.array(video), 0.2)
+    print(f"score reference: {sum(ref.counts)} detections on {ref.images} images; TV distance of the node's "
+          f"scores on the same images {same:.3f}, on the synthetic video {other:.3f}")
+    threshold = CaptureConfig().drift_threshold
+    assert same is not None and other is not None and same < threshold < other
 
 
 def test_collect_command(results: list[FrameResult], tmp_path: Path) -> None:
