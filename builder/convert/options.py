@@ -41,6 +41,7 @@ class ConvertOptions(BaseModel):
     latency_runs: int = 20
     allow_clipped_outputs: bool = False
     allow_partial: bool = False
+    strict_calibration: bool = False  # fail when a stride has no calibration objects (or no labels)
     compile_edgetpu: bool = True
     keep_intermediate: Path | None = None
 

@@ -7,14 +7,14 @@ write the bundle around the files.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.inference.preprocess import letterbox, load_image
-from builder.convert.checks import ParityError, parity_check, range_check
+from builder.convert.checks import ParityError, calibration_coverage_check, parity_check, range_check
 from builder.convert.options import ConvertError, ConvertOptions, Log
 from builder.convert.output import Workspace, check_output_dir, default_name, default_out_dir
 from builder.data.calibration import CalibrationError, load_calibration
@@ -47,6 +47,7 @@ class Calibration:
     canvases: np.ndarray  # (N, S, S, 3) uint8, letterboxed as on the device
     files: list[str]
     npy: Path
+    coverage: dict[str, Any] = field(default_factory=dict)  # objects per stride (checks.calibration_coverage_check)
 
 
 @dataclass
@@ -118,8 +119,10 @@ def calibration_stage(opts: ConvertOptions, prep: Prepared, ws: Workspace, log: 
     except CalibrationError as exc:
         raise ConvertError(str(exc)) from exc
     log(f"      {len(calib)} images")
+    coverage = calibration_coverage_check(opts.calibration_dir, names, prep.size, strict=opts.strict_calibration,
+                                          log=log, strides=prep.model.strides)
     np.save(ws.work / "calib.npy", calib)
-    return Calibration(calib, names, ws.work / "calib.npy")
+    return Calibration(calib, names, ws.work / "calib.npy", coverage)
 
 
 def onnx_stage(prep: Prepared, ws: Workspace, log: Log) -> OnnxBody:
