@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -103,7 +104,8 @@ def test_the_ring_never_exceeds_its_caps_under_a_flood(tmp_path: Path) -> None:
 def test_a_flood_of_uncertain_frames_is_rate_limited(results: list[FrameResult], tmp_path: Path) -> None:
     cfg = CaptureConfig(enabled=True, band=(0.0, 1.0), rate_per_min=6, burst=3, max_frames=50)
     sink = CaptureSink(cfg, CaptureRing(tmp_path / "ring", cfg.max_frames, cfg.max_bytes), "node-1")
-    kept = [sink.observe(r.frame.image, r, "default") for r in results * 5]
+    flood = [replace(r, frame=replace(r.frame, index=k)) for k, r in enumerate(results * 5)]  # 120 distinct frames
+    kept = [sink.observe(r.frame.image, r, "default") for r in flood]
     assert sink.flush()
     assert sum(k is not None for k in kept) == 3 and sink.counters.rate_limited == len(kept) - 3
     assert sink.ring.count == 3 and sink.counters.written == 3
@@ -128,6 +130,22 @@ def test_reasons_on_real_frames(results: list[FrameResult], tmp_path: Path) -> N
     calm = next(r for r in results if not sink.reasons(r)[0])
     assert sink.observe(calm.frame.image, calm, "default", disagreement=0.1) is None
     assert sink.observe(calm.frame.image, calm, "default", disagreement=0.8) == "disagreement"
+
+
+def test_the_shadow_second_look_keeps_a_frame_once(results: list[FrameResult], tmp_path: Path) -> None:
+    """The frame hook sees a frame first; the shadow then brings its disagreement (agent.inference.agreement)."""
+    from agent.inference.agreement import disagreement
+
+    cfg = CaptureConfig(enabled=True, band=(0.99, 1.0), close_margin=0.0)
+    sink = CaptureSink(cfg, CaptureRing(tmp_path / "ring", 100, 10**8), "node-1")
+    r = results[0]
+    assert sink.observe(r.frame.image, r, "default") is None  # the live frame hook: nothing unsure
+    d = disagreement(r.detections, r.detections[:1])  # a candidate that finds one object of several
+    assert d > cfg.disagreement
+    assert sink.observe(r.frame.image, r, "default", disagreement=d) == "disagreement"
+    assert sink.observe(r.frame.image, r, "default", disagreement=1.0) is None  # never kept twice
+    assert disagreement(r.detections, r.detections) == 0.0
+    sink.close()
 
 
 def _scores(rs: list[FrameResult]) -> np.ndarray:

@@ -13,6 +13,7 @@ import queue
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from agent.inference.frames import FrameResult
 from agent.updates.intake import RejectLimiter
 
 log = logging.getLogger(__name__)
+SEEN_FRAMES = 256  # frames remembered so the shadow's second look at a frame neither recounts nor re-keeps it
 
 
 @dataclass
@@ -58,6 +60,7 @@ class CaptureSink:
         self._model_key: tuple[Any, ...] | None = None
         self._q: queue.Queue[tuple[np.ndarray, CaptureMeta] | None] = queue.Queue(maxsize=queue_size)
         self._writer: threading.Thread | None = None
+        self._seen: OrderedDict[tuple[str, int, float], bool] = OrderedDict()  # recent frames: kept?
 
     # ---- the reference --------------------------------------------------------------------------------
     def set_reference(self, ref: ScoreReference | None) -> None:
@@ -94,6 +97,19 @@ class CaptureSink:
             why.append("drift")
         return why, drift
 
+    def _decide(self, result: FrameResult, camera: str, disagreement: float | None) -> tuple[list[str], float | None]:
+        """The reasons; a frame seen before (the frame hook, then the shadow with its disagreement) is judged
+        only on what is new, and never kept twice."""
+        key = (camera, result.frame.index, result.frame.ts)
+        if key not in self._seen:
+            self._seen[key] = False
+            while len(self._seen) > SEEN_FRAMES:
+                self._seen.popitem(last=False)
+            return self.reasons(result, disagreement)
+        if self._seen[key] or disagreement is None or disagreement < self.cfg.disagreement:
+            return [], None
+        return ["disagreement"], None
+
     def observe(self, frame_bgr: np.ndarray, result: FrameResult, camera: str,
                 disagreement: float | None = None) -> str | None:
         """Keep this frame if it is a hard example; the reasons joined by ',' or None."""
@@ -101,7 +117,7 @@ class CaptureSink:
         if result.stats.error is not None or result.model_version is None:
             return None
         self._follow_model(result)
-        why, drift = self.reasons(result, disagreement)
+        why, drift = self._decide(result, camera, disagreement)
         if not why:
             return None
         self.counters.hard += 1
@@ -120,6 +136,7 @@ class CaptureSink:
         except queue.Full:
             self.counters.queue_full += 1
             return None
+        self._seen[(camera, result.frame.index, result.frame.ts)] = True
         self._ensure_writer()
         return ",".join(why)
 
