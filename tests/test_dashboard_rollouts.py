@@ -184,3 +184,26 @@ def test_an_unfinished_rollout_nobody_runs_is_resumed_when_the_dashboard_starts(
         d.stop()
     assert RolloutStore(tmp_path / "rollouts").claim(rid).holder() is None  # released; the record stays
     assert RolloutStore(tmp_path / "rollouts").load(rid).phase == "running"
+
+
+def test_fleet_command_requests_are_checked_and_a_silent_node_is_reported(
+        dash: Dashboard, mqtt_broker: LocalBroker) -> None:
+    for body, why in (({"command": "pin", "nodes": ["sim-1"]}, "version"),
+                      ({"command": "inventory", "nodes": ["sim-1"], "group": "lab"}, "either"),
+                      ({"command": "inventory", "nodes": []}, "no node selected"),
+                      ({"command": "inventory", "nodes": ["a/#"]}, "invalid"),
+                      ({"command": "reboot", "nodes": ["sim-1"]}, "command"),
+                      ({"command": "inventory", "group": "nobody"}, "no node of group")):
+        status, out = post(dash, "/api/command", body)
+        assert status == 400 and why in out["error"], (body, out)
+    sims = _sim(mqtt_broker, "sim-1")  # a simulated node answers no command
+    try:
+        assert wait_for(lambda: dash.rollouts.link.known(), 10)  # type: ignore[union-attr]
+        status, out = post(dash, "/api/command", {"command": "status", "group": "lab", "timeout": 0.5})
+        assert status == 200 and [(o["node"], o["ok"]) for o in out["outcomes"]] == [("sim-1", None)], out
+        assert "no reply" in out["outcomes"][0]["error"]
+    finally:
+        for n in sims:
+            n.stop()
+    e = read(dash.audit.path)[-1]  # type: ignore[union-attr]
+    assert (e["action"], e["outcome"], e["target"], e["replies"]) == ("command", "ok", "group:lab", {"sim-1": None})

@@ -137,12 +137,9 @@ class StagedRollouts:
         return out[:limit] if limit is not None else out
 
     def view(self, limit: int = 10) -> dict[str, Any]:
-        with self._lock:
-            running = self._engine.state if self._engine is not None else None
-        rows = []
-        for st in self.records(limit):
-            live = running if running is not None and running.id == st.id else st
-            rows.append(rollout_view(live, self._runner(st.id), self.owner, self._foreign(st)))
+        """The records as the page draws them. Read from disk, ours too: the engine saves every change, and
+        its in-memory state may be mid-tick (or its lock held by rollback commands for seconds)."""
+        rows = [rollout_view(st, self._runner(st.id), self.owner, self._foreign(st)) for st in self.records(limit)]
         return {"ok": True, "rollouts": rows, "problem": self.problem(), "owner": self.owner, "error": self.error,
                 "state_dir": str(self.store.root)}
 
