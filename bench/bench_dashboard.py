@@ -55,7 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.protocol.topics import Topics  # noqa: E402
-from builder.dashboard.loadgen import SimFleet  # noqa: E402
 from builder.fleet.devservices import LocalBroker, free_port, wait_port  # noqa: E402
 
 
@@ -99,6 +98,36 @@ class SSEProbe(threading.Thread):
                 if t and self._seen.get(n["id"]) != t["ts"]:
                     self._seen[n["id"]] = t["ts"]
                     self.lags.append(now - t["ts"])
+
+
+class FleetProcess:
+    """The load generator in its own process, as real nodes are: its thousand MQTT connections and threads must
+    not compete for this process's GIL with the SSE probe and the rollout engine being measured."""
+
+    def __init__(self, broker_url: str, nodes: int, interval_s: float, update_delay_s: float) -> None:
+        self.cmd = [sys.executable, "-m", "builder.dashboard.loadgen", "--broker", broker_url, "--nodes", str(nodes),
+                    "--interval", str(interval_s), "--update-delay", str(update_delay_s)]
+        self.proc: subprocess.Popen[str] | None = None
+        self.rounds: int | None = None
+
+    def start(self) -> FleetProcess:
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"the load generator did not start: {line!r}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.rounds = next((int(x.split()[1]) for x in out.splitlines() if x.startswith("rounds ")), None)
 
 
 def cpu_seconds(p: psutil.Process) -> float:
@@ -198,7 +227,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, nodes: int, dash: psutil.Process, port: int, fleet: SimFleet,
+def measure(args: argparse.Namespace, nodes: int, dash: psutil.Process, port: int, fleet: FleetProcess,
             rollout: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
     """Idle, then under the simulated fleet's load: staleness (SSE, and the page's own), server CPU and RSS;
     then the staged rollout."""
@@ -219,19 +248,26 @@ def measure(args: argparse.Namespace, nodes: int, dash: psutil.Process, port: in
     return {
         "nodes": nodes, "interval_s": args.interval, "duration_s": args.duration,
         "telemetry_msgs_per_s": round(nodes / args.interval, 1), "loadgen_start_s": round(start_s, 1),
-        "loadgen_rounds": fleet.rounds,
         "sse": {**stats(probe.lags), "events_per_s": round(probe.events / args.duration, 2),
                 "kbytes_per_s": round(probe.bytes / args.duration / 1024, 1),
                 "expected_msgs": int(nodes * args.duration / args.interval)},
         "browser": page,
         "server_cpu_percent": {"idle": round(idle_cpu, 2), "load": round(load_cpu, 2)},
         "server_rss_mb": {"idle": round(idle_rss, 1), "load": round(max(load_rss, rss_after_page), 1)},
-        "rollout": rollout() if rollout else None,
+        "rollout": _rollout(rollout) if rollout else None,
         "target_staleness_s": args.max_staleness,
         "uptime_load": [round(x, 2) for x in os.getloadavg()],
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "note": "nodes are a load generator (builder.dashboard.loadgen): real MQTT, made-up figures",
     }
+
+
+def _rollout(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The rollout's figures; a rollout that cannot run is a missed target, not a lost measurement."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - reported in the result and judged as "not completed"
+        return {"completed": False, "phase": "error", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _ms(s: dict[str, Any] | None) -> str:
@@ -298,20 +334,20 @@ def run_size(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
                              "--audit-log", str(work / "audit.jsonl")], cwd=ROOT,
                             env={**os.environ, "EDGE_DASHBOARD_TOKEN": args.token},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    fleet: SimFleet | None = None
+    # Started after the idle measurement: its connections are load. Each node answers an announcement in 1 s.
+    fleet = FleetProcess(broker.url, nodes, args.interval, update_delay_s=1.0)
     try:
         wait_port(port, 30)
-        # After the idle measurement its connections are load; each node answers an announcement in 1 s.
-        fleet = SimFleet(broker.url, nodes, topics, interval_s=args.interval, update_delay_s=1.0)
         rollout = (lambda: run_rollout(broker.url, topics, nodes, work, args.waves, args.soak)) if args.rollout else None
-        return measure(args, nodes, psutil.Process(proc.pid), port, fleet, rollout)
+        result = measure(args, nodes, psutil.Process(proc.pid), port, fleet, rollout)
+        fleet.stop()
+        return {**result, "loadgen_rounds": fleet.rounds}
     except BaseException:
         if proc.poll() is not None and proc.stderr:
             print(proc.stderr.read().decode(), file=sys.stderr)
         raise
     finally:
-        if fleet is not None:
-            fleet.stop()
+        fleet.stop()
         proc.terminate()
         try:
             proc.wait(10)

@@ -11,11 +11,14 @@ version is `loadgen`); they exist only to give the dashboard something to draw a
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import heapq
 import itertools
 import math
 import random
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -254,3 +257,31 @@ def sim_bundle(dst: Path, name: str, version: int, key: SigningKey | None = None
                  class_names=list(CLASSES), layout=OutputLayout(decoder="yolo_nas_raw", num_classes=len(CLASSES)))
     write_manifest(dst, m, key or SigningKey.generate())
     return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m builder.dashboard.loadgen`: a simulated fleet in its own process (as real nodes are), until
+    SIGTERM or SIGINT. Prints `ready N` once every node is online, `rounds R` when stopped."""
+    ap = argparse.ArgumentParser(description="simulated nodes (made-up figures) for the dashboard's benchmark")
+    ap.add_argument("--broker", required=True, help="mqtt://host:port")
+    ap.add_argument("--nodes", type=int, default=50)
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between each node's telemetry")
+    ap.add_argument("--prefix", default=Topics().prefix)
+    ap.add_argument("--update-delay", type=float, default=None,
+                    help="answer announcements, committing after this many seconds (default: ignore them)")
+    ap.add_argument("--no-detections", action="store_true")
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    fleet = SimFleet(args.broker, args.nodes, Topics(args.prefix), interval_s=args.interval,
+                     detections=not args.no_detections, update_delay_s=args.update_delay).start()
+    print(f"ready {len(fleet.nodes)}", flush=True)
+    stop.wait()
+    fleet.stop()
+    print(f"rounds {fleet.rounds}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
