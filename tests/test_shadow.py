@@ -251,6 +251,7 @@ def test_untrusted_candidate_refused_live_keeps_running_and_stop_frees_it(
     ask(mqtt_broker, None)
     assert wait_for(lambda: reports.last("endless", ShadowState.STOPPED), 10)
     assert node.shadow.runner is None and runner.closed
+    assert not runner.candidate.process.is_alive()  # type: ignore[attr-defined]  # the candidate's process is gone
     with pytest.raises(EngineError, match="closed"):
         runner.candidate.infer_timed(__import__("numpy").zeros((8, 8, 3), "uint8"))
     assert not (node.cfg.state_dir / "shadow" / "candidate").exists()
@@ -275,3 +276,18 @@ def test_builder_cli_start_status_stop(mqtt_broker: Any, http_server: Any, repor
     assert rep.request_id == "cli" and rep.state == ShadowState.DONE and rep.agreement and rep.agreement.frames >= 5
     assert main(["shadow", "stop", *common]) == 0
     assert wait_for(lambda: reports.last("cli", ShadowState.STOPPED), 10)
+
+
+def test_bench_misses_an_impossible_target_with_exit_3(trained_bundle: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "shadow.json"
+    r = subprocess.run([sys.executable, "bench/bench_shadow.py", "--bundle", str(trained_bundle), "--pairs", "1",
+                        "--seconds", "0.5", "--size", "320x240", "--max-loss", "-5", "--out", str(out)],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 3, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert res["targets_met"] is False and len(res["live_fps_off"]) == len(res["live_fps_on"]) == 1
+    assert res["live_fps_off"][0] > 0 and res["live_fps_on"][0] > 0

@@ -9,16 +9,16 @@ on the inference thread, which only decides and hands over (no copy: frames are 
   shadow frame and frames that did not; the estimated FPS loss = overlapped fraction × relative slowdown.
   While it is above `max_live_slowdown`, sampled frames are skipped (`skipped_budget`).
 
-The candidate runs on its own thread at the lowest CPU priority (nice 19: the kernel gives the live
-threads the cores first), on its CPU model with one thread (the TPU stays the live model's), and both
-models' engine-level detections (before any camera filter or zone) go into an `AgreementWindow`.
+The candidate is driven by its own thread; where it runs is the engine given to the runner: the agent gives
+it an `agent.inference.shadow_child.ChildEngine` (a child process at nice 19 running the candidate bundle's
+CPU model with one XNNPACK thread: the TPU stays the live model's, the kernel gives the live threads the
+cores first, and no GIL is shared). Both models' engine-level detections (before any camera filter or zone)
+go into an `AgreementWindow`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +36,6 @@ from agent.protocol.shadow import Agreement, LatencyStats, ShadowSampling
 
 log = logging.getLogger(__name__)
 
-_NICE = 19  # the shadow thread's niceness: it only ever gets what the live threads leave
 _MIN_BASELINE = 10  # live frames without overlap needed before the budget judges anything
 
 
@@ -172,8 +171,6 @@ class ShadowRunner:
     # ------------------------------------------------------------------------------------------ shadow side
 
     def _loop(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # lower this thread only (Linux: per-thread nice)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
         while True:
             with self._lock:
                 self._work.wait_for(lambda: self._job is not None or self._stop)

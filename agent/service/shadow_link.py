@@ -27,10 +27,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent import __version__ as AGENT_VERSION
-from agent.inference.engine import Engine
 from agent.inference.frames import EngineLike
 from agent.inference.pipeline import ShadowHook
 from agent.inference.shadow import ShadowRunner, candidate_config
+from agent.inference.shadow_child import ChildEngine
 from agent.protocol.messages import ModelRef
 from agent.protocol.shadow import ShadowReport, ShadowRequest, ShadowState
 from agent.security.bundle import Bundle, BundleError
@@ -248,7 +248,7 @@ def attach(service: Any) -> ShadowLink | None:
     link = ShadowLink(
         node=service.node, groups=list(cfg.groups), report_topic=service.topics.shadow_report(service.node),
         keyring=service.keyring, config=cfg.updates, state_dir=cfg.state_dir,
-        load_engine=lambda bundle: Engine.load(bundle, engine_cfg), set_hook=service.pipeline.set_shadow_hook,
+        load_engine=lambda bundle: ChildEngine(bundle, engine_cfg), set_hook=service.pipeline.set_shadow_hook,
         live_model=live_model, publish=lambda topic, payload: service.mqtt.publish(topic, payload, qos=1, retain=True),
     ).start()
     service.mqtt.subscribe(service.topics.shadow(service.node), link.on_message, qos=1)
