@@ -92,6 +92,25 @@ def test_upload_acknowledged_frames_leave_the_ring(results: list[FrameResult], c
     assert collector.counters["duplicate"] == N and len(_stored(collector)) == N
 
 
+def test_upload_over_https(results: list[FrameResult], tmp_path: Path) -> None:
+    """A collector with a certificate from a private CA: the node trusts it through `ca_file`, and only then."""
+    from builder.dashboard.server import tls_context
+    from builder.fleet.testpki import make_test_pki
+
+    pki = make_test_pki(tmp_path / "pki")["server"]
+    col = Collector(tmp_path / "collected", port=free_port(), tls=tls_context(pki.cert, pki.key)).start()
+    try:
+        assert col.url.startswith("https://")
+        token = col.credentials.add("node-1")
+        ring = fill_ring(tmp_path / "ring", results)
+        untrusted = Uploader(ring, col.url, "node-1", token, attempts=1).upload_all()
+        assert untrusted.sent == 0 and "CERTIFICATE_VERIFY_FAILED" in (untrusted.error or "") and ring.count == N
+        rep = Uploader(ring, col.url, "node-1", token, ca_file=pki.ca).upload_all()
+        assert (rep.sent, rep.error, ring.count, len(_stored(col))) == (N, None, 0, N)
+    finally:
+        col.stop()
+
+
 class CuttingProxy:
     """A loopback TCP proxy that cuts its first connection after `cut` bytes of the request."""
 
