@@ -109,7 +109,7 @@ def _start(drv: Any, version: int, waves: str) -> None:
     select.select_by_value(next(o.get_attribute("value") for o in select.options if f" v{version} " in o.text))
     # The latency gate is off: the daemons share 2 cores with the browser and other jobs, so their p95 before
     # and after is noise here (the gate's arithmetic is tests/test_rollout.py's, on real telemetry test_rollout_e2e's).
-    for field, value in (("staged-waves", waves), ("staged-soak", "2"), ("staged-latency", "")):
+    for field, value in (("staged-waves", waves), ("staged-soak", "3"), ("staged-latency", "")):
         el = drv.find_element(By.ID, field)
         el.clear()
         if value:
