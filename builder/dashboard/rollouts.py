@@ -126,15 +126,23 @@ class StagedRollouts:
 
     # -- reading -------------------------------------------------------------------------------------
     def records(self, limit: int | None = None) -> list[RolloutState]:
-        """The rollouts recorded in the state directory, newest first."""
-        out = []
+        """The rollouts recorded in the state directory, newest first; with `limit`, only the most recently
+        written ones are read (the page polls this every second; old records pile up)."""
+        paths = []
         for path in self.store.root.glob("*.json"):
+            try:
+                paths.append((path.stat().st_mtime, path))
+            except OSError:
+                continue
+        paths.sort(reverse=True)
+        out = []
+        for _, path in paths[:limit] if limit is not None else paths:
             try:
                 out.append(self.store.load(path.stem))
             except RolloutStoreError:
                 continue  # a record being written or broken: `rollout status` says which
         out.sort(key=lambda s: s.created, reverse=True)
-        return out[:limit] if limit is not None else out
+        return out
 
     def view(self, limit: int = 10) -> dict[str, Any]:
         """The records as the page draws them. Read from disk, ours too: the engine saves every change, and
