@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import iou
+from helpers import iou, wait_for
 from helpers_flywheel import load_engine, video_results
 
 from agent.capture import CaptureConfig, CaptureSink, build_capture
@@ -216,3 +216,34 @@ def test_capture_config(tmp_path: Path) -> None:
         p.write_text(f"[capture]\n{bad}\n")
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(p)
+
+
+def test_the_sink_as_a_pipeline_frame_hook(engine: Engine, tmp_path: Path) -> None:
+    """What the daemon wires: build_capture(cfg) as a frame hook of the real pipeline on a real camera."""
+    from agent.camera.capture import Camera
+    from agent.camera.config import CameraConfig
+    from agent.inference.config import DetectConfig
+    from agent.inference.pipeline import Pipeline
+    from builder.data.synth import make_video
+
+    clip = tmp_path / "clip.avi"
+    make_video(clip, n_frames=20, size=(320, 240), fps=20, classes=list(engine.bundle.manifest.class_names), seed=5,
+               write_json=False)
+    cfg = AgentConfig(state_dir=tmp_path, node_id="cam-3",
+                      capture={"enabled": True, "band": [0.0, 1.0], "rate_per_min": 6000, "burst": 5})
+    sink = build_capture(cfg)
+    assert sink is not None
+    cam = Camera(CameraConfig(source=str(clip), realtime=False, loop=True)).start()
+    p = Pipeline(cam, engine, DetectConfig(score_threshold=0.2, class_agnostic_nms=False))
+    p.add_frame_hook(sink)
+    p.start()
+    try:
+        assert wait_for(lambda: sink.counters.written >= 5, 20), sink.counters
+    finally:
+        p.stop()
+        cam.stop()
+        sink.close()
+    metas = [CaptureMeta.model_validate_json((sink.ring.root / f"{i}.json").read_bytes()) for i in sink.ring.ids()]
+    assert len(metas) >= 5 and {m.node for m in metas} == {"cam-3"} and {m.camera for m in metas} == {"default"}
+    assert all(m.detections and "band" in m.reasons and m.model_version == engine.model_version for m in metas)
+    assert len({m.frame_index for m in metas}) == len(metas)  # distinct frames
