@@ -211,6 +211,14 @@ def test_capture_config(tmp_path: Path) -> None:
     assert sink is not None and sink.uploader is not None and sink.uploader.token == "t" * 40
     assert sink.ring.root == tmp_path / "capture" and sink.ring.max_frames == 7 and cfg.capture.band == (0.4, 0.7)
     sink.close()
+    # A credential that cannot be read disables uploads, a ring that cannot be made disables capture: logged,
+    # never fatal (the agent keeps inferring).
+    token.unlink()
+    sink = build_capture(cfg)
+    assert sink is not None and sink.uploader is None
+    (tmp_path / "file").write_text("")
+    assert build_capture(cfg.model_copy(update={"capture": cfg.capture.model_copy(
+        update={"dir": tmp_path / "file" / "ring"})})) is None
     for bad, key in (('band = [0.7, 0.4]', "capture.band"), ('collector_url = "ftp://x"', "capture.collector_url"),
                      ('collector_url = "http://x:1"', "credential_file")):
         p.write_text(f"[capture]\n{bad}\n")

@@ -235,6 +235,12 @@ def test_upload_on_a_retained_request(results: list[FrameResult], collector: Col
         assert wait_for(lambda: ring.count == 0 and up.last is not None, 20)
         assert up.last is not None and up.last.sent == N and up.last.request_id == "r1"
         assert wait_for(lambda: not up.request(UploadRequest(request_id="r1")), 5)  # served once, even after restart
+        # Clearing the retained request (an empty message) starts no round; a new id does.
+        first = up.last
+        publish.single(upload_topics("edgefleet", "node-1")[0], b"", retain=True, hostname="127.0.0.1", port=port)
+        publish.single(upload_topics("edgefleet", "node-1")[1], json.dumps({"request_id": "r2"}), retain=True,
+                       hostname="127.0.0.1", port=port)
+        assert wait_for(lambda: up.last is not first, 10) and up.last is not None and up.last.request_id == "r2"
     finally:
         client.stop()
         up.stop()

@@ -189,14 +189,24 @@ class CaptureSink:
 
 def build_capture(cfg: Any) -> CaptureSink | None:
     """The sink for an AgentConfig (None when `[capture] enabled = false`), its uploader started if a
-    collector is configured. The daemon adds it as a frame hook and subscribes the uploader."""
+    collector is configured. The daemon adds it as a frame hook and subscribes the uploader.
+
+    A ring directory that cannot be made disables capture, an unreadable credential disables uploads: both
+    are logged, neither stops the agent (inference matters more than its hard examples)."""
     c: CaptureConfig = cfg.capture
     if not c.enabled:
         return None
-    ring = CaptureRing(c.dir or Path(cfg.state_dir) / "capture", c.max_frames, c.max_bytes)
+    try:
+        ring = CaptureRing(c.dir or Path(cfg.state_dir) / "capture", c.max_frames, c.max_bytes)
+    except OSError as exc:
+        log.error("capture disabled: cannot use the ring directory: %s", exc)
+        return None
     uploader = None
     if c.collector_url and c.credential_file is not None:
-        uploader = Uploader(ring, c.collector_url, cfg.node_id, read_token(c.credential_file), c.ca_file,
-                            c.upload_timeout_s).start()
+        try:
+            uploader = Uploader(ring, c.collector_url, cfg.node_id, read_token(c.credential_file), c.ca_file,
+                                c.upload_timeout_s).start()
+        except (OSError, ValueError) as exc:
+            log.error("capture uploads disabled: collector credential %s: %s", c.credential_file, exc)
     floor = engine_detect(cfg.detect, cfg.camera_entries()).score_threshold
     return CaptureSink(c, ring, cfg.node_id, floor, uploader)

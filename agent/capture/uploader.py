@@ -165,9 +165,12 @@ class Uploader:
         return True
 
     def on_message(self, msg: Any) -> None:
-        """MQTT handler (paho's thread): parse and queue, never block."""
+        """MQTT handler (paho's thread): parse and queue, never block. An empty payload clears the retained
+        request: nothing to do."""
+        if not msg.payload:
+            return
         try:
-            self.request(UploadRequest.model_validate_json(msg.payload or b"{}"))
+            self.request(UploadRequest.model_validate_json(msg.payload))
         except ValidationError as exc:
             log.warning("capture upload request on %s ignored: %s", getattr(msg, "topic", "?"), exc)
 
