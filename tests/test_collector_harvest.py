@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from helpers import wait_for
 from helpers_flywheel import load_engine, video_results
+from skip_policy import builder_stack
 
 from agent.capture import CaptureConfig, CaptureSink, Uploader
 from agent.capture.ring import CaptureRing
@@ -37,6 +38,9 @@ from builder.flywheel.harvest import harvest
 from builder.flywheel.inbox import collected
 
 N = 6  # frames captured per ring
+# The upload half runs in both venvs (the uploader is agent code, the Pi's Python); harvest and review need the
+# builder's stack (torch for the pseudo-labels, PyYAML for data.yaml).
+builder_only = pytest.mark.skipif(not builder_stack(), reason="no builder stack (torch, libreyolo) in this venv")
 TOKEN = "review-token-0123456789"
 
 
@@ -246,6 +250,8 @@ def test_upload_on_a_retained_request(results: list[FrameResult], collector: Col
         up.stop()
 
 
+@pytest.mark.builder
+@builder_only
 def test_the_builders_score_reference_matches_what_a_node_sees(
         results: list[FrameResult], trained_bundle: Path, trained_bundle_dir: Path, tmp_path: Path) -> None:
     """The builder's reference (bundle INT8 model, validation split) against the node's real engine on the same
@@ -325,6 +331,8 @@ def harvested(results: list[FrameResult], trained_bundle_dir: Path,
     return col.root, tmp / "dataset", ckpt
 
 
+@pytest.mark.builder
+@builder_only
 def test_harvest_makes_an_unverified_yolo_dataset(harvested: tuple[Path, Path, Path]) -> None:
     col_dir, ds, ckpt = harvested
     items = review.list_items(ds)
@@ -339,6 +347,8 @@ def test_harvest_makes_an_unverified_yolo_dataset(harvested: tuple[Path, Path, P
     assert harvest(col_dir, ds, ckpt).skipped == N  # a second harvest adds nothing
 
 
+@pytest.mark.builder
+@builder_only
 def test_review_api_writes_labels_on_accept(harvested: tuple[Path, Path, Path], tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     shutil.copytree(harvested[1], ds)
@@ -363,6 +373,8 @@ def test_review_api_writes_labels_on_accept(harvested: tuple[Path, Path, Path], 
             review.apply(ds, *bad)
 
 
+@pytest.mark.builder
+@builder_only
 def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
