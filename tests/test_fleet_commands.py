@@ -213,3 +213,6 @@ def test_requests_and_argument_errors(fleet2: Fleet, capsys: pytest.CaptureFixtu
         run(["fleet", "rollback", "--node", "a", "--all", "--broker", fleet2.broker.url])
     assert run(["fleet", "inventory", "--node", "node-a", "--broker", "mqtt://127.0.0.1:1"]) == 1
     assert "error:" in capsys.readouterr().err
+    # The status table (no selection) takes credentials in the URL; flags meant for commands are refused.
+    assert run(["fleet", "status", "--broker", fleet2.broker.url, "--username", "ops"]) == 2
+    assert "--node/--group/--all" in capsys.readouterr().err

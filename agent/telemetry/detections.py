@@ -15,6 +15,8 @@ MAX_CLASSES = 256  # by_class stays bounded whatever a model's labels say; the r
 
 @dataclass
 class _Tally:
+    """One model's counts in one window."""
+
     frames: int = 0
     total: int = 0
     empty: int = 0
