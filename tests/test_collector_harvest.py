@@ -375,7 +375,7 @@ def test_review_api_writes_labels_on_accept(harvested: tuple[Path, Path, Path], 
 
 @pytest.mark.builder
 @builder_only
-def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: Path, artifacts_dir: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
@@ -415,6 +415,7 @@ def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: P
         (ActionChains(drv).move_to_element_with_offset(canvas, int(-w * 0.45), int(-h * 0.45)).click_and_hold()
          .move_by_offset(int(w * 0.2), int(h * 0.2)).release().perform())  # draw a box in the top-left corner
         ActionChains(drv).send_keys("1").perform()  # the drawn (selected) box becomes class 1
+        drv.save_screenshot(str(artifacts_dir / "review.png"))
         k2 = press("a", "corrected")
         k3 = press("r", "rejected")
     finally:

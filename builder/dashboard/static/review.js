@@ -23,7 +23,7 @@
     st.boxes.forEach((b, k) => {
       const [x1, y1, x2, y2] = b.box;
       ctx.strokeStyle = COLORS[b.class_id % COLORS.length];
-      ctx.lineWidth = k === st.sel ? 3 : 1.5;
+      ctx.lineWidth = (k === st.sel ? 3 : 1.5) * canvas.width / canvas.clientWidth;
       ctx.strokeRect(x1 * canvas.width, y1 * canvas.height, (x2 - x1) * canvas.width, (y2 - y1) * canvas.height);
       ctx.fillStyle = ctx.strokeStyle;
       const label = (st.names[b.class_id] || b.class_id) + (b.score != null ? " " + b.score.toFixed(2) : "");
