@@ -17,11 +17,11 @@ MAX_CLASSES = 256  # by_class stays bounded whatever a model's labels say; the r
 class _Tally:
     """One model's counts in one window."""
 
-    frames: int = 0
-    total: int = 0
-    empty: int = 0
-    most: int = 0
     by_class: dict[str, int] = field(default_factory=dict)
+    frames: int = 0  # frames counted
+    total: int = 0  # detections on them
+    empty: int = 0  # frames without any
+    most: int = 0  # the most on one frame
 
     def add(self, detections: Sequence[Any]) -> None:
         n = len(detections)
