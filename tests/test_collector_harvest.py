@@ -28,7 +28,7 @@ from skip_policy import builder_stack
 
 from agent.capture import CaptureConfig, CaptureSink, Uploader
 from agent.capture.ring import CaptureRing
-from agent.capture.uploader import UploadRequest, upload_topics
+from agent.capture.uploader import UploadRequest, report_json, upload_topics
 from agent.inference.frames import FrameResult
 from builder.dashboard.auth import AccessPolicy
 from builder.fleet.devservices import free_port
@@ -229,6 +229,8 @@ def test_upload_on_a_retained_request(results: list[FrameResult], collector: Col
     ring = fill_ring(tmp_path / "ring", results)
     up = Uploader(ring, collector.url, "node-1", collector.credentials.add("node-1")).start()
     port = mqtt_broker.port  # type: ignore[attr-defined]
+    reports: list[dict[str, object]] = []
+    up.on_report.append(lambda rep: reports.append(json.loads(report_json(rep))))
     publish.single(upload_topics("edgefleet", "node-1")[0], json.dumps({"request_id": "r1"}), retain=True,
                    hostname="127.0.0.1", port=port)
     client = MqttClient(BrokerConfig(url=f"mqtt://127.0.0.1:{port}"), client_id="capture-test")
@@ -238,6 +240,7 @@ def test_upload_on_a_retained_request(results: list[FrameResult], collector: Col
     try:
         assert wait_for(lambda: ring.count == 0 and up.last is not None, 20)
         assert up.last is not None and up.last.sent == N and up.last.request_id == "r1"
+        assert reports[0]["sent"] == N and reports[0]["remaining"] == 0 and reports[0]["error"] is None
         assert wait_for(lambda: not up.request(UploadRequest(request_id="r1")), 5)  # served once, even after restart
         # Clearing the retained request (an empty message) starts no round; a new id does.
         first = up.last

@@ -203,6 +203,15 @@ class Uploader:
             self._thread.join(timeout=self.timeout_s + 1)
 
 
+def status_topic(prefix: str, node: str) -> str:
+    """Where the daemon may publish each round's UploadReport (retained JSON, `report_json`)."""
+    return f"{prefix}/node/{node}/capture/status"
+
+
+def report_json(rep: UploadReport) -> str:
+    return json.dumps(asdict(rep))
+
+
 def upload_topics(prefix: str, node: str) -> list[str]:
     """Where upload requests arrive (retained): this node's topic and the fleet-wide one."""
     return [f"{prefix}/node/{node}/capture/upload", f"{prefix}/capture/upload"]
