@@ -226,6 +226,8 @@ def test_daemon_counts_real_detections_per_frame(mqtt_broker, trained_bundle, tr
     from agent.security.signing import Keyring
     from agent.service.daemon import AgentService
     from builder.data.synth import make_video
+    from builder.rollout.gates import measure
+    from builder.rollout.link import RolloutLink
 
     classes = json.loads((trained_bundle / "manifest.json").read_text())["class_names"]
     video = tmp_path / "cam.avi"
@@ -243,6 +245,7 @@ def test_daemon_counts_real_detections_per_frame(mqtt_broker, trained_bundle, tr
         if r.stats.error is None:
             seen.append([d.class_name for d in r.detections])
 
+    link = RolloutLink(mqtt_broker.url, Topics("tel")).start()  # what a rollout's detection gate reads
     svc = AgentService(cfg)
     svc.start()
     bundle = Bundle.load(trained_bundle, Keyring.load(trained_bundle_keys))
@@ -252,6 +255,7 @@ def test_daemon_counts_real_detections_per_frame(mqtt_broker, trained_bundle, tr
         out, _ = sub.communicate(timeout=60)
     finally:
         svc.stop()
+        link.stop()
         if sub.poll() is None:
             sub.kill()
     final = svc.telemetry.collector.snapshot().detections  # the daemon is stopped: no frame in flight
@@ -265,6 +269,11 @@ def test_daemon_counts_real_detections_per_frame(mqtt_broker, trained_bundle, tr
         assert w.model_version == bundle.manifest.version and w.per_frame == pytest.approx(w.total / w.frames, abs=1e-4)
         assert sum(w.by_class.values()) == w.total and set(w.by_class) <= set(classes)
         assert 0 <= w.empty_frames <= w.frames and w.max_per_frame <= max(len(f) for f in seen)
+    # The rollout runner's link heard the same messages: the gate's detections per frame is theirs.
+    heard = link.snapshot("det-1")
+    assert heard is not None and len(heard.samples) >= 3
+    per_frame = measure(heard.samples, [], bundle.manifest.version, 0, time.time() + 1).detections_per_frame
+    assert per_frame == pytest.approx(sum(w.total for w in counted) / sum(w.frames for w in counted), rel=0.05)
 
 
 def test_detection_tally_windows_by_model_version() -> None:
