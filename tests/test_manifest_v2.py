@@ -204,47 +204,59 @@ def _ship(watcher: Watcher, broker: Any, http: Any, bundle: Path, key: Path, tmp
 
 
 @pytest.fixture
-def cpu_daemon(tmp_path: Path, mqtt_broker: Any, trained_bundle: Path, trained_bundle_keys: Path) -> Iterator[Any]:
+def daemon(tmp_path: Path, mqtt_broker: Any, trained_bundle_keys: Path) -> Iterator[Any]:
+    """Starts the real agent daemon on a bundle with a `backend.prefer`; stopped at the end."""
     from agent.config import AgentConfig
     from agent.service.daemon import AgentService
     from builder.data.synth import make_video
 
-    video = tmp_path / "scene.avi"
-    make_video(video, n_frames=40, size=(320, 240), fps=15,
-               classes=Bundle.load(trained_bundle).manifest.class_names, seed=5)
-    cfg = AgentConfig(
-        node_id="cam-1", topic_prefix="edgefleet", broker={"url": mqtt_broker.url},
-        camera={"source": str(video), "loop": True, "realtime": True}, backend={"prefer": "cpu"},
-        state_dir=tmp_path / "state", trusted_keys_dir=trained_bundle_keys, bundle=trained_bundle,
-        updates={"trial_frames": 10, "trial_seconds": 5, "clock_sync": "off"},
-    )
-    svc = AgentService(cfg)
-    svc.start()
-    yield svc
-    svc.stop()
+    started: list[Any] = []
+
+    def start(bundle: Path, prefer: str) -> Any:
+        video = tmp_path / "scene.avi"
+        make_video(video, n_frames=40, size=(320, 240), fps=15, classes=Bundle.load(bundle).manifest.class_names,
+                   seed=5)
+        (tmp_path / "sys").mkdir()  # no Edge TPU: the TPU node runs its CPU fallback, degraded
+        (tmp_path / "dev").mkdir()
+        cfg = AgentConfig(
+            node_id="cam-1", topic_prefix="edgefleet", broker={"url": mqtt_broker.url},
+            camera={"source": str(video), "loop": True, "realtime": True},
+            backend={"prefer": prefer, "edgetpu": {"sysfs_root": str(tmp_path / "sys"),
+                                                  "dev_root": str(tmp_path / "dev")}},
+            state_dir=tmp_path / "state", trusted_keys_dir=trained_bundle_keys, bundle=bundle,
+            updates={"trial_frames": 10, "trial_seconds": 5, "clock_sync": "off"},
+        )
+        svc = AgentService(cfg)
+        started.append(svc)
+        svc.start()
+        assert wait_for(lambda: svc.updater is not None and svc.updater.engine is not None, 30)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
 
 
-def test_cpu_daemon_fetches_only_its_files_and_still_takes_v1(cpu_daemon: Any, mqtt_broker: Any, http_server: Any,
-                                                             trained_bundle: Path, trained_bundle_key: Path,
-                                                             tmp_path: Path) -> None:
-    m1 = Bundle.load(trained_bundle).manifest
+@pytest.mark.parametrize("prefer", ["cpu", "edgetpu"])
+def test_daemon_fetches_only_its_files_and_still_takes_v1(daemon: Any, prefer: str, mqtt_broker: Any,
+                                                          http_server: Any, tpu_bundle: Path,
+                                                          trained_bundle_key: Path, tmp_path: Path) -> None:
+    """CPU node: the CPU list. Edge TPU node (no TPU here, degraded to the CPU): its model + the CPU list."""
+    svc = daemon(tpu_bundle, prefer)
+    m1 = Bundle.load(tpu_bundle).manifest
+    wanted = CPU_LIST | ({"model_edgetpu.tflite"} if prefer == "edgetpu" else set())
     watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
     try:
-        assert wait_for(lambda: cpu_daemon.updater is not None and cpu_daemon.updater.engine is not None, 30)
-
-        def ship(version: int, schema: int) -> dict[str, Any]:
-            return _ship(watcher, mqtt_broker, http_server, trained_bundle, trained_bundle_key, tmp_path, version,
-                         schema)
-
         v2, v3 = m1.version + 1, m1.version + 2
-        st = ship(v2, 2)
+        st = _ship(watcher, mqtt_broker, http_server, tpu_bundle, trained_bundle_key, tmp_path, v2, 2)
         assert st["state"] == "committed", st
-        assert _fetched(http_server, v2) == CPU_LIST  # not model_cpu, model_dynamic, the reports
-        st = ship(v3, 1)  # `--manifest-version 1`, for old nodes: a new node takes it too, fetching every file
+        assert _fetched(http_server, v2) == wanted  # not model_cpu, model_dynamic, the reports
+        # `--manifest-version 1`, for old nodes: a new node takes it too, fetching every file.
+        st = _ship(watcher, mqtt_broker, http_server, tpu_bundle, trained_bundle_key, tmp_path, v3, 1)
         assert st["state"] == "committed", st
         assert _fetched(http_server, v3) == {f.path for f in m1.files}
-        versions = {v["version"]: v for v in cpu_daemon.updater.inventory()["versions"]}
-        assert set(versions[v2]["not_fetched"]) == {f.path for f in m1.files} - CPU_LIST
+        versions = {v["version"]: v for v in svc.updater.inventory()["versions"]}
+        assert set(versions[v2]["not_fetched"]) == {f.path for f in m1.files} - wanted
         assert versions[v3]["not_fetched"] == []
     finally:
         watcher.close()
