@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_nodes import node_config
 
 from agent.protocol.topics import Topics
 from builder.fleet.devservices import FileServer, LocalBroker, free_port, wait_port
@@ -119,32 +119,7 @@ def start_real_agents(request: pytest.FixtureRequest, broker: LocalBroker, www: 
     make_video(video, n_frames=40, size=(320, 240), fps=10, classes=list(m.class_names), seed=5, write_json=False)
     fleet = Fleet("real edge-agent", v2, m.version + 1, m.version, key)
     for node in NODES:
-        cfg = tmp / f"{node}.toml"
-        cfg.write_text(textwrap.dedent(f"""\
-            node_id = "{node}"
-            groups = ["lab"]
-            state_dir = "{tmp / node}"
-            trusted_keys_dir = "{trusted}"
-            bundle = "{bundle}"
-            state_interval_s = 5.0
-            [broker]
-            url = "{broker.url}"
-            [camera]
-            source = "{video}"
-            [backend]
-            prefer = "cpu"
-            [detect]
-            score_threshold = 0.3
-            [telemetry]
-            interval_s = 1.0
-            hass_discovery = false
-            [updates]
-            clock_sync = "off"
-            trial_frames = 20
-            trial_seconds = 10
-            read_timeout_s = 5
-            connect_timeout_s = 2
-            """))
+        cfg = node_config(node, tmp, broker.url, bundle, trusted, video, trial_frames=20, trial_seconds=10)
         _spawn([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], tmp / f"{node}.log", fleet)
     return fleet
 

@@ -16,13 +16,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import wait_for
+from helpers_nodes import node_config, spawn_agent, stop_all
 from helpers_updates import Watcher, make_variant
 
 from agent.security.bundle import Bundle
@@ -41,52 +41,13 @@ class Fleet:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, node: str, cfg: Path) -> None:
-        with open(self.tmp / f"{node}.log", "wb") as out:
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
-                                               stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
+        self.procs.append(spawn_agent(cfg, self.tmp / f"{node}.log"))
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(self.procs)
 
     def tail(self) -> str:
         return "\n".join(f"--- {n}\n{(self.tmp / f'{n}.log').read_text()[-2000:]}" for n in NODES)
-
-
-def _config(node: str, tmp: Path, broker: LocalBroker, bundle: Path, trusted: Path, video: Path) -> Path:
-    cfg = tmp / f"{node}.toml"
-    cfg.write_text(textwrap.dedent(f"""\
-        node_id = "{node}"
-        groups = ["lab"]
-        state_dir = "{tmp / node}"
-        trusted_keys_dir = "{trusted}"
-        bundle = "{bundle}"
-        state_interval_s = 5.0
-        [broker]
-        url = "{broker.url}"
-        [camera]
-        source = "{video}"
-        [backend]
-        prefer = "cpu"
-        [detect]
-        score_threshold = 0.3
-        [telemetry]
-        interval_s = 1.0
-        hass_discovery = false
-        [updates]
-        trial_frames = 8
-        trial_seconds = 3
-        read_timeout_s = 5
-        connect_timeout_s = 2
-        clock_sync = "off"
-        """))
-    return cfg
 
 
 @pytest.fixture
@@ -100,7 +61,7 @@ def fleet(tmp_path: Path, mqtt_broker: LocalBroker, trained_bundle: Path, traine
     watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
     try:
         for node in NODES:
-            fleet.spawn(node, _config(node, tmp_path, mqtt_broker, trained_bundle, trained_bundle_keys, video))
+            fleet.spawn(node, node_config(node, tmp_path, mqtt_broker.url, trained_bundle, trained_bundle_keys, video))
         assert wait_for(lambda: set(running(watcher)) == set(NODES)
                         and set(running(watcher).values()) == {m.version}, 120), fleet.tail()
         yield fleet, watcher, m.version

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 from helpers import wait_for
+from helpers_nodes import node_config
 from helpers_updates import make_variant
-from test_rollout_e2e import _config
 
 from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle
@@ -117,8 +117,8 @@ class Node:
 
 
 def _node_config(tmp: Path, broker: LocalEjabberd, bundle: Path, trusted: Path, video: Path) -> Path:
-    """tests/test_rollout_e2e's node config (4 fps video, CPU, 1 s telemetry, quick trial), logged in as the node."""
-    cfg = _config(NODE, tmp, broker, bundle, trusted, video)  # type: ignore[arg-type]  # reads broker.url only
+    """tests/helpers_nodes' node config (4 fps video, CPU, 1 s telemetry, quick trial), logged in as the node."""
+    cfg = node_config(NODE, tmp, broker.url, bundle, trusted, video)
     url = f'url = "{broker.url}"'
     text = cfg.read_text()
     assert url in text
