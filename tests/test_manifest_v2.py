@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,6 +187,27 @@ def test_builder_writes_v2_by_default_and_v1_on_request(tmp_path: Path, trained_
     assert set_schema(root, 1, key).schema_version == 1
     assert (root / "manifest.json").read_bytes() == (v1_bundle / "manifest.json").read_bytes()
     Bundle.load(root, ring)
+
+
+def test_publish_cli_manifest_version(tmp_path: Path, mqtt_broker: Any, http_server: Any, trained_bundle: Path,
+                                      trained_bundle_key: Path) -> None:
+    """`edge-builder publish` (the real CLI): schema 2 by default, 1 with `--manifest-version 1`."""
+    from agent.protocol.messages import Announcement
+
+    exe = Path(sys.executable).with_name("edge-builder")
+    got = []
+    for flag in ([], ["--manifest-version", "1"]):
+        sub = subprocess.Popen(["mosquitto_sub", "-h", mqtt_broker.host, "-p", str(mqtt_broker.port), "-t",
+                                "edgefleet/announce/all", "-R", "-C", "1", "-W", "10"], stdout=subprocess.PIPE)
+        time.sleep(0.3)  # subscribed before the publish; -R: the previous retained one is skipped
+        proc = subprocess.run([str(exe), "publish", str(trained_bundle), "--broker", mqtt_broker.url, "--key",
+                               str(trained_bundle_key), "--http-base", http_server.base_url, *flag],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        payload = sub.communicate(timeout=15)[0]
+        got.append(parse_manifest(Announcement.model_validate_json(payload).manifest_bytes()))
+    assert [m.schema_version for m in got] == [2, 1]
+    assert got[0].needs is not None and got[1].needs is None
 
 
 # -- nodes -----------------------------------------------------------------------------------------
