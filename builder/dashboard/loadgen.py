@@ -18,6 +18,7 @@ import itertools
 import math
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -98,14 +99,19 @@ class SimNode:
         self.updating: int | None = None  # the version being "installed"
         self.client, cfg = make_client(broker_url, f"sim-{node_id}")
         self.client.will_set(topics.availability(node_id), "offline", qos=1, retain=True)
+        self.online = False  # announce_online() was called: (re)announce on every CONNACK, as an agent does
+        self.client.on_connect = self._on_connect
         if update_delay_s is not None:
-            self.client.on_connect = self._on_connect
             self.client.on_message = self._on_announcement
         self.client.connect(cfg.host, cfg.port, keepalive=30)
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe([(t, 1) for t in self.topics.announce_subscriptions(self.node_id, self.groups)])
+        # Retained messages published before the CONNACK were lost under load (a thousand connecting at once).
+        if self.online:
+            self._announce()
+        if self.update_delay_s is not None:
+            client.subscribe([(t, 1) for t in self.topics.announce_subscriptions(self.node_id, self.groups)])
 
     def _on_announcement(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:  # a withdrawn announcement
@@ -141,6 +147,11 @@ class SimNode:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def announce_online(self) -> None:
+        self.online = True
+        if self.client.is_connected():
+            self._announce()
+
+    def _announce(self) -> None:
         self._pub(self.topics.availability(self.node_id), "online", retain=True, qos=1)
         self.publish_state()
 
@@ -200,18 +211,23 @@ class SimFleet:
     """N simulated nodes publishing telemetry (and detections) every `interval_s` from one thread."""
 
     def __init__(self, broker_url: str, count: int, topics: Topics, interval_s: float = 1.0,
-                 detections: bool = True, prefix_id: str = "sim", update_delay_s: float | None = None) -> None:
+                 detections: bool = True, prefix_id: str = "sim", update_delay_s: float | None = None,
+                 first: int = 0) -> None:
         self.interval_s = interval_s
         self.detections = detections
         self.nodes = [SimNode(broker_url, f"{prefix_id}-{i:03d}", topics, groups=[f"g{i % 3}"], seed=i,
-                              update_delay_s=update_delay_s) for i in range(count)]
+                              update_delay_s=update_delay_s) for i in range(first, first + count)]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rounds = 0
 
-    def start(self) -> SimFleet:
+    def start(self, timeout_s: float = 60.0) -> SimFleet:
+        """Every node announced (on its CONNACK) before telemetry starts."""
         for n in self.nodes:
             n.announce_online()
+        deadline = time.monotonic() + timeout_s
+        while not all(n.client.is_connected() for n in self.nodes) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._thread = threading.Thread(target=self._run, name="simfleet", daemon=True)
         self._thread.start()
         return self
@@ -259,12 +275,17 @@ def sim_bundle(dst: Path, name: str, version: int, key: SigningKey | None = None
     return dst
 
 
+PER_PROCESS = 300  # paho's network loop uses select(): 3 descriptors per client, none may be >= 1024
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m builder.dashboard.loadgen`: a simulated fleet in its own process (as real nodes are), until
-    SIGTERM or SIGINT. Prints `ready N` once every node is online, `rounds R` when stopped."""
+    """`python -m builder.dashboard.loadgen`: a simulated fleet in its own processes (as real nodes are), until
+    SIGTERM or SIGINT. Prints `ready N` once every node is online, `rounds R` when stopped. Above PER_PROCESS
+    nodes it runs one child process per PER_PROCESS nodes and speaks for them."""
     ap = argparse.ArgumentParser(description="simulated nodes (made-up figures) for the dashboard's benchmark")
     ap.add_argument("--broker", required=True, help="mqtt://host:port")
     ap.add_argument("--nodes", type=int, default=50)
+    ap.add_argument("--first", type=int, default=0, help="number of the first node (sim-NNN)")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between each node's telemetry")
     ap.add_argument("--prefix", default=Topics().prefix)
     ap.add_argument("--update-delay", type=float, default=None,
@@ -274,12 +295,34 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if args.nodes > PER_PROCESS:
+        return _shards(argv if argv is not None else sys.argv[1:], args.nodes, stop)
     fleet = SimFleet(args.broker, args.nodes, Topics(args.prefix), interval_s=args.interval,
-                     detections=not args.no_detections, update_delay_s=args.update_delay).start()
+                     detections=not args.no_detections, update_delay_s=args.update_delay, first=args.first).start()
     print(f"ready {len(fleet.nodes)}", flush=True)
     stop.wait()
     fleet.stop()
     print(f"rounds {fleet.rounds}", flush=True)
+    return 0
+
+
+def _shards(argv: list[str], nodes: int, stop: threading.Event) -> int:
+    """One child per PER_PROCESS nodes (the same command with --first/--nodes); `ready` when all are."""
+    kids = []
+    for first in range(0, nodes, PER_PROCESS):
+        cmd = [sys.executable, "-m", "builder.dashboard.loadgen", *argv, "--first", str(first),
+               "--nodes", str(min(PER_PROCESS, nodes - first))]
+        kids.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+    ready = sum(int(k.stdout.readline().split()[1]) for k in kids if k.stdout)  # "ready N" from each
+    print(f"ready {ready}", flush=True)
+    stop.wait()
+    rounds = []
+    for k in kids:
+        k.terminate()
+    for k in kids:
+        out, _ = k.communicate(timeout=60)
+        rounds += [int(x.split()[1]) for x in out.splitlines() if x.startswith("rounds ")]
+    print(f"rounds {min(rounds, default=0)}", flush=True)
     return 0
 
 
