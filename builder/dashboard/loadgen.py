@@ -99,7 +99,8 @@ class SimNode:
         self.updating: int | None = None  # the version being "installed"
         self.client, cfg = make_client(broker_url, f"sim-{node_id}")
         self.client.will_set(topics.availability(node_id), "offline", qos=1, retain=True)
-        self.online = False  # announce_online() was called: (re)announce on every CONNACK, as an agent does
+        self.online = False  # announce_online() was called: announce again on every reconnect
+        self.connects = 0
         self.client.on_connect = self._on_connect
         if update_delay_s is not None:
             self.client.on_message = self._on_announcement
@@ -107,8 +108,8 @@ class SimNode:
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        # Retained messages published before the CONNACK were lost under load (a thousand connecting at once).
-        if self.online:
+        self.connects += 1
+        if self.online and self.connects > 1:  # back after a broker restart: say so again, as an agent does
             self._announce()
         if self.update_delay_s is not None:
             client.subscribe([(t, 1) for t in self.topics.announce_subscriptions(self.node_id, self.groups)])
@@ -148,8 +149,7 @@ class SimNode:
 
     def announce_online(self) -> None:
         self.online = True
-        if self.client.is_connected():
-            self._announce()
+        self._announce()
 
     def _announce(self) -> None:
         self._pub(self.topics.availability(self.node_id), "online", retain=True, qos=1)
@@ -222,7 +222,7 @@ class SimFleet:
         self.rounds = 0
 
     def start(self, timeout_s: float = 60.0) -> SimFleet:
-        """Every node announced (on its CONNACK) before telemetry starts."""
+        """Every node announced and connected before telemetry starts."""
         for n in self.nodes:
             n.announce_online()
         deadline = time.monotonic() + timeout_s
