@@ -380,6 +380,7 @@ def test_review_api_writes_labels_on_accept(harvested: tuple[Path, Path, Path], 
 @builder_only
 def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: Path, artifacts_dir: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -394,7 +395,17 @@ def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: P
     opts.binary_location = str(CHROMIUM)
     for flag in [*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
         opts.add_argument(flag)
-    drv = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+    drv = None
+    for attempt in range(3):  # chromedriver can lose its port to another process starting at the same moment
+        try:
+            drv = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+            break
+        except WebDriverException:
+            if attempt == 2:
+                col.stop()
+                raise
+            time.sleep(1)
+    assert drv is not None
     body = lambda: drv.find_element(By.TAG_NAME, "body")  # noqa: E731
 
     def press(keys: str, status: str) -> str:
