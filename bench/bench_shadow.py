@@ -6,9 +6,9 @@ alternating windows of --seconds, so machine noise hits both alike. With the sha
 the candidate in its child process (agent.inference.shadow_child, nice 19, as the agent does) (default: the same bundle's INT8 model, a second interpreter, as a v2 of the same
 architecture would be; --candidate-model picks another file of the bundle, e.g. model_cpu.tflite, the
 FP model, several times slower) on the sampled live frames at --rate frames/s at most, with the agent's
-own budget (max_live_slowdown, default 0.10). The camera plays a generated video at 1.25 × the measured
-invoke rate (a camera slightly faster than the model), so the live loop is never idle: its FPS is its
-capacity and any loss shows.
+own budget (max_live_slowdown, default 0.10). The camera plays a generated video at 1.5 × the live model's best
+measured rate (a camera faster than the model), so the live loop is never idle: its FPS is its capacity and
+any loss shows (`camera_bound_windows` counts windows where it kept up with the camera anyway).
 
 Measured: live FPS per window, paired (off, on) → loss = 1 − on / off per pair, the median over pairs
 (the verdict: robust to a window another process spoiled) with its bootstrap 95 % interval, and pooled
@@ -49,6 +49,7 @@ from agent.security.bundle import Bundle  # noqa: E402
 from builder.data.synth import make_video  # noqa: E402
 
 OUT = RESULTS / "shadow.json"
+CAMERA_X = 1.5  # the camera plays at this multiple of the live model's best rate: the live loop never idles
 
 
 def default_bundle() -> Path:
@@ -75,7 +76,9 @@ def candidate_bundle(bundle: Path, model: str | None, tmp: Path) -> Bundle:
     return Bundle.load(dst, check=False)
 
 
-def invoke_rate(engine: Engine, video: Path, seconds: float = 1.5) -> float:
+def invoke_rate(engine: Engine, video: Path, bursts: int = 4, seconds: float = 0.5) -> float:
+    """Frames per second of the live engine alone: the best of a few short bursts (a burst another process
+    slowed down would pace the camera below the model and hide any loss)."""
     import cv2
 
     cap = cv2.VideoCapture(str(video))
@@ -83,12 +86,15 @@ def invoke_rate(engine: Engine, video: Path, seconds: float = 1.5) -> float:
     cap.release()
     if not ok:
         raise RuntimeError(f"cannot read {video}")
-    n, end = 0, time.monotonic() + seconds
-    t0 = time.perf_counter()
-    while time.monotonic() < end:
-        engine.infer(frame)
-        n += 1
-    return n / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(bursts):
+        n, end = 0, time.monotonic() + seconds
+        t0 = time.perf_counter()
+        while time.monotonic() < end:
+            engine.infer(frame)
+            n += 1
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
 
 
 def windows(p: Pipeline, runner: ShadowRunner, pairs: int, seconds: float) -> dict[str, list[float]]:
@@ -128,7 +134,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     w, h = (int(v) for v in args.size.split("x"))
     make_video(video, n_frames=60, size=(w, h), fps=10, classes=bundle.manifest.class_names, seed=3)
     rate = invoke_rate(live, video)
-    cam = Camera(CameraConfig(source=str(video), realtime=True, loop=True, fps=1.25 * rate)).start()
+    cam = Camera(CameraConfig(source=str(video), realtime=True, loop=True, fps=CAMERA_X * rate)).start()
 
     def sink(r: FrameResult) -> None:  # the publisher thread's real work minus the socket
         DetectionsMessage(node="bench", frame_ts=r.frame.ts, frame_index=r.frame.index, model_name=r.model_name or "",
@@ -154,7 +160,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "bundle": str(args.bundle), "model": bundle.manifest.models.cpu,
         "candidate_model": args.candidate_model or bundle.manifest.models.cpu,
         "input": list(live.backend.input.shape), "threads": args.threads, "frame_size": args.size,
-        "invoke_rate_fps": round(rate, 1), "camera_fps": round(1.25 * rate, 1),
+        "invoke_rate_fps": round(rate, 1), "camera_fps": round(CAMERA_X * rate, 1),
+        # windows where the live loop kept up with the camera: it was not saturated, its FPS says nothing of a loss
+        "camera_bound_windows": sum(f >= 0.95 * CAMERA_X * rate for f in got["off"] + got["on"]),
         "sampling": sampling.model_dump(), "window_s": args.seconds, "pairs": args.pairs,
         "live_fps_off": [round(x, 1) for x in got["off"]], "live_fps_on": [round(x, 1) for x in got["on"]],
         "loss_per_pair": [round(x, 4) for x in losses], "loss_median": round(statistics.median(losses), 4),
