@@ -106,12 +106,12 @@ class FleetProcess:
 
     def __init__(self, broker_url: str, nodes: int, interval_s: float, update_delay_s: float) -> None:
         self.cmd = [sys.executable, "-m", "builder.dashboard.loadgen", "--broker", broker_url, "--nodes", str(nodes),
-                    "--interval", str(interval_s), "--update-delay", str(update_delay_s)]
+                    "--interval", str(interval_s), "--update-delay", str(update_delay_s), "--exit-with-stdin"]
         self.proc: subprocess.Popen[str] | None = None
         self.rounds: int | None = None
 
     def start(self) -> FleetProcess:
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):

@@ -252,8 +252,9 @@ class SimFleet:
         if self._thread:
             self._thread.join(5)
         live = [n for n in self.nodes if not n.stopped and n.client.is_connected()]
+        deadline = time.monotonic() + 5.0  # all together: a dead broker must not cost 5 s per node
         for info in [n._pub(n.topics.availability(n.node_id), "offline", retain=True, qos=1) for n in live]:
-            info.wait_for_publish(5)
+            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
         for n in self.nodes:
             n.stopped = True
             n.client.disconnect()
@@ -291,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-delay", type=float, default=None,
                     help="answer announcements, committing after this many seconds (default: ignore them)")
     ap.add_argument("--no-detections", action="store_true")
+    ap.add_argument("--exit-with-stdin", action="store_true",
+                    help="also stop when stdin closes (the parent died): no orphaned fleet keeps publishing")
     args = ap.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if args.exit_with_stdin:
+        threading.Thread(target=_stop_at_eof, args=(stop,), daemon=True).start()
     if args.nodes > PER_PROCESS:
         return _shards(argv if argv is not None else sys.argv[1:], args.nodes, stop)
     fleet = SimFleet(args.broker, args.nodes, Topics(args.prefix), interval_s=args.interval,
@@ -302,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ready {len(fleet.nodes)}", flush=True)
     stop.wait()
     fleet.stop()
-    print(f"rounds {fleet.rounds}", flush=True)
+    with contextlib.suppress(BrokenPipeError):  # the parent may be gone
+        print(f"rounds {fleet.rounds}", flush=True)
     return 0
+
+
+def _stop_at_eof(stop: threading.Event) -> None:
+    sys.stdin.read()
+    stop.set()
 
 
 def _shards(argv: list[str], nodes: int, stop: threading.Event) -> int:
@@ -311,8 +322,8 @@ def _shards(argv: list[str], nodes: int, stop: threading.Event) -> int:
     kids = []
     for first in range(0, nodes, PER_PROCESS):
         cmd = [sys.executable, "-m", "builder.dashboard.loadgen", *argv, "--first", str(first),
-               "--nodes", str(min(PER_PROCESS, nodes - first))]
-        kids.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+               "--nodes", str(min(PER_PROCESS, nodes - first)), "--exit-with-stdin"]
+        kids.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     ready = sum(int(k.stdout.readline().split()[1]) for k in kids if k.stdout)  # "ready N" from each
     print(f"ready {ready}", flush=True)
     stop.wait()
@@ -320,9 +331,14 @@ def _shards(argv: list[str], nodes: int, stop: threading.Event) -> int:
     for k in kids:
         k.terminate()
     for k in kids:
-        out, _ = k.communicate(timeout=60)
+        try:
+            out, _ = k.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            k.kill()
+            out, _ = k.communicate()
         rounds += [int(x.split()[1]) for x in out.splitlines() if x.startswith("rounds ")]
-    print(f"rounds {min(rounds, default=0)}", flush=True)
+    with contextlib.suppress(BrokenPipeError):  # the parent may be gone
+        print(f"rounds {min(rounds, default=0)}", flush=True)
     return 0
 
 
