@@ -235,3 +235,16 @@ def test_failing_compiler_leaves_the_bundle_unchanged(bundle: Path, key_files: t
 def test_missing_attach_file(bundle: Path, tmp_path: Path, key_files: tuple[Path, Path]) -> None:
     res = compile_cli(bundle, "--attach", tmp_path / "nope_edgetpu.tflite", "--key", key_files[0])
     assert res.returncode == 1 and "nope_edgetpu.tflite: no such file" in res.stderr
+
+
+def test_attach_to_a_schema_2_bundle_gives_tpu_nodes_their_file_list(bundle: Path, coral_data: Path,
+                                                                     key_files: tuple[Path, Path]) -> None:
+    from agent.protocol.manifest import with_schema
+
+    write_manifest(bundle, with_schema(Bundle.load(bundle).manifest, 2), SigningKey.load(key_files[0]))
+    res = compile_cli(bundle, "--attach", coral_data / f"{MOBILENET}_edgetpu.tflite", "--key", key_files[0])
+    assert res.returncode == 0, res.stderr
+    m = Bundle.load(bundle, node_keyring(key_files[1]), complete=True).manifest
+    assert m.schema_version == 2 and m.needs is not None
+    assert m.needs["edgetpu"] == ["model_edgetpu.tflite", "model_quant.tflite"]  # its model + the CPU fallback
+    assert m.needs["cpu"] == ["model_quant.tflite"]  # CPU nodes still skip the TPU model

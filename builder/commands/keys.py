@@ -53,7 +53,7 @@ def _sign(args: argparse.Namespace) -> int:
 
     try:
         key = SigningKey.load(args.key)
-        bundle = Bundle.load(args.bundle)  # checks every file's sha256 before we vouch for it
+        bundle = Bundle.load(args.bundle, complete=True)  # checks every file's sha256 before we vouch for it
         sign_bundle(args.bundle, key)
     except (BundleError, SignatureError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -33,6 +33,9 @@ def register(sub: SubParsers) -> None:
     s.add_argument("--upload", type=Path, metavar="DIR", help="copy the bundle into DIR/<name>/<version>/ first")
     s.add_argument("--waves", required=True, metavar="SPEC", help="comma list of counts, percentages, rest: 1,25%%,rest")
     s.add_argument("--target", default="all", help="all | group:NAME (default all)")
+    s.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,
+                   help="manifest schema to announce: 2 (default) lets each node fetch only its backend's files; "
+                   "1 for nodes older than schema 2 (they fetch every file)")
     s.add_argument("--success-threshold", type=float, default=1.0, metavar="F",
                    help="fraction of a wave's nodes that must commit and stay healthy (default 1.0)")
     s.add_argument("--failure-threshold", type=float, default=0.0, metavar="F",
@@ -92,7 +95,7 @@ def _start(args: argparse.Namespace) -> int:
                                http_base=args.http_base, upload=str(args.upload.resolve()) if args.upload else None,
                                prefix=args.prefix, target=args.target, waves_spec=args.waves,
                                username=args.username, ca=str(args.ca.resolve()) if args.ca else None,
-                               rollback_on_halt=args.rollback_on_halt)
+                               rollback_on_halt=args.rollback_on_halt, manifest_version=args.manifest_version)
     if old is not None and not old.done:
         if old.settings.bundle != settings.bundle:
             print(f"error: rollout {old.id} of {old.settings.bundle} is not over ({old.phase}): "
@@ -132,15 +135,12 @@ def _link(s: RolloutSettings, password: str | None) -> RolloutLink:
 
 def _engine(store: RolloutStore, state: RolloutState, link: RolloutLink | None = None,
             password: str | None = None) -> tuple[RolloutEngine, RolloutLink]:
-    from agent.protocol.topics import Topics
     from builder.rollout.announce import Announcer
     from builder.rollout.engine import RolloutEngine
 
     s = state.settings
     link = link or _link(s, password)
-    announcer = Announcer(Path(s.bundle), Path(s.key), s.http_base, Path(s.upload) if s.upload else None,
-                          Topics(s.prefix))
-    return RolloutEngine(state, store, link, announcer, claim=store.claim(state.id)), link
+    return RolloutEngine(state, store, link, Announcer.for_rollout(s), claim=store.claim(state.id)), link
 
 
 def _run(store: RolloutStore, state: RolloutState, link: RolloutLink | None = None,

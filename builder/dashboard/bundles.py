@@ -46,7 +46,7 @@ def verify(path: Path, keyring: Keyring | None) -> str | None:
     if keyring is None:
         return "no trusted keys to check it against (--trusted-keys)"
     try:
-        Bundle.load(path, keyring)
+        Bundle.load(path, keyring, complete=True)
     except (BundleError, SignatureError) as exc:
         return f"not signed by a trusted key or altered: {exc}"
     return None

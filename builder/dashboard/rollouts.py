@@ -23,7 +23,6 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.protocol.topics import Topics
 from builder.dashboard.bundles import BundleInfo
 from builder.dashboard.errors import ApiError
 from builder.dashboard.rollout import PublishConfig, RolloutError, verified_copy
@@ -243,9 +242,8 @@ class StagedRollouts:
         assert self.link is not None
         s = st.settings
         try:
-            announcer = Announcer(Path(s.bundle), Path(s.key), s.http_base, Path(s.upload) if s.upload else None,
-                                  Topics(s.prefix))
-            engine = RolloutEngine(st, self.store, self.link, announcer, claim=self.store.claim(st.id, self.owner))
+            engine = RolloutEngine(st, self.store, self.link, Announcer.for_rollout(s),
+                                   claim=self.store.claim(st.id, self.owner))
             assert engine.claim is not None
             engine.claim.acquire()
         except (PublishError, ClaimError) as exc:

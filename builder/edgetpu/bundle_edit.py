@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.atomic import fsync_dir
-from agent.protocol.manifest import SIGNATURE_NAME, Manifest
+from agent.protocol.manifest import SIGNATURE_NAME, Manifest, with_schema
 from agent.security.bundle import Bundle, BundleError, file_entry, write_manifest
 from agent.security.signing import Keyring, SignatureError, SigningKey, read_signature_file
 
@@ -50,7 +50,7 @@ def open_verified(root: Path, key: SigningKey | None) -> Bundle:
                                   "re-sign what another key vouched for")
         ring = key_ring(key)
     try:
-        return Bundle.load(root, ring)
+        return Bundle.load(root, ring, complete=True)
     except (BundleError, SignatureError) as exc:
         raise BundleEditError(f"{root}: {exc}; refusing to re-sign content that is not what was signed") from exc
 
@@ -99,12 +99,13 @@ def _changed_manifest(bundle: Bundle, stage: Path, add: list[NewFile], drop: lis
     changed = {f.dest for f in add} | set(drop)
     files = [e for e in bundle.manifest.files if e.path not in changed]
     files += [file_entry(stage, f.dest) for f in add]
-    data = bundle.manifest.model_dump()
-    data["files"] = [e.model_dump() for e in files]
-    data["models"] = {**data["models"], **models}
+    # Per-backend file lists (schema 2) are derived again: a model added or dropped changes them.
+    data = bundle.manifest.model_dump(exclude={"needs"})
+    data.update(schema_version=1, files=[e.model_dump() for e in files], models={**data["models"], **models})
     if version is not None:
         data["version"] = version
-    return Manifest.model_validate(data)  # re-validated: every referenced file is listed
+    # Re-validated: every referenced file is listed.
+    return with_schema(Manifest.model_validate(data), bundle.manifest.schema_version)
 
 
 def edit_bundle(bundle: Bundle, key: SigningKey | None, add: list[NewFile], drop: Sequence[str] = (),
@@ -123,7 +124,7 @@ def edit_bundle(bundle: Bundle, key: SigningKey | None, add: list[NewFile], drop
         manifest = _changed_manifest(bundle, stage, add, list(drop), models or {}, version)
         write_manifest(stage, manifest, key)
         try:
-            Bundle.load(stage, key_ring(key) if key else None)  # exactly what a node will check
+            Bundle.load(stage, key_ring(key) if key else None, complete=True)  # what a node will check
         except (BundleError, SignatureError) as exc:
             raise BundleEditError(f"the changed bundle does not verify: {exc}") from exc
         _swap_in(stage, root, scratch)

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.protocol.manifest import Target
+from agent.protocol.manifest import SCHEMA_VERSION, Target
 from agent.protocol.topics import Topics
 from agent.security.signing import SigningKey
 from builder.fleet.publish import PublishError, make_announcement, prepare, upload
 from builder.rollout.link import FleetSide
+from builder.rollout.state import RolloutSettings
 
 
 class Announcer:
     def __init__(self, bundle_dir: Path, key_path: Path, http_base: str, upload_dir: Path | None,
-                 topics: Topics) -> None:
+                 topics: Topics, manifest_version: int = SCHEMA_VERSION) -> None:
         self.bundle_dir, self.http_base, self.upload_dir, self.topics = bundle_dir, http_base, upload_dir, topics
+        self.manifest_version = manifest_version
         try:
             self.key = SigningKey.load(key_path)
         except Exception as exc:  # noqa: BLE001 - SignatureError or OSError: say which key
             raise PublishError(f"signing key {key_path}: {exc}") from None
+
+    @classmethod
+    def for_rollout(cls, s: RolloutSettings) -> Announcer:
+        """The announcer a runner (`rollout start` or the dashboard) uses for a recorded rollout."""
+        return cls(Path(s.bundle), Path(s.key), s.http_base, Path(s.upload) if s.upload else None, Topics(s.prefix),
+                   s.manifest_version)
 
     def place_files(self, first_node: str) -> str:
         """Copy the files where nodes fetch them (once per rollout); returns the base URL.
@@ -31,14 +39,15 @@ class Announcer:
         copy someone replays can target nobody but a node of wave 1."""
         if self.upload_dir is None:
             return self.http_base.rstrip("/") + "/"
-        bundle, data, sig = prepare(self.bundle_dir, Target(kind="node", value=first_node), self.key)
+        bundle, data, sig = prepare(self.bundle_dir, Target(kind="node", value=first_node), self.key,
+                                    manifest_version=self.manifest_version)
         upload(bundle, data, sig, self.upload_dir)
         m = bundle.manifest
         return f"{self.http_base.rstrip('/')}/{m.name}/{m.version}/"
 
     def announce(self, link: FleetSide, node: str, base_url: str) -> str:
         target = Target(kind="node", value=node)
-        _, data, _ = prepare(self.bundle_dir, target, self.key)
+        _, data, _ = prepare(self.bundle_dir, target, self.key, manifest_version=self.manifest_version)
         ann = make_announcement(data, self.key, base_url)
         topic = self.topics.announce(target)
         link.publish(topic, ann.model_dump_json().encode(), retain=True)

@@ -31,7 +31,7 @@ def target_nodes(seen: list[NodeSeen], target: Target) -> list[str]:
 
 def create(settings: RolloutSettings, th: Thresholds, seen: list[NodeSeen]) -> RolloutState:
     try:
-        m = Bundle.load(Path(settings.bundle)).manifest
+        m = Bundle.load(Path(settings.bundle), complete=True).manifest
     except BundleError as exc:
         raise PlanError(f"bundle {settings.bundle}: {exc}") from None
     target = Target.parse(settings.target)

@@ -49,6 +49,7 @@ class RolloutSettings(BaseModel):
     target: str = "all"
     waves_spec: str
     rollback_on_halt: bool = False
+    manifest_version: int = Field(default=2, ge=1, le=2, description="1 for nodes older than manifest schema 2")
     thresholds: dict[str, float | None] = Field(default_factory=dict)
 
     def gates(self) -> Thresholds:
