@@ -232,6 +232,11 @@ def test_report_measures_every_variant(trained_bundle: Path) -> None:
     assert v["quant"]["size_bytes"] < 0.3 * v["fp32"]["size_bytes"]
     assert v["quant"]["latency_ms"] < v["fp32"]["latency_ms"]
     assert (trained_bundle / "report.png").exists() and "model_quant" in (trained_bundle / "report.md").read_text()
+    # The calibration set (the dataset's training images, labelled) counted by head stride; nothing at 128 px
+    # reaches stride 32's 64 px, and the report says so.
+    cov = rep["calibration"]["coverage"]
+    assert cov["status"] == "missing" and cov["missing"] == [32] and cov["per_stride"]["8"]["objects"] > 0
+    assert "stride-32 class outputs are calibrated on background only" in (trained_bundle / "report.md").read_text()
 
 
 def test_tensorflow_per_tensor_switch_exists() -> None:

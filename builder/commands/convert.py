@@ -43,6 +43,9 @@ def register(sub: SubParsers) -> None:
                    help="accept INT8 class outputs that cannot represent positive logits (reported either way)")
     p.add_argument("--allow-partial", action="store_true",
                    help="accept an Edge TPU compile that leaves ops on the CPU")
+    p.add_argument("--strict-calibration", action="store_true",
+                   help="fail unless the calibration set has labelled objects at every head stride "
+                   "(default: a warning naming the strides calibrated on background only)")
     p.add_argument("--no-compile", dest="compile_edgetpu", action="store_false",
                    help="do not run edgetpu_compiler even when present")
     p.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,

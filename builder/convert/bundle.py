@@ -71,7 +71,7 @@ def report_stage(r: ReportInputs, staging: Path) -> dict[str, Any]:
         "checkpoint": str(r.opts.model_path), "architecture": lm.architecture, "imgsz": r.prep.size,
         "class_names": lm.class_names, "dataset": str(r.opts.dataset_path) if r.opts.dataset_path else None,
         "calibration": {"source": str(r.opts.calibration_dir), "images": len(r.calib.canvases), "seed": r.opts.seed,
-                        "files": r.calib.files[:1000], "per_tensor": r.opts.per_tensor},
+                        "files": r.calib.files[:1000], "per_tensor": r.opts.per_tensor, "coverage": r.calib.coverage},
         "onnx_ops": r.body.ops, "parity": r.parity, "ranges": r.ranges, "readiness": r.readiness.report,
         "edgetpu_compile": r.readiness.compiled,
         "edgetpu_command": edgetpu.compile_command(out / "model_quant.tflite", out),

@@ -196,6 +196,7 @@ def convert(
     latency_runs: int = 20,
     allow_clipped_outputs: bool = False,
     allow_partial: bool = False,
+    strict_calibration: bool = False,
     compile_edgetpu: bool = True,
     keep_intermediate: Path | str | None = None,
     log: Log = _print,
@@ -209,6 +210,7 @@ def convert(
         model_type=model_type, output_formats=tuple(output_formats), n_calib=n_calib, seed=seed,
         per_tensor=per_tensor, threads=threads, latency_runs=latency_runs,
         allow_clipped_outputs=allow_clipped_outputs, allow_partial=allow_partial,
+        strict_calibration=strict_calibration,
         compile_edgetpu=compile_edgetpu,
         keep_intermediate=Path(keep_intermediate) if keep_intermediate is not None else None,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.evaluate import cpuinfo, latency
+from builder.quantize.coverage import summary_line
 
 VARIANT_LABELS = {
     "pytorch_fp32": "PyTorch FP32",
@@ -75,6 +76,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"calibrated on {report['calibration']['images']} images from `{report['calibration']['source']}`"
         + (f"; evaluated on the validation split of `{report['dataset']}`" if report.get("dataset") else "; no dataset given, so no accuracy"),
         "",
+        *coverage_lines(report["calibration"].get("coverage")),
         *variant_table(report),
         *latency_lines(report),
     ]
@@ -151,3 +153,10 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(markdown(report))
     plot(report, out_dir / "report.png")
+
+
+def coverage_lines(cov: dict[str, Any] | None) -> list[str]:
+    """Calibration objects per head stride, and what is missing (builder.quantize.coverage)."""
+    if not cov:
+        return []
+    return [f"Calibration coverage: {summary_line(cov)}.", *(f"- **warning:** {w}" for w in cov["warnings"]), ""]
