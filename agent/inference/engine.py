@@ -64,6 +64,9 @@ def open_backend(bundle: Bundle, cfg: EngineConfig, type_: str) -> Backend:
     rel = getattr(bundle.manifest.models, cls.model, None)
     if rel is None:
         raise BackendError(f"the bundle has no {cls.model} model")
+    if not bundle.has(rel):
+        raise BackendError(f"{rel} was not downloaded by this node (its manifest lists only the files of the "
+                           "backend it was configured for); the next update fetches it")
     return cls.open(bundle.path(rel), backend_settings(cfg, type_))
 
 
