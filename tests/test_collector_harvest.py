@@ -440,3 +440,49 @@ def test_review_page_in_chromium(harvested: tuple[Path, Path, Path], tmp_path: P
     assert drawn.class_id == 1 and drawn.score is None and drawn.box[0] < 0.2 and drawn.box[1] < 0.2
     assert (ds / "labels" / f"{k2}.txt").read_text().splitlines()[-1].startswith("1 ")
     assert review.load_item(ds, k3).status == "rejected" and not (ds / "labels" / f"{k3}.txt").exists()
+
+
+@pytest.mark.builder
+@builder_only
+def test_the_dashboard_mounts_the_review_tab(harvested: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """`edge-builder dashboard --review DATASET`: the page and its API on the dashboard, behind its token."""
+    import http.client
+
+    from test_dashboard_access import _dashboard
+
+    from builder.flywheel.review_http import ReviewRoutes
+
+    ds = tmp_path / "ds"
+    shutil.copytree(harvested[1], ds)
+    access = AccessPolicy(TOKEN)
+    for d in ("plain", "review"):
+        (tmp_path / d).mkdir()
+    plain = _dashboard(tmp_path / "plain", None, access=AccessPolicy(TOKEN))
+    dash = _dashboard(tmp_path / "review", None, access=access, mounted=[ReviewRoutes(ds, access)])
+
+    def call(d: object, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes]:
+        c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)  # type: ignore[attr-defined]
+        c.request(method, path, body=body, headers={"Host": f"127.0.0.1:{d.port}", **headers})  # type: ignore[attr-defined]
+        r = c.getresponse()
+        out = r.status, r.read()
+        c.close()
+        return out
+
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert call(plain, "GET", "/review", {})[0] == 404  # no --review: no tab
+        status, page = call(dash, "GET", "/review", {})
+        assert status == 200 and b"review.js" in page
+        assert call(dash, "GET", "/api/review/items", {})[0] == 401
+        items = json.loads(call(dash, "GET", "/api/review/items", auth)[1])["items"]
+        assert len(items) == N
+        key = items[0]["key"]
+        post = {**auth, "Content-Type": "application/json", "Origin": f"http://127.0.0.1:{dash.port}"}
+        assert call(dash, "POST", f"/api/review/item?key={key}", {**post, "Origin": "http://evil.example"},
+                    b'{"action": "accept"}')[0] == 403
+        status, body = call(dash, "POST", f"/api/review/item?key={key}", post, b'{"action": "accept"}')
+        assert status == 200 and json.loads(body)["status"] == "accepted"
+        assert json.loads(call(dash, "GET", "/api/state", auth)[1]) is not None  # the dashboard's own API still answers
+    finally:
+        dash.stop()
+        plain.stop()

@@ -55,6 +55,9 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--rollout-dir", type=Path, default=None, metavar="DIR",
                    help="staged rollouts' state directory, shared with `edge-builder rollout` (default "
                    "$EDGE_ROLLOUT_DIR or ~/.local/state/edge-builder/rollouts); unfinished ones are resumed")
+    p.add_argument("--review", type=Path, default=None, metavar="DATASET",
+                   help="serve the review tab (/review) for a dataset made by `edge-builder harvest` "
+                   "(docs/FLYWHEEL.md)")
     p.set_defaults(func=_run)
 
 
@@ -141,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     rollouts = StagedRollouts(cfg, args.rollout_dir).start()  # adopts an unfinished rollout nobody runs
     try:
         dash = Dashboard(state, link, args.bundles, cfg, host=args.host, port=args.port, access=access,
-                         audit=audit, tls=tls, rollouts=rollouts)
+                         audit=audit, tls=tls, rollouts=rollouts, mounted=_review_tab(args.review, access))
     except OSError as exc:
         rollouts.stop()
         link.stop()
@@ -149,6 +152,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
     return _serve(dash, args, cfg)
+
+
+def _review_tab(dataset: Path | None, access: Any) -> list[Any]:
+    if dataset is None:
+        return []
+    from builder.flywheel.review_http import ReviewRoutes
+
+    return [ReviewRoutes(dataset, access)]
 
 
 def _serve(dash: Any, args: argparse.Namespace, cfg: Any) -> int:

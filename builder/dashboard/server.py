@@ -21,9 +21,10 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from builder.dashboard.audit import AuditLog
@@ -53,14 +54,25 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+class Mounted(Protocol):
+    """Pages of a higher layer served by the dashboard (the flywheel's review tab): each answers the
+    requests it owns (True) with its own access checks, and leaves the rest to the dashboard."""
+
+    def get(self, h: BaseHTTPRequestHandler) -> bool: ...
+
+    def post(self, h: BaseHTTPRequestHandler) -> bool: ...
+
+
 class Dashboard(FleetApi):
     """State + MQTT links + staged-rollout runner + HTTP server, started and stopped together."""
 
     def __init__(self, state: FleetState, link: FleetLink | None, bundle_roots: list[Path],
                  publish_cfg: PublishConfig, host: str = "127.0.0.1", port: int = 0, batch_s: float = 0.2,
                  access: AccessPolicy | None = None, audit: AuditLog | None = None,
-                 tls: ssl.SSLContext | None = None, rollouts: StagedRollouts | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, rollouts: StagedRollouts | None = None,
+                 mounted: Sequence[Mounted] = ()) -> None:
         super().__init__(state, link, bundle_roots, publish_cfg, audit, rollouts)
+        self.mounted = list(mounted)
         self.batch_s = batch_s
         self.stopping = threading.Event()
         self.httpd = _Server((host, port), _Handler)
@@ -174,6 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        if any(m.get(self) for m in self.dash.mounted):
+            return None
         url = urlparse(self.path)
         path = url.path
         if path == "/api/session":
@@ -231,6 +245,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(r.body, r.status)
 
     def do_POST(self) -> None:
+        if any(m.post(self) for m in self.dash.mounted):
+            return None
         path = urlparse(self.path).path
         self.close_connection = True  # a refused request's body is never read: do not parse it as the next one
         route = find("POST", path)
