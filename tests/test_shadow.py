@@ -6,7 +6,9 @@ empty retained request stops the run and frees the candidate's interpreter."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,7 +190,7 @@ def run(broker: Any, http: Any, reports: Reports, bundle: Path, key: Path, rid: 
     req = shadow_request(bundle, "cam-1", key, http.base_url, upload_dir=http.root, request_id=rid,
                          sampling=ShadowSampling(max_rate_hz=10), max_frames=12, report_every_s=0.5, **kw)
     ask(broker, req)
-    assert wait_for(lambda: reports.last(rid, ShadowState.DONE, ShadowState.REJECTED, ShadowState.FAILED), 60)
+    assert wait_for(lambda: reports.last(rid, ShadowState.DONE, ShadowState.REJECTED, ShadowState.FAILED), 120)
     rep = reports.last(rid, ShadowState.DONE, ShadowState.REJECTED, ShadowState.FAILED)
     assert rep is not None
     return rep
@@ -239,6 +241,16 @@ def test_untrusted_candidate_refused_live_keeps_running_and_stop_frees_it(
     assert node.shadow is not None and node.shadow.runner is None
     assert wait_for(lambda: node.pipeline.counters.frames >= frames + 10, 10)
     assert node.node_state().status == "running"
+
+    # the candidate's process dies mid-run (as a native crash would): failed, the live model runs on
+    ask(mqtt_broker, shadow_request(trained_bundle, "cam-1", trained_bundle_key, http_server.base_url,
+                                    upload_dir=http_server.root, request_id="crash", report_every_s=0.5))
+    assert wait_for(lambda: node.shadow is not None and node.shadow.runner is not None, 30)
+    os.kill(node.shadow.runner.candidate.process.pid, signal.SIGSEGV)  # type: ignore[union-attr, attr-defined]
+    assert wait_for(lambda: reports.last("crash", ShadowState.FAILED), 10)
+    assert f"exit code -{int(signal.SIGSEGV)}" in (reports.last("crash", ShadowState.FAILED).reason or "")  # type: ignore[union-attr]
+    frames = node.pipeline.counters.frames
+    assert wait_for(lambda: node.pipeline.counters.frames >= frames + 5, 10) and node.node_state().status == "running"
 
     # an endless run, then the empty retained message: stopped, the candidate's interpreter closed
     req = shadow_request(trained_bundle, "cam-1", trained_bundle_key, http_server.base_url,
@@ -291,3 +303,38 @@ def test_bench_misses_an_impossible_target_with_exit_3(trained_bundle: Path, tmp
     res = json.loads(out.read_text())
     assert res["targets_met"] is False and len(res["live_fps_off"]) == len(res["live_fps_on"]) == 1
     assert res["live_fps_off"][0] > 0 and res["live_fps_on"][0] > 0
+
+
+def test_request_held_until_the_clock_can_judge_its_expiry(http_server: Any, trained_bundle: Path,
+                                                           trained_bundle_key: Path, trained_bundle_keys: Path,
+                                                           tmp_path: Path) -> None:
+    from agent.inference.engine import Engine
+    from agent.inference.shadow import candidate_config
+    from agent.security.signing import Keyring
+    from agent.service.shadow_link import ShadowLink
+    from agent.system.clock import ClockStatus
+    from agent.updates.store import UpdatesConfig
+
+    synced = [False]
+    published: list[ShadowReport] = []
+    hooks: list[object] = []
+    cfg = AgentConfig(node_id="cam-1", backend={"prefer": "cpu"}, state_dir=tmp_path / "state")
+    link = ShadowLink(
+        node="cam-1", groups=[], report_topic="r", keyring=Keyring.load(trained_bundle_keys),
+        config=UpdatesConfig(clock_sync="required", clock_recheck_s=0.2), state_dir=tmp_path / "state",
+        load_engine=lambda b: Engine.load(b, candidate_config(cfg)), set_hook=hooks.append, live_model=lambda: None,
+        publish=lambda topic, payload: published.append(ShadowReport.model_validate_json(payload)),
+        clock=lambda: ClockStatus(synchronized=synced[0], source="none", detail="test clock"),
+    ).start()
+    try:
+        req = shadow_request(trained_bundle, "cam-1", trained_bundle_key, http_server.base_url,
+                             upload_dir=http_server.root, request_id="held")
+        link.on_message(type("Msg", (), {"payload": req.model_dump_json().encode()})())
+        assert wait_for(lambda: any(r.reason and r.reason.startswith("held: waiting for clock sync") for r in published), 10)
+        assert link.runner is None and not hooks
+        synced[0] = True
+        assert wait_for(lambda: published[-1].state == ShadowState.RUNNING, 30), published[-1]
+        assert link.runner is not None and hooks[-1] == link.runner.offer
+    finally:
+        link.stop()
+    assert hooks[-1] is None  # the hook is removed at stop

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], None]  # (topic, payload): published retained, QoS 1
 
 
+class _ClockNotSynced(UpdateFailed):
+    """The candidate's expiry cannot be judged by this clock yet: held, decided once it is synchronized."""
+
+
 class ShadowLink:
     def __init__(self, *, node: str, groups: list[str], report_topic: str, keyring: Keyring, config: UpdatesConfig,
                  state_dir: Path, load_engine: Callable[[Bundle], EngineLike],
@@ -62,6 +66,7 @@ class ShadowLink:
         self._inbox: bytes | None = None  # the newest request not handled yet (a retained topic: only the last counts)
         self._stopping = False
         self._poked = False  # the runner finished: report without waiting for the next period
+        self._held: bytes | None = None  # a request whose expiry the clock cannot judge yet (as the updater holds)
         self._thread: threading.Thread | None = None
         self.request: ShadowRequest | None = None  # the request being served (or last finished)
         self.runner: ShadowRunner | None = None
@@ -97,10 +102,14 @@ class ShadowLink:
         while True:
             with self._cond:
                 every = self.request.report_every_s if self.runner is not None and self.request else None
+                if self._held is not None:  # a request waiting for the clock: look again every clock_recheck_s
+                    every = min(every or self.cfg.clock_recheck_s, self.cfg.clock_recheck_s)
                 self._cond.wait_for(lambda: self._inbox is not None or self._stopping or self._poked, every)
                 if self._stopping:
                     return
                 payload, self._inbox, self._poked = self._inbox, None, False
+                if payload is None and self._held is not None and self._clock.why_not() is None:
+                    payload, self._held, self.request = self._held, None, None  # decide it now
             try:
                 if payload is not None:
                     self._handle(payload)
@@ -113,9 +122,15 @@ class ShadowLink:
         r = self.runner
         if r is None:
             return
+        proc = getattr(r.candidate, "process", None)  # ChildEngine: the candidate's own process
         if r.snapshot().done:
-            self._report(ShadowState.DONE)
+            rep = self.report(ShadowState.DONE)
+            self._unload()  # before the report goes out: whoever reads `done` finds the candidate gone
+            self._send(rep)
+        elif proc is not None and not proc.is_alive():  # crashed or killed: the live model never noticed
+            rep = self.report(ShadowState.FAILED, f"candidate process ended (exit code {proc.exitcode})")
             self._unload()
+            self._send(rep)
         else:
             self._report(ShadowState.RUNNING)
 
@@ -143,7 +158,7 @@ class ShadowLink:
         if self.request is not None and req.model_dump() == self.request.model_dump():
             return  # the same retained request again (a reconnect): keep going, or stay done
         self._unload()
-        self.request, self.candidate, self.started = req, None, None
+        self.request, self.candidate, self.started, self._held = req, None, None, None
         self._report(ShadowState.VERIFYING)
         try:
             bundle = self.fetch(req)
@@ -152,6 +167,10 @@ class ShadowLink:
             engine = self.load_engine(bundle)
         except UpdateRejected as exc:
             self._report(ShadowState.REJECTED, str(exc))
+            return
+        except _ClockNotSynced as exc:
+            self._held = payload
+            self._report(ShadowState.VERIFYING, f"held: {exc}")
             return
         except UpdateFailed as exc:
             self._report(ShadowState.FAILED, str(exc))
@@ -176,7 +195,7 @@ class ShadowLink:
         if m.expires is not None:
             why = self._clock.why_not()
             if why is not None:
-                raise UpdateFailed(f"cannot judge the candidate's expiry yet: {why}")
+                raise _ClockNotSynced(f"waiting for clock sync to check the candidate's expiry; {why}")
             check_expiry(m)
         shutil.rmtree(self.dir, ignore_errors=True)
         sig = SignatureFile(key_id=ann.key_id, signature_b64=ann.signature_b64).model_dump_json(indent=2).encode()
@@ -222,7 +241,10 @@ class ShadowLink:
         return rep
 
     def _report(self, state: ShadowState, reason: str | None = None) -> None:
-        rep = self.report(state, reason)
+        self._send(self.report(state, reason))
+
+    def _send(self, rep: ShadowReport) -> None:
+        state, reason = rep.state, rep.reason
         if state in (ShadowState.REJECTED, ShadowState.FAILED):
             log.warning("shadow run %s %s: %s", rep.request_id, state.value, reason)
         self.last_report = rep
