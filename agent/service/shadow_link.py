@@ -202,7 +202,8 @@ class ShadowLink:
         limits = DownloadLimits(self.cfg.connect_timeout_s, self.cfg.read_timeout_s, self.cfg.total_timeout_s,
                                 self.cfg.download_retries)
         try:
-            download_bundle(ann.base_url, m, ann.manifest_bytes(), sig, self.dir, limits)
+            # the candidate runs on the CPU: a v2 manifest's CPU list is all it needs (v1: every file)
+            download_bundle(ann.base_url, m, ann.manifest_bytes(), sig, self.dir, limits, files=m.needed_files("cpu"))
         except DownloadError as exc:
             raise UpdateFailed(f"download failed: {exc}") from None
         try:
