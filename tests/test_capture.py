@@ -157,8 +157,8 @@ def test_drift_against_the_bundle_reference(results: list[FrameResult], bundle_c
     cfg = CaptureConfig(enabled=True, band=(0.99, 1.0), close_margin=0.0, drift_window=40, drift_threshold=0.3)
     # The model's own score distribution on other frames: no drift.
     same = ScoreReference.from_scores(_scores(results[:half]), min_score=0.2, images=half, source="first half")
+    eng = load_engine(bundle_copy, tmp_path)  # verified first: the reference is replaced after (a test's own)
     (bundle_copy / REFERENCE_FILE).write_text(same.model_dump_json())
-    eng = load_engine(bundle_copy, tmp_path)
     sink = CaptureSink(cfg, CaptureRing(tmp_path / "ring", 100, 10**8), "node-1", score_floor=0.2)
     try:
         for r in results[half:]:

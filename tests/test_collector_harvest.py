@@ -264,7 +264,7 @@ def test_the_builders_score_reference_matches_what_a_node_sees(
     from agent.inference.engine import Engine
     from agent.inference.preprocess import load_image
     from agent.security.bundle import Bundle
-    from builder.flywheel.reference import score_reference, write_reference
+    from builder.evaluate.score_reference import score_reference, write_reference
 
     ref = score_reference(trained_bundle / "model_quant.tflite", trained_bundle_dir / "dataset", min_score=0.2)
     assert ref.images > 0 and sum(ref.counts) > ref.images  # several objects per image

@@ -237,6 +237,13 @@ def test_report_measures_every_variant(trained_bundle: Path) -> None:
     cov = rep["calibration"]["coverage"]
     assert cov["status"] == "missing" and cov["missing"] == [32] and cov["per_stride"]["8"]["objects"] > 0
     assert "stride-32 class outputs are calibrated on background only" in (trained_bundle / "report.md").read_text()
+    # The score reference the nodes' drift check reads: model_quant on the validation split, shipped to every node.
+    from agent.capture.reference import load_reference
+
+    m = Bundle.load(trained_bundle).manifest
+    ref = load_reference(trained_bundle)
+    assert m.score_reference == "score_reference.json" and ref is not None and ref.images == v["quant"]["images"]
+    assert m.needs is not None and all(m.score_reference in files for files in m.needs.values())
 
 
 def test_tensorflow_per_tensor_switch_exists() -> None:

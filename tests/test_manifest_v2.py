@@ -34,7 +34,15 @@ from agent.updates.verify import authenticate, preferred_backend
 from builder.convert.bundle import set_schema
 from builder.fleet.publish import make_announcement, prepare, publish_bundle
 
-CPU_LIST = {"model_quant.tflite", "golden_input.npy", "golden_expected.npy"}
+SHARED = ["model_quant.tflite", "golden_input.npy", "golden_expected.npy"]
+
+
+@pytest.fixture
+def cpu_list(trained_bundle: Path) -> set[str]:
+    """What a CPU node fetches of the trained bundle: the INT8 model, the golden files and, from a builder
+    that ships one, the score reference."""
+    ref = Bundle.load(trained_bundle).manifest.score_reference
+    return set(SHARED) | ({ref} if ref else set())
 FINAL = {"committed", "rolled_back", "failed", "rejected"}
 
 
@@ -79,14 +87,13 @@ def test_v1_parses_and_is_rewritten_byte_for_byte(v1_bundle: Path) -> None:
     assert b.manifest.needed_files("cpu") == b.manifest.files  # v1: every node fetches every file
 
 
-def test_v2_parses_with_each_backends_files(tpu_bundle: Path) -> None:
+def test_v2_parses_with_each_backends_files(cpu_list: set[str], tpu_bundle: Path) -> None:
     m = parse_manifest(with_schema(Bundle.load(tpu_bundle).manifest, 2).to_bytes())
     assert m.schema_version == 2
-    assert m.needs == {"cpu": ["model_quant.tflite", "golden_input.npy", "golden_expected.npy"],
-                       "edgetpu": ["model_edgetpu.tflite", "model_quant.tflite", "golden_input.npy",
-                                   "golden_expected.npy"]}
-    assert {f.path for f in m.needed_files("cpu")} == CPU_LIST
-    assert {f.path for f in m.needed_files("edgetpu")} == CPU_LIST | {"model_edgetpu.tflite"}
+    shared = SHARED + ([m.score_reference] if m.score_reference else [])
+    assert m.needs == {"cpu": shared, "edgetpu": ["model_edgetpu.tflite", *shared]}
+    assert {f.path for f in m.needed_files("cpu")} == cpu_list
+    assert {f.path for f in m.needed_files("edgetpu")} == cpu_list | {"model_edgetpu.tflite"}
     assert len(m.needed_files(None)) == len(m.files)  # backend unknown: every file, never too few
 
 
@@ -106,7 +113,7 @@ def test_unknown_keys_refused_in_both_schemas(v1_bundle: Path) -> None:
     _refused({**v2, "needs": {**v2["needs"], "edgetpu": v2["needs"]["cpu"]}}, "has no edgetpu model")
 
 
-def test_tpu_node_file_selection(tpu_bundle: Path) -> None:
+def test_tpu_node_file_selection(cpu_list: set[str], tpu_bundle: Path) -> None:
     m = with_schema(Bundle.load(tpu_bundle).manifest, 2)
     tpu, cpu = SimpleNamespace(cfg=SimpleNamespace(backend=BackendConfig(prefer="edgetpu"))), \
         SimpleNamespace(cfg=SimpleNamespace(backend=BackendConfig(prefer="cpu")))
@@ -116,12 +123,12 @@ def test_tpu_node_file_selection(tpu_bundle: Path) -> None:
     off = BackendConfig(prefer="edgetpu", detectors={"edgetpu": {"enabled": False}})
     assert preferred_backend(SimpleNamespace(cfg=SimpleNamespace(backend=off))) == "cpu"
     fetched = {f.path for f in m.needed_files(preferred_backend(tpu))}
-    assert fetched == CPU_LIST | {"model_edgetpu.tflite"}  # its model + the CPU fallback + the golden files
+    assert fetched == cpu_list | {"model_edgetpu.tflite"}  # its model + the CPU fallback + the golden files
     assert not fetched & {"model_cpu.tflite", "model_dynamic.tflite", "report.json", "report.md"}
     # A bundle without a TPU model: a TPU node fetches the CPU list (it will run the CPU model).
     cpu_only = with_schema(m.model_copy(update={"models": m.models.model_copy(update={"edgetpu": None}),
                                                 "needs": None}), 2)
-    assert {f.path for f in cpu_only.needed_files("edgetpu")} == CPU_LIST
+    assert {f.path for f in cpu_only.needed_files("edgetpu")} == cpu_list
 
 
 def test_tampered_needs_fail_the_signature(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path,
@@ -148,21 +155,21 @@ def test_tampered_needs_fail_the_signature(tmp_path: Path, trained_bundle: Path,
         Bundle.load(root, ring)
 
 
-def test_partial_bundle_checks(tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path,
+def test_partial_bundle_checks(cpu_list: set[str], tmp_path: Path, trained_bundle: Path, trained_bundle_key: Path,
                                trained_bundle_keys: Path, v1_bundle: Path) -> None:
     ring = Keyring.load(trained_bundle_keys)
     root = tmp_path / "b"
     shutil.copytree(trained_bundle, root)
     set_schema(root, 2, SigningKey.load(trained_bundle_key))
     full = Bundle.load(root, ring, complete=True)
-    not_needed = {f.path for f in full.manifest.files} - CPU_LIST
+    not_needed = {f.path for f in full.manifest.files} - cpu_list
     (root / "model_cpu.tflite").write_bytes(b"tampered")  # a file present must still match
     with pytest.raises(BundleError, match="model_cpu.tflite: size"):
         Bundle.load(root, ring)
     for rel in not_needed:
         (root / rel).unlink()
     b = Bundle.load(root, ring)  # what a v2 CPU node holds: complete for the CPU
-    assert b.held == CPU_LIST and sorted(b.absent()) == sorted(not_needed) and b.has("model_quant.tflite")
+    assert b.held == cpu_list and sorted(b.absent()) == sorted(not_needed) and b.has("model_quant.tflite")
     with pytest.raises(BundleError, match="missing from bundle"):
         Bundle.load(root, ring, complete=True)  # what the builder publishes is always complete
     (root / "golden_expected.npy").unlink()
@@ -261,13 +268,13 @@ def daemon(tmp_path: Path, mqtt_broker: Any, trained_bundle_keys: Path) -> Itera
 
 
 @pytest.mark.parametrize("prefer", ["cpu", "edgetpu"])
-def test_daemon_fetches_only_its_files_and_still_takes_v1(daemon: Any, prefer: str, mqtt_broker: Any,
+def test_daemon_fetches_only_its_files_and_still_takes_v1(cpu_list: set[str], daemon: Any, prefer: str, mqtt_broker: Any,
                                                           http_server: Any, tpu_bundle: Path,
                                                           trained_bundle_key: Path, tmp_path: Path) -> None:
     """CPU node: the CPU list. Edge TPU node (no TPU here, degraded to the CPU): its model + the CPU list."""
     svc = daemon(tpu_bundle, prefer)
     m1 = Bundle.load(tpu_bundle).manifest
-    wanted = CPU_LIST | ({"model_edgetpu.tflite"} if prefer == "edgetpu" else set())
+    wanted = cpu_list | ({"model_edgetpu.tflite"} if prefer == "edgetpu" else set())
     watcher = Watcher(mqtt_broker.host, mqtt_broker.port)
     try:
         v2, v3 = m1.version + 1, m1.version + 2
@@ -318,7 +325,7 @@ def test_stored_v1_state_survives_the_upgrade(tmp_path: Path, mqtt_broker: Any, 
             assert h.loop.seen_versions == [old]
             h.updater.backend = "cpu"  # the harness's engine carries no backend config
             assert ship(new, 2)["state"] == "committed"
-            assert _fetched(http_server, new) == CPU_LIST
+            assert _fetched(http_server, new) == set(SHARED)  # a schema 1 bundle re-announced as 2: no score reference
             for cmd, version in (({"command": "rollback"}, old), ({"command": "pin", "version": new}, new)):
                 res = watcher.command(h.node, cmd, timeout=60)
                 assert res["ok"], res
@@ -338,3 +345,26 @@ def test_stored_v1_state_survives_the_upgrade(tmp_path: Path, mqtt_broker: Any, 
             h.stop()
     finally:
         watcher.close()
+
+
+def test_score_reference_is_a_v2_field_every_node_fetches(v1_bundle: Path) -> None:
+    """The validation run's score histogram (agent/capture/reference): listed, signed, in every backend's list."""
+    from agent.capture.reference import REFERENCE_FILE, ScoreReference
+    from agent.protocol.manifest import default_needs
+
+    m1 = Bundle.load(v1_bundle).manifest
+    doc = _doc(m1)
+    if REFERENCE_FILE not in {f.path for f in m1.files}:  # a bundle from a builder that did not ship one yet
+        ref = ScoreReference(edges=[0.0, 0.5, 1.0], counts=[3, 7], min_score=0.2, images=4)
+        (v1_bundle / REFERENCE_FILE).write_text(ref.model_dump_json())
+        doc["files"].append(json.loads(file_entry(v1_bundle, REFERENCE_FILE).model_dump_json()))
+    _refused({**doc, "score_reference": REFERENCE_FILE}, "score_reference: extra inputs are not permitted")
+    m = Manifest.model_validate({**doc, "schema_version": 2, "score_reference": REFERENCE_FILE,
+                                 "needs": default_needs(m1.models, m1.golden, REFERENCE_FILE)})
+    assert m.needs is not None and all(REFERENCE_FILE in files for files in m.needs.values())
+    assert parse_manifest(m.to_bytes()) == m
+    old = with_schema(m, 1)  # for old nodes: no v2 key, the file still listed (v1 nodes fetch every file)
+    assert old.score_reference is None and REFERENCE_FILE in {f.path for f in old.files}
+    assert b"score_reference\"" not in old.to_bytes()
+    assert with_schema(old, 2).needs == default_needs(m1.models, m1.golden)  # dropped with the key
+    _refused({**_doc(m), "files": [f for f in doc["files"] if f["path"] != REFERENCE_FILE]}, "not in its file list")

@@ -23,6 +23,7 @@ from agent.config import AgentConfig
 from agent.inference.agreement import AgreementWindow, disagreement, match
 from agent.inference.engine import EngineError
 from agent.inference.shadow import LiveBudget
+from agent.protocol.manifest import with_schema
 from agent.protocol.messages import Detection
 from agent.protocol.shadow import Agreement, ShadowReport, ShadowRequest, ShadowSampling, ShadowState
 from agent.protocol.topics import Topics
@@ -167,13 +168,14 @@ def variant(src: Path, dst: Path, key: Path, **update: Any) -> Path:
     """The bundle with its INT8 model only (a smaller download), manifest fields replaced, re-signed."""
     m = Bundle.load(src).manifest
     keep = {"model_quant.tflite", "golden_input.npy", "golden_expected.npy"}
+    keep |= {m.score_reference} if m.score_reference else set()
     if update.get("models"):
         keep.add("model_cpu.tflite")
     dst.mkdir(parents=True)
     for rel in keep:
         shutil.copy(src / rel, dst / rel)
-    write_manifest(dst, m.model_copy(update={"files": [file_entry(dst, r) for r in sorted(keep)], **update}),
-                   SigningKey.load(key))
+    edited = m.model_copy(update={"files": [file_entry(dst, r) for r in sorted(keep)], **update, "needs": None})
+    write_manifest(dst, with_schema(edited, m.schema_version), SigningKey.load(key))  # lists follow the files
     return dst
 
 

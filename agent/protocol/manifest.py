@@ -138,6 +138,9 @@ class Target(_Strict):
         return "all" if self.kind == "all" else f"{self.kind}:{self.value}"
 
 
+V2_KEYS = frozenset({"needs", "score_reference"})  # what a schema 1 manifest must not carry
+
+
 class Manifest(_Strict):
     schema_version: Literal[1, 2] = 1
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -157,12 +160,14 @@ class Manifest(_Strict):
     target: Target = Target()
     # v2 only: the bundle files a node running each backend fetches (its model, the CPU fallback, golden files).
     needs: dict[BackendName, list[str]] | None = None
+    # v2 only: the score histogram of the validation run, for the nodes' drift check (agent/capture/reference).
+    score_reference: str | None = None
 
     @model_validator(mode="after")
     def _needs_fit_schema(self) -> Manifest:
         if self.schema_version == 1:
-            if "needs" in self.model_fields_set:  # v1 is frozen: a key it never had is an unknown key
-                raise ValueError("needs: extra inputs are not permitted in schema_version 1 (it is a v2 field)")
+            for key in V2_KEYS & self.model_fields_set:  # v1 is frozen: a key it never had is an unknown key
+                raise ValueError(f"{key}: extra inputs are not permitted in schema_version 1 (it is a v2 field)")
             return self
         if not self.needs:
             raise ValueError("schema_version 2 requires `needs` (the files each backend fetches)")
@@ -174,7 +179,7 @@ class Manifest(_Strict):
         paths = {f.path for f in self.files}
         if len(paths) != len(self.files):
             raise ValueError("duplicate file paths in manifest")
-        refs = [self.models.cpu, self.models.edgetpu]
+        refs = [self.models.cpu, self.models.edgetpu, self.score_reference]
         if self.golden:
             refs += [self.golden.input, self.golden.expected]
         for ref in refs:
@@ -223,7 +228,7 @@ class Manifest(_Strict):
     def to_bytes(self) -> bytes:
         """Canonical serialisation written to manifest.json (what gets signed). A v1 manifest is written
         without `needs`, byte for byte as v1 builders wrote it (v1 nodes refuse unknown keys)."""
-        exclude = {"needs"} if self.schema_version == 1 else None
+        exclude = set(V2_KEYS) if self.schema_version == 1 else None
         return (self.model_dump_json(indent=2, exclude_none=False, exclude=exclude) + "\n").encode()
 
 
@@ -248,9 +253,12 @@ def check_needs(needs: dict[BackendName, list[str]], paths: set[str], models: Mo
             raise ValueError(f"needs.{backend} lacks {absent[0]!r} (a node running {backend} needs it)")
 
 
-def default_needs(models: ModelFiles, golden: GoldenTest | None) -> dict[BackendName, list[str]]:
-    """What each backend's node fetches: its model, the CPU model (fallback) and the golden self-test files."""
+def default_needs(models: ModelFiles, golden: GoldenTest | None,
+                  score_reference: str | None = None) -> dict[BackendName, list[str]]:
+    """What each backend's node fetches: its model, the CPU model (fallback), the golden self-test files and
+    the score reference (a few hundred bytes every node's drift check reads)."""
     shared = [models.cpu] + ([golden.input, golden.expected] if golden else [])
+    shared += [score_reference] if score_reference else []
     needs: dict[BackendName, list[str]] = {"cpu": shared}
     if models.edgetpu is not None:
         needs["edgetpu"] = [models.edgetpu, *shared]
@@ -262,11 +270,11 @@ def with_schema(m: Manifest, schema_version: int) -> Manifest:
     Validated again, so a `needs` table gone stale after an edit of `files` or `models` is an error."""
     if schema_version not in SCHEMA_VERSIONS:
         raise ValueError(f"manifest schema_version must be one of {SCHEMA_VERSIONS}, not {schema_version}")
-    data = m.model_dump(exclude={"needs"})
+    data = m.model_dump(exclude={"needs"} if schema_version == 2 else set(V2_KEYS))
     data["schema_version"] = schema_version
     if schema_version == 2:
         # The default lists, except where `m` has its own for a backend it still has a model for.
-        needs = default_needs(m.models, m.golden)
+        needs = default_needs(m.models, m.golden, m.score_reference)
         needs.update({k: v for k, v in (m.needs or {}).items() if getattr(m.models, k) is not None})
         data["needs"] = needs
     return Manifest.model_validate(data)

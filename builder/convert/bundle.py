@@ -19,6 +19,7 @@ from agent.protocol.manifest import (
     OutputLayout,
     TensorSpec,
     VariantMetrics,
+    default_needs,
     with_schema,
 )
 from agent.security.bundle import Bundle, file_entry, write_manifest
@@ -29,6 +30,7 @@ from builder.convert.stages import SHIPPED_VARIANTS, Calibration, OnnxBody, Prep
 from builder.edgetpu import compiler as edgetpu
 from builder.evaluate.report import write_report
 from builder.evaluate.runners import TFLiteRunner
+from builder.evaluate.score_reference import write_reference
 
 BUNDLE_FILES = tuple(f"model_{v}.tflite" for v in SHIPPED_VARIANTS)
 INTERMEDIATE_FILES = ("model_fp32.tflite", "body.onnx", "calib.npy")  # what --keep-intermediate copies
@@ -96,23 +98,31 @@ def manifest_stage(
     }
     files = [*BUNDLE_FILES, "golden_input.npy", "golden_expected.npy", "report.json", "report.md"]
     files += [f for f in ("report.png", "edgetpu_compiler.log", "model_edgetpu.tflite") if (staging / f).exists()]
+    reference = None
+    if evaluation.score_reference is not None:  # only with a dataset: the nodes' drift check compares with it
+        reference = write_reference(staging, evaluation.score_reference).name
+        files.append(reference)
     lm = prep.model
+    models = ModelFiles(cpu="model_quant.tflite",
+                        edgetpu="model_edgetpu.tflite" if "model_edgetpu.tflite" in files else None)
+    golden_test = GoldenTest(input="golden_input.npy", expected="golden_expected.npy", model="cpu")
     manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
         name=prep.name,
         version=opts.version,
         created=datetime.now(UTC),
         files=[file_entry(staging, f) for f in files],
-        models=ModelFiles(cpu="model_quant.tflite",
-                          edgetpu="model_edgetpu.tflite" if "model_edgetpu.tflite" in files else None),
+        models=models,
         input=golden.input,
         outputs=golden.outputs,
         class_names=lm.class_names,
         layout=OutputLayout(decoder="yolo_nas_raw", num_classes=lm.num_classes, strides=lm.strides, reg_max=lm.reg_max),
         preprocess=lm.preprocess,
         metrics=metrics,
-        golden=GoldenTest(input="golden_input.npy", expected="golden_expected.npy", model="cpu"),
+        golden=golden_test,
+        score_reference=reference,
+        needs=default_needs(models, golden_test, reference),
     )
-    manifest = with_schema(manifest, SCHEMA_VERSION)
     write_manifest(staging, manifest, signing_key)
     return manifest
 

@@ -12,6 +12,7 @@ from builder.evaluate import latency
 from builder.evaluate.evaluator import EvalResult, bar, evaluate_runner
 from builder.evaluate.metrics import ImageBoxes, paired_bootstrap
 from builder.evaluate.runners import Runner
+from builder.evaluate.score_reference import ScoreReference, reference_from_detections
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Evaluation:
     variants: dict[str, dict[str, Any]]  # key → mAP (with a dataset), latency (latency.LatencyResult.entry), size
     int8_drop_ci95: tuple[float, float] | None  # quant vs pytorch_fp32, mAP50-95, paired bootstrap
     latency_method: dict[str, Any] | None = None  # latency.method_dict: how the latencies were measured
+    score_reference: ScoreReference | None = None  # model_quant's scores on the validation split (drift check)
 
 
 def evaluate_stage(
@@ -44,10 +46,11 @@ def evaluate_stage(
         entry.update(lat.entry(key))
         acc = f"mAP50-95 {entry['map50_95']:.4f} mAP50 {entry['map50']:.4f}, " if "map50_95" in entry else ""
         log(f"      {key:<13} {acc}{lat.ms[key].text('.1f')} ms, {lat.ratio[key].text()} × FP32 TFLite")
-    ci = None
+    ci, ref = None, None
     if prep.items and "quant" in evals:
         ci = int8_interval(prep, evals, results, log)
-    return Evaluation(results, ci, lat.method())
+        ref = reference_from_detections(evals["quant"].detections, source="model_quant.tflite on the validation split")
+    return Evaluation(results, ci, lat.method(), ref)
 
 
 def int8_interval(
