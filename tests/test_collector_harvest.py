@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -486,3 +487,53 @@ def test_the_dashboard_mounts_the_review_tab(harvested: tuple[Path, Path, Path],
     finally:
         dash.stop()
         plain.stop()
+
+
+@pytest.mark.slow
+def test_a_real_daemon_captures_and_uploads_on_request(collector: Collector, mqtt_broker: Any, trained_bundle: Path,
+                                                       trained_bundle_keys: Path, tmp_path: Path) -> None:
+    """`edge-agent run` with [capture]: the daemon wires the sink and the uploader; a retained request on its
+    topic sends the ring to the collector and a retained status says how many went."""
+    import paho.mqtt.client as mqtt
+    import paho.mqtt.publish as publish
+    from helpers_nodes import node_config, spawn_agent, stop_all
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.protocol.manifest import MANIFEST_NAME
+    from builder.data.synth import make_video
+
+    names = json.loads((trained_bundle / MANIFEST_NAME).read_text())["class_names"]
+    video = tmp_path / "camera.avi"
+    make_video(video, n_frames=40, size=(320, 240), fps=5, classes=names, seed=5, write_json=False)
+    cfg = node_config("cap-1", tmp_path, mqtt_broker.url, trained_bundle, trained_bundle_keys, video)
+    (tmp_path / "token").write_text(collector.credentials.add("cap-1") + "\n")
+    cfg.write_text(cfg.read_text() + f"""
+[capture]
+enabled = true
+band = [0.0, 1.0]
+rate_per_min = 600.0
+burst = 5
+max_frames = 8
+collector_url = "{collector.url}"
+credential_file = "{tmp_path / 'token'}"
+""")
+    statuses: list[dict[str, Any]] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="capture-status-watch", protocol=mqtt.MQTTv5)
+    watcher.on_message = lambda c, u, msg: statuses.append(json.loads(msg.payload)) if msg.payload else None
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("edgefleet/node/cap-1/capture/status", qos=1)
+    watcher.connect(mqtt_broker.host, mqtt_broker.port)
+    watcher.loop_start()
+    procs = [spawn_agent(cfg, tmp_path / "cap-1.log")]
+    try:
+        ring = tmp_path / "cap-1" / "capture"
+        assert wait_for(lambda: len(list(ring.glob("*.json"))) >= 3, 60), (tmp_path / "cap-1.log").read_text()[-3000:]
+        publish.single(upload_topics("edgefleet", "cap-1")[0], json.dumps({"request_id": "e2e"}), retain=True,
+                       hostname=mqtt_broker.host, port=mqtt_broker.port)
+        assert wait_for(lambda: len(collected(collector.root)) >= 3, 60), (tmp_path / "cap-1.log").read_text()[-3000:]
+        metas = [m for m, _ in collected(collector.root)]
+        assert {m.node for m in metas} == {"cap-1"} and all("band" in m.reasons for m in metas)
+        assert wait_for(lambda: any(st.get("request_id") == "e2e" and st.get("sent", 0) >= 3 for st in statuses), 30)
+    finally:
+        stop_all(procs)
+        watcher.loop_stop()
+        watcher.disconnect()

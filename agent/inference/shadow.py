@@ -21,12 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from agent.inference.agreement import AgreementWindow, latency_stats
 from agent.inference.config import BackendConfig, DetectConfig, EngineConfig
@@ -34,6 +32,8 @@ from agent.inference.frames import EngineLike, FrameResult
 from agent.protocol.messages import Detection
 from agent.protocol.shadow import Agreement, LatencyStats, ShadowSampling
 
+# Called on the shadow thread after each compared frame: (live result, live detections, candidate detections).
+Compared = Callable[[FrameResult, list[Detection], list[Detection]], None]
 log = logging.getLogger(__name__)
 
 _MIN_BASELINE = 10  # live frames without overlap needed before the budget judges anything
@@ -116,17 +116,19 @@ class ShadowRunner:
 
     def __init__(self, candidate: EngineLike, sampling: ShadowSampling, iou_threshold: float = 0.5,
                  max_frames: int | None = None, duration_s: float | None = None,
-                 on_done: Callable[[], None] | None = None) -> None:
+                 on_done: Callable[[], None] | None = None,
+                 on_compared: Sequence[Compared] = ()) -> None:
         self.candidate = candidate
         self.sampling = sampling
         self.max_frames, self.duration_s = max_frames, duration_s
         self.on_done = on_done
+        self.on_compared = list(on_compared)  # (live frame, live detections, candidate's): hard-example capture
         self.window = AgreementWindow(iou_threshold)
         self.budget = LiveBudget(sampling.max_live_slowdown)
         self.counters = ShadowCounters()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
-        self._job: tuple[np.ndarray, list[Detection], float] | None = None
+        self._job: tuple[FrameResult, list[Detection]] | None = None
         self._busy = False
         self._finished_seq = 0  # shadow frames finished; a live frame overlapped one if this moved
         self._seen_seq = 0
@@ -165,7 +167,7 @@ class ShadowRunner:
                 return
             self._next_due = now + 1.0 / self.sampling.max_rate_hz
             self._busy = True
-            self._job = (result.frame.image, list(detections), result.latency_s)
+            self._job = (result, list(detections))
             self._work.notify()
 
     # ------------------------------------------------------------------------------------------ shadow side
@@ -180,11 +182,12 @@ class ShadowRunner:
             assert job is not None
             self._run(*job)
 
-    def _run(self, image: np.ndarray, live: list[Detection], live_latency_s: float) -> None:
+    def _run(self, result: FrameResult, live: list[Detection]) -> None:
         dets: list[Detection] | None = None
         latency: float | None = None
+        live_latency_s = result.latency_s
         try:
-            dets, st = self.candidate.infer_timed(image)
+            dets, st = self.candidate.infer_timed(result.frame.image)
             latency = st.preprocess_s + st.invoke_s + st.postprocess_s
         except Exception as exc:  # a broken candidate is counted and reported, never fatal
             if self.counters.errors in (0, 9, 99):
@@ -200,6 +203,12 @@ class ShadowRunner:
             self._finished_seq += 1
             if not self.done and self._reached_end():
                 self.done = finished = True
+        if dets is not None:
+            for fn in self.on_compared:
+                try:
+                    fn(result, live, dets)
+                except Exception:  # an observer's failure never stops the comparison
+                    log.exception("shadow: a comparison observer failed")
         if finished and self.on_done is not None:
             self.on_done()
 

@@ -37,6 +37,7 @@ from agent.protocol.topics import Topics
 from agent.security.bundle import Bundle, BundleError
 from agent.security.keyring_store import load_trust
 from agent.security.signing import Keyring, SignatureError
+from agent.service.capture_link import attach as attach_capture
 from agent.service.mqtt import MqttClient
 from agent.service.shadow_link import attach as attach_shadow
 from agent.service.status_file import StatusWriter, status_path
@@ -106,6 +107,7 @@ class AgentService:
         self._start_updater()  # [updater] worker thread, announcement and command subscriptions
         self._start_keyring()  # the root-signed keyring on {prefix}/keyring (docs/KEYS.md)
         self.shadow = attach_shadow(self)  # a candidate beside the live model on sampled frames (docs/SHADOW.md)
+        self.capture = attach_capture(self)  # hard examples kept and uploaded on request (docs/FLYWHEEL.md)
         self.telemetry.start()  # [telemetry]
         self.publish_state(force=True)
         return self

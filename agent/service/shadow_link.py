@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from agent import __version__ as AGENT_VERSION
 from agent.inference.frames import EngineLike
 from agent.inference.pipeline import ShadowHook
-from agent.inference.shadow import ShadowRunner, candidate_config
+from agent.inference.shadow import Compared, ShadowRunner, candidate_config
 from agent.inference.shadow_child import ChildEngine
 from agent.protocol.messages import ModelRef
 from agent.protocol.shadow import ShadowReport, ShadowRequest, ShadowState
@@ -61,6 +61,7 @@ class ShadowLink:
         self.dir = state_dir / "shadow" / "candidate"
         self.load_engine, self.set_hook, self.live_model = load_engine, set_hook, live_model
         self.publish, self.agent_version = publish, agent_version
+        self.on_compared: list[Compared] = []  # every run's comparisons (the daemon adds hard-example capture)
         self._clock = ClockGate(clock, config.clock_sync, ttl_s=min(5.0, config.clock_recheck_s))
         self._cond = threading.Condition()
         self._inbox: bytes | None = None  # the newest request not handled yet (a retained topic: only the last counts)
@@ -181,7 +182,7 @@ class ShadowLink:
             shutil.rmtree(self.dir, ignore_errors=True)
             return
         self.runner = ShadowRunner(engine, req.sampling, req.iou_threshold, req.max_frames, req.duration_s,
-                                   on_done=self._wake).start()
+                                   on_done=self._wake, on_compared=self.on_compared).start()
         self.started = datetime.now(UTC)
         self.set_hook(self.runner.offer)
         log.info("shadow run %s: %s v%d beside the live model", req.request_id, m.name, m.version)
