@@ -72,7 +72,7 @@ def check_manifest(m: Manifest, *, node: str, groups: list[str], state: StoreSta
         size = too_big[0].size if too_big else total
         raise UpdateRejected(f"{what} declares {size} bytes, over the limit of {max_bundle_bytes}")
     if state.pinned is not None:
-        raise UpdateRejected(f"node is pinned to v{state.pinned}; send `pin` without a version to unpin")
+        raise UpdateRejected(f"node is pinned to v{state.pinned}; send `unpin` (edge-builder fleet unpin)")
 
 
 def preferred_backend(engine: object) -> str | None:
