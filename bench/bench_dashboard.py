@@ -4,8 +4,8 @@ Mosquitto; `edge-builder dashboard` runs as its own process. Measured, at each f
 - staleness: for every telemetry message that reaches a page, arrival time minus the node's timestamp in
   it. Read from the SSE stream by this script (what EventSource receives), and, with --browser, inside
   headless Chromium by the page's own code: on arrival (window.dashboard.lags) and when a row in view shows
-  it (window.nodeTable.shownLags); the page is scrolled through the table meanwhile, and a row coming into
-  view is timed separately (catch-up: into view -> drawn).
+  it (window.nodeTable.shownLags); the page is scrolled through the node table meanwhile, and a row coming
+  into view is timed separately (catch-up: into view -> drawn).
 - Chromium's CPU (all its processes, % of one core) and its renderer's main-thread busy time;
 - the dashboard process's CPU (user+system over wall time, % of one core) and RSS, idle and under load;
 - a staged rollout (builder.rollout's engine in-process, --waves, --soak) to every simulated node, which
@@ -151,11 +151,16 @@ def stats(xs: list[float]) -> dict[str, float | int | None]:
             "max_s": round(s[-1], 4)}
 
 
-SCROLL_AT = (0.0, 0.5, 0.15, 0.85, 0.35, 1.0, 0.6, 0.05, 0.75, 0.25)  # of the page's height, one every 2 s
+SCROLL_AT = (0.0, 0.5, 0.15, 0.85, 0.35, 1.0, 0.6, 0.05, 0.75, 0.25)  # of the node table's height, one every 2 s
 
 
-def browser_page(url: str, seconds: float) -> dict[str, Any]:
-    """Open the page in headless Chromium for `seconds`, scrolling through the table every 2 s: the page's own
+# Diagnostic pass: the page with its "Latest detections" cards switched off (app.js draws one card per node; at
+# 1,000 nodes that section, not the node table, is most of the page's work). Not the page operators get.
+NO_CARDS = "window.renderDetections = () => {}; document.getElementById('detections').replaceChildren()"
+
+
+def browser_page(url: str, seconds: float, setup: str | None = None) -> dict[str, Any]:
+    """Open the page in headless Chromium for `seconds`, scrolling through the node table every 2 s: the page's own
     staleness samples, Chromium's CPU (all processes) and the renderer's main-thread busy time (CDP)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -171,6 +176,8 @@ def browser_page(url: str, seconds: float) -> dict[str, Any]:
     try:
         drv.get(url)
         time.sleep(5)  # page load + snapshot (megabytes at 1,000 nodes); not counted
+        if setup:
+            drv.execute_script(setup)
         drv.execute_script("window.dashboard.lags.length = 0; window.nodeTable.shownLags.length = 0;"
                            "window.nodeTable.catchUps.length = 0")
         drv.execute_cdp_cmd("Performance.enable", {})
@@ -179,7 +186,8 @@ def browser_page(url: str, seconds: float) -> dict[str, Any]:
         c0 = sum(cpu_seconds(p) for p in procs if p.is_running())
         t0 = time.monotonic()
         for i in range(max(1, int(seconds / 2))):
-            drv.execute_script("window.scrollTo(0, arguments[0] * (document.body.scrollHeight - innerHeight))",
+            drv.execute_script("const t = document.querySelector('#nodes');"
+                               "window.scrollTo(0, t.offsetTop + arguments[0] * (t.offsetHeight - innerHeight))",
                                SCROLL_AT[i % len(SCROLL_AT)])
             time.sleep(max(0.0, t0 + 2 * (i + 1) - time.monotonic()))
         wall = time.monotonic() - t0
@@ -242,8 +250,9 @@ def measure(args: argparse.Namespace, nodes: int, dash: psutil.Process, port: in
     load_cpu, load_rss = measure_cpu(dash, args.duration)
     probe.recording = False
     probe.stop_flag.set()
-    page = (browser_page(f"http://127.0.0.1:{port}/?token={args.token}", min(args.duration, 20.0))
-            if args.browser else None)
+    url, window = f"http://127.0.0.1:{port}/?token={args.token}", min(args.duration, 20.0)
+    page = browser_page(url, window) if args.browser else None
+    no_cards = browser_page(url, window, NO_CARDS) if args.browser else None
     rss_after_page = dash.memory_info().rss / 2**20
     return {
         "nodes": nodes, "interval_s": args.interval, "duration_s": args.duration,
@@ -252,6 +261,7 @@ def measure(args: argparse.Namespace, nodes: int, dash: psutil.Process, port: in
                 "kbytes_per_s": round(probe.bytes / args.duration / 1024, 1),
                 "expected_msgs": int(nodes * args.duration / args.interval)},
         "browser": page,
+        "browser_without_detection_cards": no_cards,
         "server_cpu_percent": {"idle": round(idle_cpu, 2), "load": round(load_cpu, 2)},
         "server_rss_mb": {"idle": round(idle_rss, 1), "load": round(max(load_rss, rss_after_page), 1)},
         "rollout": _rollout(rollout) if rollout else None,
@@ -277,7 +287,7 @@ def _ms(s: dict[str, Any] | None) -> str:
 
 
 def rows_of(r: dict[str, Any]) -> list[tuple[str, str]]:
-    b, ro = r.get("browser") or {}, r.get("rollout") or {}
+    b, ro, nc = r.get("browser") or {}, r.get("rollout") or {}, r.get("browser_without_detection_cards") or {}
     return [
         ("telemetry in (msg/s, + as many detections)", str(r["telemetry_msgs_per_s"])),
         ("staleness via SSE p50/p95/max (ms)", _ms(r["sse"])),
@@ -286,6 +296,9 @@ def rows_of(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("page: scrolled row drawn p50/p95/max (ms)", _ms(b.get("catch_up"))),
         ("Chromium CPU (% of a core)", str(b.get("chromium_cpu_percent", "-"))),
         ("renderer main thread busy (%)", str(b.get("main_thread_busy_percent", "-"))),
+        ("  without the detection cards: CPU, busy (%)", f"{nc.get('chromium_cpu_percent', '-')}, "
+                                                       f"{nc.get('main_thread_busy_percent', '-')}"),
+        ("  without the detection cards: shown p50/p95/max", _ms(nc.get("shown"))),
         ("SSE events/s, KiB/s", f"{r['sse']['events_per_s']}, {r['sse']['kbytes_per_s']}"),
         ("server CPU idle -> load (% of a core)", f"{r['server_cpu_percent']['idle']} -> {r['server_cpu_percent']['load']}"),
         ("server RSS idle -> load (MB)", f"{r['server_rss_mb']['idle']} -> {r['server_rss_mb']['load']}"),
