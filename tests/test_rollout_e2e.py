@@ -216,3 +216,39 @@ def test_health_gate_halts_and_rolls_back_on_halt(fleet: Any, mqtt_broker: Local
     assert wait_for(lambda: running(watcher).get("node-a") == v1, 30), running(watcher)
     with watcher.lock:
         assert not [u for u in watcher.updates if u["node"] != "node-a" and u.get("version") == v1 + 1]
+
+
+def test_shadow_gate_keeps_a_disagreeing_model_from_being_announced(
+        fleet: Any, mqtt_broker: LocalBroker, http_server: FileServer, trained_bundle: Path,
+        trained_bundle_key: Path, tmp_path: Path) -> None:
+    """`--shadow-frames`: each node of a wave runs the candidate beside its live model first (docs/SHADOW.md);
+    only agreement gets it announced. Garbage weights (whose own golden data agree with them, so the
+    self-test passes) disagree on the node's frames: wave 1 halts and no node is ever announced the version."""
+    nodes, watcher, v1 = fleet
+    state_dir = tmp_path / "rollouts"
+
+    def start_shadowed(bundle: Path) -> subprocess.CompletedProcess[str]:
+        return rollout("start", str(bundle), "--broker", mqtt_broker.url, "--key", str(trained_bundle_key),
+                       "--http-base", http_server.base_url, "--upload", str(http_server.root), "--waves", "1,rest",
+                       "--soak", str(SOAK_S), "--max-latency-ratio", "4", "--discover", "3",
+                       "--shadow-frames", "6", "--shadow-min-f1", "0.8", "--shadow-timeout", "120",
+                       state_dir=state_dir)
+
+    bad = make_variant(trained_bundle, tmp_path / "garbage", trained_bundle_key, v1 + 1, garbage=True)
+    out = start_shadowed(bad)
+    assert out.returncode == 3, out.stdout + out.stderr + nodes.tail()
+    st = status(state_dir)
+    assert st["phase"] == "halted" and "shadow gate" in st["reason"], st["reason"]
+    assert st["nodes"]["node-a"]["status"] == "failed" and st["nodes"]["node-a"]["announced_at"] is None
+    assert {st["nodes"][n]["status"] for n in ("node-b", "node-c")} == {"waiting"}
+    with watcher.lock:
+        assert not [u for u in watcher.updates if u.get("version") == v1 + 1], "a node was announced v1+1"
+    assert running(watcher) == {n: v1 for n in NODES}
+
+    good = make_variant(trained_bundle, tmp_path / "same", trained_bundle_key, v1 + 2)  # the live weights
+    out = start_shadowed(good)
+    assert out.returncode == 0, out.stdout + out.stderr + nodes.tail()
+    st = status(state_dir)
+    assert st["phase"] == "completed" and {p["status"] for p in st["nodes"].values()} == {"healthy"}, st["nodes"]
+    assert sum("shadow agreement F1 1.000" in e for e in st["events"]) == len(NODES), st["events"]
+    assert wait_for(lambda: running(watcher) == {n: v1 + 2 for n in NODES}, 15), running(watcher)

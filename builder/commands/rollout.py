@@ -12,7 +12,7 @@ from agent.cli import SubParsers
 if TYPE_CHECKING:
     from builder.rollout.engine import RolloutEngine
     from builder.rollout.link import RolloutLink
-    from builder.rollout.state import RolloutSettings, RolloutState
+    from builder.rollout.state import RolloutSettings, RolloutState, ShadowGateSettings
     from builder.rollout.store import RolloutStore
 
 EXIT = {"completed": 0, "halted": 3, "aborted": 4, "paused": 0, "running": 0}
@@ -36,19 +36,7 @@ def register(sub: SubParsers) -> None:
     s.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,
                    help="manifest schema to announce: 2 (default) lets each node fetch only its backend's files; "
                    "1 for nodes older than schema 2 (they fetch every file)")
-    s.add_argument("--success-threshold", type=float, default=1.0, metavar="F",
-                   help="fraction of a wave's nodes that must commit and stay healthy (default 1.0)")
-    s.add_argument("--failure-threshold", type=float, default=0.0, metavar="F",
-                   help="fraction of a wave's nodes failing above which the rollout halts (default 0: any)")
-    s.add_argument("--soak", type=float, default=30.0, metavar="S", help="seconds a node must stay healthy (default 30)")
-    s.add_argument("--max-latency-ratio", type=float, default=1.5, metavar="R",
-                   help="p95 invoke latency after / before, at most (default 1.5)")
-    s.add_argument("--max-error-rate", type=float, default=0.05, metavar="F",
-                   help="inference errors / frames after the update, at most (default 0.05)")
-    s.add_argument("--max-detection-rate-change", type=float, default=None, metavar="F",
-                   help="relative change of detections per second, at most (e.g. 0.5; default: not gated)")
-    s.add_argument("--wave-timeout", type=float, default=900.0, metavar="S",
-                   help="a node without a result this long after its announcement fails (default 900)")
+    _gate_flags(s)
     s.add_argument("--rollback-on-halt", action="store_true",
                    help="when a wave halts the rollout, send `rollback` to its nodes that run the new version")
     s.add_argument("--discover", type=float, default=3.0, metavar="S",
@@ -95,7 +83,8 @@ def _start(args: argparse.Namespace) -> int:
                                http_base=args.http_base, upload=str(args.upload.resolve()) if args.upload else None,
                                prefix=args.prefix, target=args.target, waves_spec=args.waves,
                                username=args.username, ca=str(args.ca.resolve()) if args.ca else None,
-                               rollback_on_halt=args.rollback_on_halt, manifest_version=args.manifest_version)
+                               rollback_on_halt=args.rollback_on_halt, manifest_version=args.manifest_version,
+                               shadow=_shadow_gate(args))
     if old is not None and not old.done:
         if old.settings.bundle != settings.bundle:
             print(f"error: rollout {old.id} of {old.settings.bundle} is not over ({old.phase}): "
@@ -117,6 +106,38 @@ def _start(args: argparse.Namespace) -> int:
     store.set_current(state.id)
     print(f"rollout {state.id}")
     return _run(store, state, link)
+
+
+def _gate_flags(s: argparse.ArgumentParser) -> None:
+    """The thresholds, soak and gates of `rollout start` (docs/ROLLOUTS.md)."""
+    s.add_argument("--success-threshold", type=float, default=1.0, metavar="F",
+                   help="fraction of a wave's nodes that must commit and stay healthy (default 1.0)")
+    s.add_argument("--failure-threshold", type=float, default=0.0, metavar="F",
+                   help="fraction of a wave's nodes failing above which the rollout halts (default 0: any)")
+    s.add_argument("--soak", type=float, default=30.0, metavar="S", help="seconds a node must stay healthy (default 30)")
+    s.add_argument("--max-latency-ratio", type=float, default=1.5, metavar="R",
+                   help="p95 invoke latency after / before, at most (default 1.5)")
+    s.add_argument("--max-error-rate", type=float, default=0.05, metavar="F",
+                   help="inference errors / frames after the update, at most (default 0.05)")
+    s.add_argument("--max-detection-rate-change", type=float, default=None, metavar="F",
+                   help="relative change of detections per second, at most (e.g. 0.5; default: not gated)")
+    s.add_argument("--wave-timeout", type=float, default=900.0, metavar="S",
+                   help="a node without a result this long after its announcement fails (default 900)")
+    s.add_argument("--shadow-frames", type=int, default=None, metavar="N",
+                   help="shadow-run each node on the new version for N compared frames before announcing it; "
+                   "announce only when it agrees with the live model (docs/SHADOW.md; default: no shadow step)")
+    s.add_argument("--shadow-min-f1", type=float, default=0.8, metavar="F",
+                   help="agreement (F1 of matched boxes) the shadow run must reach (default 0.8)")
+    s.add_argument("--shadow-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds a node has to report a passing shadow run (default 300)")
+
+
+def _shadow_gate(args: argparse.Namespace) -> ShadowGateSettings | None:
+    from builder.rollout.state import ShadowGateSettings
+
+    if args.shadow_frames is None:
+        return None
+    return ShadowGateSettings(frames=args.shadow_frames, min_f1=args.shadow_min_f1, timeout_s=args.shadow_timeout)
 
 
 def _password(args: argparse.Namespace) -> str | None:

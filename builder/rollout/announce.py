@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.protocol.manifest import SCHEMA_VERSION, Target
+from agent.protocol.messages import Announcement
 from agent.protocol.topics import Topics
 from agent.security.signing import SigningKey
 from builder.fleet.publish import PublishError, make_announcement, prepare, upload
@@ -45,10 +46,15 @@ class Announcer:
         m = bundle.manifest
         return f"{self.http_base.rstrip('/')}/{m.name}/{m.version}/"
 
+    def announcement(self, node: str, base_url: str) -> Announcement:
+        """The bundle signed for `node` only (what its announcement, or its shadow request, carries)."""
+        _, data, _ = prepare(self.bundle_dir, Target(kind="node", value=node), self.key,
+                             manifest_version=self.manifest_version)
+        return make_announcement(data, self.key, base_url)
+
     def announce(self, link: FleetSide, node: str, base_url: str) -> str:
         target = Target(kind="node", value=node)
-        _, data, _ = prepare(self.bundle_dir, target, self.key, manifest_version=self.manifest_version)
-        ann = make_announcement(data, self.key, base_url)
+        ann = self.announcement(node, base_url)
         topic = self.topics.announce(target)
         link.publish(topic, ann.model_dump_json().encode(), retain=True)
         return topic

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
+from builder.rollout import shadowing
 from builder.rollout.announce import Announcer
 from builder.rollout.gates import Health, judge, measure
 from builder.rollout.link import FleetSide, NodeSeen
-from builder.rollout.state import RolloutState, advance, expire, mark, on_update, set_phase
+from builder.rollout.state import NodeProgress, RolloutState, advance, expire, mark, on_update, set_phase
 from builder.rollout.store import Claim, ClaimError, RolloutStore
 
 BASELINE_S = 600.0  # the node's telemetry this long before its announcement is its "before"
@@ -164,26 +165,42 @@ class RolloutEngine:
             mark(self.state, p.node, "healthy" if v.ok else "failed", "; ".join(v.reasons) or note, now)
 
     def _announce_wave(self, now: float) -> None:
-        waiting = [p for p in self.state.wave_nodes() if p.status == "waiting"]
-        if not waiting:
+        gate = self.state.settings.shadow
+        pending = [p for p in self.state.wave_nodes() if p.status in ("waiting", "shadowing")]
+        if not pending:
             return
         if self.state.base_url is None:
             self.state.base_url = self.announcer.place_files(self.state.waves[0][0])
-        for p in waiting:
-            seen = self.link.snapshot(p.node)
-            p.previous_version = seen.running_version if seen else None
-            if seen is not None:
-                base = measure(seen.samples, seen.detections, p.previous_version, now - BASELINE_S, now)
-                p.baseline = asdict(base)
-            topic = self.announcer.announce(self.link, p.node, self.state.base_url)
-            p.status, p.announced_at = "announced", now
-            self.state.log(f"{p.node}: announced v{self.state.version} on {topic} "
-                           f"(wave {p.wave + 1}, runs v{p.previous_version})", now)
+        for p in pending:
+            if gate is not None and p.status == "waiting":  # shadow first, announce once it agrees
+                shadowing.ask(self.state, p, self.link, self.announcer, self.state.base_url, now)
+                continue
+            if gate is not None and not shadowing.judge(self.state, p, self.link, gate, now):
+                if p.status == "failed":
+                    shadowing.clear(self.link, self.announcer, p)
+                continue
+            if gate is not None:
+                shadowing.clear(self.link, self.announcer, p)
+            self._announce(p, now)
+
+    def _announce(self, p: NodeProgress, now: float) -> None:
+        assert self.state.base_url is not None
+        seen = self.link.snapshot(p.node)
+        p.previous_version = seen.running_version if seen else None
+        if seen is not None:
+            base = measure(seen.samples, seen.detections, p.previous_version, now - BASELINE_S, now)
+            p.baseline = asdict(base)
+        topic = self.announcer.announce(self.link, p.node, self.state.base_url)
+        p.status, p.announced_at = "announced", now
+        self.state.log(f"{p.node}: announced v{self.state.version} on {topic} "
+                       f"(wave {p.wave + 1}, runs v{p.previous_version})", now)
 
     def _withdraw_unfinished(self) -> None:
         for p in self.state.nodes.values():
             if p.status in ("announced", "failed"):  # a failed node's retained announcement has no use left
                 self.announcer.withdraw(self.link, p.node)
+            if p.status == "shadowing":
+                shadowing.clear(self.link, self.announcer, p)
 
     def _commit(self, changed: bool) -> bool:
         """Persist the record when it changed; hand new events to on_event."""

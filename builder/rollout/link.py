@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from pydantic import ValidationError
 
 from agent.protocol.messages import CommandResponse, DetectionsMessage, NodeState, UpdateStatus
+from agent.protocol.shadow import ShadowReport
 from agent.protocol.telemetry import Telemetry
 from agent.protocol.topics import Topics
 from builder.rollout.gates import DetectionSample, Sample
@@ -35,6 +36,7 @@ class NodeSeen:
     update: UpdateStatus | None = None
     samples: list[Sample] = field(default_factory=list)
     detections: list[DetectionSample] = field(default_factory=list)
+    shadow: ShadowReport | None = None  # the node's latest shadow run report (the rollout's shadow gate)
 
     @property
     def running_version(self) -> int | None:
@@ -98,7 +100,7 @@ class RolloutLink:
         if self._refused:
             self._ready.set()
             return
-        leaves = ("state", "availability", "update", "telemetry", "detections")
+        leaves = ("state", "availability", "update", "telemetry", "detections", "shadow/report")
         c.subscribe([(self.topics.all_nodes(leaf), 1) for leaf in leaves] + [(self._reply_topic, 1)])
         self._ready.set()
 
@@ -134,6 +136,8 @@ class RolloutLink:
                 seen.samples = [*seen.samples[-MAX_SAMPLES:], Sample(
                     now, t.model_version, inv.p95_ms if inv else None, t.counters.frames_inferred,
                     t.counters.inference_errors, c.frames if c else None, c.total if c else None)]
+            elif leaf == "shadow/report":
+                seen.shadow = ShadowReport.model_validate_json(payload)
             elif leaf == "detections":
                 d = DetectionsMessage.model_validate_json(payload)
                 seen.detections = [*seen.detections[-MAX_SAMPLES:],
@@ -143,7 +147,7 @@ class RolloutLink:
         with self.lock:
             s = self.nodes.get(node)
             return None if s is None else NodeSeen(s.node, s.online, s.state, s.update, list(s.samples),
-                                                   list(s.detections))
+                                                   list(s.detections), s.shadow)
 
     def known(self) -> list[NodeSeen]:
         with self.lock:

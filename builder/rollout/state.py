@@ -15,9 +15,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from builder.rollout.gates import Thresholds, wave_verdict
+from builder.rollout.shadow_gate import ShadowThresholds
 
 Phase = Literal["running", "paused", "halted", "completed", "aborted"]
-NodeStatus = Literal["waiting", "announced", "committed", "healthy", "failed"]
+NodeStatus = Literal["waiting", "shadowing", "announced", "committed", "healthy", "failed"]
 TERMINAL_PHASES = ("halted", "completed", "aborted")
 MAX_EVENTS = 200
 FAILED_UPDATES = ("rolled_back", "failed", "rejected")
@@ -33,6 +34,22 @@ class NodeProgress(BaseModel):
     committed_at: float | None = None
     rolled_back: bool = False  # by this rollout (--rollback-on-halt / abort --rollback)
     baseline: dict[str, float | None] | None = None  # gates.Health before the announcement (kept across restarts)
+    shadow_request: str | None = None  # the shadow run asked before announcing (settings.shadow)
+    shadow_at: float | None = None
+
+
+class ShadowGateSettings(BaseModel):
+    """Before a node is announced the version, it runs it in shadow beside its live model on its own frames
+    (docs/SHADOW.md); it is announced only when the agreement passes (builder.rollout.shadow_gate)."""
+
+    frames: int = Field(default=20, ge=1, description="compared frames the run stops at, and the gate requires")
+    min_f1: float = Field(default=0.8, ge=0, le=1)
+    timeout_s: float = Field(default=300.0, gt=0, description="no passing report within this long: the node fails")
+    every_nth: int = Field(default=1, ge=1)
+    max_rate_hz: float = Field(default=2.0, gt=0, le=10)
+
+    def thresholds(self) -> ShadowThresholds:
+        return ShadowThresholds(min_frames=self.frames, min_f1=self.min_f1)
 
 
 class RolloutSettings(BaseModel):
@@ -49,6 +66,7 @@ class RolloutSettings(BaseModel):
     target: str = "all"
     waves_spec: str
     rollback_on_halt: bool = False
+    shadow: ShadowGateSettings | None = None  # shadow-run each node on the candidate before announcing it
     manifest_version: int = Field(default=2, ge=1, le=2, description="1 for nodes older than manifest schema 2")
     thresholds: dict[str, float | None] = Field(default_factory=dict)
 
