@@ -484,6 +484,9 @@ def test_the_dashboard_mounts_the_review_tab(harvested: tuple[Path, Path, Path],
         status, body = call(dash, "POST", f"/api/review/item?key={key}", post, b'{"action": "accept"}')
         assert status == 200 and json.loads(body)["status"] == "accepted"
         assert json.loads(call(dash, "GET", "/api/state", auth)[1]) is not None  # the dashboard's own API still answers
+        # The header's link: listed for a logged-in browser only where the tab is mounted.
+        assert json.loads(call(dash, "GET", "/api/session", auth)[1])["tabs"] == [["review", "/review"]]
+        assert json.loads(call(plain, "GET", "/api/session", auth)[1])["tabs"] == []
     finally:
         dash.stop()
         plain.stop()

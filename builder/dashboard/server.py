@@ -56,7 +56,10 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 class Mounted(Protocol):
     """Pages of a higher layer served by the dashboard (the flywheel's review tab): each answers the
-    requests it owns (True) with its own access checks, and leaves the rest to the dashboard."""
+    requests it owns (True) with its own access checks, and leaves the rest to the dashboard. `tab`:
+    (label, path) of the page the header links to, for a logged-in browser (/api/session)."""
+
+    tab: tuple[str, str] | None
 
     def get(self, h: BaseHTTPRequestHandler) -> bool: ...
 
@@ -230,7 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
             access.check_token(self.headers.get("Authorization"), self.headers.get("Cookie"))
         except AccessError:
             return self._json({"ok": True, "logged_in": False})
-        self._json({"ok": True, "logged_in": True, "who": access.token_id})
+        tabs = [list(m.tab) for m in self.dash.mounted if m.tab is not None]
+        self._json({"ok": True, "logged_in": True, "who": access.token_id, "tabs": tabs})
 
     def _api_get(self, path: str, route: Route | None) -> None:
         if route is None:

@@ -26,6 +26,8 @@ MAX_POST = 256 * 1024
 
 
 class ReviewRoutes:
+    tab = ("review", "/review")  # the dashboard's header link when it mounts these routes
+
     def __init__(self, dataset: Path, access: AccessPolicy) -> None:
         self.dataset, self.access = Path(dataset), access
 

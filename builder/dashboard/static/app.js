@@ -122,6 +122,16 @@ function login(ev) {
 // ---- detections --------------------------------------------------------------------------------------
 const snapshots = new Map();  // id -> {img, ts}
 
+// Cards are drawn only in view (plus a margin): at 1,000 nodes, redrawing every card on every detections
+// message was most of the page's CPU (docs/SCALE.md). A card out of view is marked and drawn when it scrolls in.
+const cardsInView = new Set();
+const cardObserver = new IntersectionObserver(entries => {
+  for (const e of entries) {
+    const id = e.target.getAttribute("data-node");
+    if (e.isIntersecting) { cardsInView.add(id); drawCard(e.target, id); } else cardsInView.delete(id);
+  }
+}, { rootMargin: "300px" });
+
 function renderDetections() {
   const box = document.getElementById("detections");
   const cards = new Map([...box.children].map(c => [c.getAttribute("data-node"), c]));
@@ -134,17 +144,23 @@ function renderDetections() {
         h("h3", {}, h("span", {}, id), h("span", { class: "muted when" })),
         h("canvas", { width: 320, height: 240 }), h("ul", {}));
       box.append(card);
+      cardObserver.observe(card);
     }
-    if (rendered.get("det:" + id) === n.detections_ts) continue;
-    rendered.set("det:" + id, n.detections_ts);
-    card.querySelector(".when").textContent = n.detections_frame !== null ? `frame ${n.detections_frame}` : "";
-    if (n.has_snapshot) loadSnapshot(n, card.querySelector("canvas"));
-    drawDetections(card.querySelector("canvas"), n);
-    card.querySelector("ul").replaceChildren(...(n.detections.length ? n.detections.slice(0, 6).map(d =>
-      h("li", {}, h("span", { style: `color:hsl(${hue(d.class_name)},70%,38%)` }, d.class_name), h("span", {}, num(d.score, 2))))
-      : [h("li", { class: "muted" }, "nothing detected")]));
+    if (cardsInView.has(id)) drawCard(card, id);
   }
   document.getElementById("no-detections").style.display = box.children.length ? "none" : "";
+}
+
+function drawCard(card, id) {
+  const n = nodes.get(id);
+  if (!n || rendered.get("det:" + id) === n.detections_ts) return;
+  rendered.set("det:" + id, n.detections_ts);
+  card.querySelector(".when").textContent = n.detections_frame !== null ? `frame ${n.detections_frame}` : "";
+  if (n.has_snapshot) loadSnapshot(n, card.querySelector("canvas"));
+  drawDetections(card.querySelector("canvas"), n);
+  card.querySelector("ul").replaceChildren(...(n.detections.length ? n.detections.slice(0, 6).map(d =>
+    h("li", {}, h("span", { style: `color:hsl(${hue(d.class_name)},70%,38%)` }, d.class_name), h("span", {}, num(d.score, 2))))
+    : [h("li", { class: "muted" }, "nothing detected")]));
 }
 
 function loadSnapshot(n, cv) {
