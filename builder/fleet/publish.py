@@ -65,20 +65,29 @@ def prepare(bundle_dir: Path, target: Target, key: SigningKey, expires_days: flo
             manifest_version: int = SCHEMA_VERSION) -> tuple[Bundle, bytes, bytes]:
     """Check every file of the bundle, set its target, expiry and schema version, sign.
     Returns (bundle, manifest bytes, signature json)."""
+    bundle = load_checked(bundle_dir)
+    return (bundle, *sign_for(bundle, target, key, expires_days, manifest_version))
+
+
+def load_checked(bundle_dir: Path) -> Bundle:
+    """The bundle with the size and sha256 of every file checked, before we vouch for it (complete)."""
     try:
-        # Sizes and sha256 of every file, before we vouch for it: a published bundle is complete.
-        bundle = Bundle.load(Path(bundle_dir), complete=True)
+        return Bundle.load(Path(bundle_dir), complete=True)
     except BundleError as exc:
         raise PublishError(f"bundle {bundle_dir}: {exc}") from None
+
+
+def sign_for(bundle: Bundle, target: Target, key: SigningKey, expires_days: float = DEFAULT_EXPIRES_DAYS,
+             manifest_version: int = SCHEMA_VERSION) -> tuple[bytes, bytes]:
+    """The checked bundle's manifest re-targeted, with its expiry and schema: (manifest bytes, signature json)."""
     manifest = bundle.manifest.model_copy(update={"target": target, "expires": expiry(expires_days)})
     try:
         manifest = with_schema(manifest, manifest_version)
     except ValueError as exc:
-        raise PublishError(f"bundle {bundle_dir}: cannot write a schema {manifest_version} manifest: "
+        raise PublishError(f"bundle {bundle.root}: cannot write a schema {manifest_version} manifest: "
                            f"{str(exc).splitlines()[0]}") from None
     data = manifest.to_bytes()
-    sig = key.signature_file(data).model_dump_json(indent=2).encode()
-    return bundle, data, sig
+    return data, key.signature_file(data).model_dump_json(indent=2).encode()
 
 
 def upload(bundle: Bundle, data: bytes, sig: bytes, upload_dir: Path) -> Path:
