@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.atomic import fsync_dir
-from agent.protocol.manifest import SIGNATURE_NAME, Manifest, with_schema
+from agent.protocol.manifest import SIGNATURE_NAME, V2_KEYS, Manifest, with_schema
 from agent.security.bundle import Bundle, BundleError, file_entry, write_manifest
 from agent.security.signing import Keyring, SignatureError, SigningKey, read_signature_file
 
@@ -100,12 +100,15 @@ def _changed_manifest(bundle: Bundle, stage: Path, add: list[NewFile], drop: lis
     files = [e for e in bundle.manifest.files if e.path not in changed]
     files += [file_entry(stage, f.dest) for f in add]
     # Per-backend file lists (schema 2) are derived again: a model added or dropped changes them.
-    data = bundle.manifest.model_dump(exclude={"needs"})
+    old = bundle.manifest
+    data = old.model_dump(exclude=set(V2_KEYS))
     data.update(schema_version=1, files=[e.model_dump() for e in files], models={**data["models"], **models})
     if version is not None:
         data["version"] = version
-    # Re-validated: every referenced file is listed.
-    return with_schema(Manifest.model_validate(data), bundle.manifest.schema_version)
+    edited = Manifest.model_validate(data)  # re-validated: every referenced file is listed
+    if old.schema_version == 1:
+        return edited
+    return with_schema(edited.model_copy(update={"score_reference": old.score_reference}), old.schema_version)
 
 
 def edit_bundle(bundle: Bundle, key: SigningKey | None, add: list[NewFile], drop: Sequence[str] = (),
