@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.atomic import atomic_write
 from agent.capture.ring import CaptureRing
+from agent.protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 UPLOAD_PATH = "/api/v1/frames/"
@@ -205,7 +206,7 @@ class Uploader:
 
 def status_topic(prefix: str, node: str) -> str:
     """Where the daemon may publish each round's UploadReport (retained JSON, `report_json`)."""
-    return f"{prefix}/node/{node}/capture/status"
+    return Topics(prefix).capture_status(node)
 
 
 def report_json(rep: UploadReport) -> str:
@@ -214,7 +215,8 @@ def report_json(rep: UploadReport) -> str:
 
 def upload_topics(prefix: str, node: str) -> list[str]:
     """Where upload requests arrive (retained): this node's topic and the fleet-wide one."""
-    return [f"{prefix}/node/{node}/capture/upload", f"{prefix}/capture/upload"]
+    t = Topics(prefix)
+    return [t.capture_upload(node), t.capture_upload()]
 
 
 def read_token(path: Path) -> str:

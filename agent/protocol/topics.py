@@ -80,6 +80,14 @@ class Topics:
         """Retained: the node's latest ShadowReport."""
         return self.node(node, "shadow/report")
 
+    def capture_upload(self, node: str | None = None) -> str:
+        """Retained: a request to upload captured hard examples, to one node or (None) to every node."""
+        return self.node(node, "capture/upload") if node is not None else f"{self.prefix}/capture/upload"
+
+    def capture_status(self, node: str) -> str:
+        """Retained: the node's last upload round (agent.capture.uploader.UploadReport as JSON)."""
+        return self.node(node, "capture/status")
+
     def command(self, node: str) -> str:
         return self.node(node, "cmd")
 
