@@ -10,27 +10,31 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from agent.protocol.manifest import Target
 from agent.protocol.messages import DetectionsMessage, NodeState, UpdateState, UpdateStatus
 from agent.protocol.topics import Topics
-from builder.dashboard.telemetry_view import CameraReading, MalformedPayload, TelemetryReading, read_telemetry
+from builder.dashboard.payloads import MalformedPayload, parse_model
+from builder.dashboard.shadow_view import LEAF as SHADOW_LEAF
+from builder.dashboard.shadow_view import ShadowView, read_shadow_report
+from builder.dashboard.telemetry_view import CameraReading, TelemetryReading, read_telemetry
 
+log = logging.getLogger(__name__)
 # Leaves the dashboard subscribes to (snapshot is binary JPEG, kept as bytes).
-LEAVES = ("availability", "state", "telemetry", "detections", "update", "snapshot")
+LEAVES = ("availability", "state", "telemetry", "detections", "update", "snapshot", SHADOW_LEAF)
 # Per-camera leaves of multi-camera nodes (MQTT wildcards under the node); the page shows a summary per camera.
 CAMERA_LEAVES = ("camera/+/detections",)
 TERMINAL = {UpdateState.COMMITTED, UpdateState.ROLLED_BACK, UpdateState.REJECTED, UpdateState.FAILED}
 GOOD = {UpdateState.COMMITTED}
 MAX_DETECTIONS = 20  # per node, highest score first: the page draws these
-M = TypeVar("M", bound=BaseModel)
 FAULT_HOLD_S = 10.0
 TAIL = 5  # history points sent with each delta; the page merges them by time
 
@@ -72,6 +76,7 @@ class NodeView(BaseModel):
     detections_ts: float | None = None  # capture time of that frame (node clock)
     detections_frame: int | None = None
     has_snapshot: bool = False
+    shadow: ShadowView | None = None  # the latest shadow run report (None: none, or cleared)
     faults: dict[str, str] = Field(default_factory=dict)  # leaf -> why its last payload was rejected
     rejected: int = 0  # payloads from this node that did not parse
     last_seen: float | None = None  # server clock, any message
@@ -97,6 +102,10 @@ class _Node:
         # The delta form of this node at version `changed`: every SSE connection sends the same dict, so it is
         # built once per change, not once per connection and flush (1,000 nodes at 1 Hz: docs/SCALE.md).
         self.delta_json: dict[str, Any] | None = None
+        # Shadow reports come every few seconds, the node's other leaves every second: a delta carries the
+        # node's `shadow` only to a reader that has not seen its last change (the page keeps the one it has).
+        self.shadow_changed = 0
+        self.delta_lite: dict[str, Any] | None = None
 
 
 class FleetState:
@@ -143,12 +152,16 @@ class FleetState:
                     del v.faults[leaf]
             except MalformedPayload as exc:
                 self.rejected += 1
+                if v.faults.get(leaf) != str(exc):  # once per new reason: a node repeating it cannot flood the log
+                    log.warning("node %s: %s rejected: %s", node_id, leaf, exc)
                 v.faults[leaf] = str(exc)
                 node.fault_at[leaf] = now
                 v.rejected += 1
             self.version += 1
             node.changed = self.version
-            node.delta_json = None
+            node.delta_json = node.delta_lite = None
+            if leaf == SHADOW_LEAF:
+                node.shadow_changed = self.version
             if leaf in ("update", "state"):
                 self._rollouts_changed = self.version
             self._cond.notify_all()
@@ -167,7 +180,7 @@ class FleetState:
         elif leaf == "state":
             if not payload:
                 return
-            st = _model(NodeState, payload, "state")
+            st = parse_model(NodeState, payload, "state")
             v.status, v.reason, v.agent_version = st.status, st.reason, st.agent_version
             v.backend, v.device, v.camera, v.groups = st.backend, st.device, st.camera, list(st.groups)
             if st.model is not None:
@@ -185,7 +198,7 @@ class FleetState:
                 v.backend = t.backend
             node.hist.append((round(now, 3), t.p50_ms, t.p95_ms, t.power_w))
         elif leaf == "detections":
-            d = _model(DetectionsMessage, payload, "detections")
+            d = parse_model(DetectionsMessage, payload, "detections")
             best = sorted(d.detections, key=lambda x: -x.score)[:MAX_DETECTIONS]
             v.detections = [DetectionView(box=x.box, class_name=x.class_name, score=round(x.score, 3)) for x in best]
             v.detections_ts, v.detections_frame = d.frame_ts, d.frame_index
@@ -194,10 +207,12 @@ class FleetState:
         elif leaf == "update":
             if not payload:
                 return
-            v.update, v.update_rx = _model(UpdateStatus, payload, "update"), now
+            v.update, v.update_rx = parse_model(UpdateStatus, payload, "update"), now
         elif leaf == "snapshot":
             node.snapshot = payload or None
             v.has_snapshot = bool(payload)
+        elif leaf == SHADOW_LEAF:  # empty: the retained report was cleared
+            v.shadow = read_shadow_report(payload, v.id) if payload else None
 
     def set_broker(self, connected: bool, error: str | None = None) -> None:
         """The MQTT link's state, shown in the page header (a dead broker must not look like a quiet fleet)."""
@@ -247,15 +262,19 @@ class FleetState:
                 "failed": sum(1 for x in rows if x["done"] and not x["ok"])}
 
     # ---- output (readers) --------------------------------------------------------------------------
-    def _node_json(self, node: _Node, full: bool) -> dict[str, Any]:
+    def _node_json(self, node: _Node, full: bool, since: int = 0) -> dict[str, Any]:
+        """The node for a reader at version `since`: everything when `full`, else its delta form (without
+        `shadow` when the reader already has its latest)."""
+        lite = not full and node.shadow_changed <= since
         if not full and node.delta_json is not None:
-            return node.delta_json
+            return node.delta_lite if lite and node.delta_lite is not None else node.delta_json
         d = node.view.model_dump(mode="json")
         d["v"] = node.changed
         d["hist"] = list(node.hist) if full else list(node.hist)[-TAIL:]
-        if not full:
-            node.delta_json = d
-        return d
+        if full:
+            return d
+        node.delta_json, node.delta_lite = d, {k: x for k, x in d.items() if k != "shadow"}
+        return node.delta_lite if lite else d
 
     def snapshot(self) -> dict[str, Any]:
         """Everything, with the full chart history: the first event of every page."""
@@ -272,7 +291,8 @@ class FleetState:
                 return None
             out: dict[str, Any] = {
                 "type": "delta", "v": self.version, "now": self.clock(),
-                "nodes": [self._node_json(n, False) for _, n in sorted(self._nodes.items()) if n.changed > since],
+                "nodes": [self._node_json(n, False, since) for _, n in sorted(self._nodes.items())
+                          if n.changed > since],
                 "stats": self._stats(),
             }
             if self._rollouts_changed > since:
@@ -328,20 +348,11 @@ def _merge_cameras(old: dict[str, CameraView], new: dict[str, CameraReading]) ->
 def _apply_camera_detections(v: NodeView, camera: str, payload: bytes) -> None:
     if not payload:
         return
-    d = _model(DetectionsMessage, payload, f"camera/{camera}/detections")
+    d = parse_model(DetectionsMessage, payload, f"camera/{camera}/detections")
     cam = v.cameras.setdefault(camera, CameraView())
     best = sorted(d.detections, key=lambda x: -x.score)
     cam.detections, cam.detections_ts = len(best), d.frame_ts
     cam.classes = list(dict.fromkeys(x.class_name for x in best))[:5]
-
-
-def _model(cls: type[M], payload: bytes, what: str) -> M:
-    try:
-        return cls.model_validate_json(payload)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "payload"
-        raise MalformedPayload(f"{what} rejected: {where}: {err['msg']}"[:200]) from None
 
 
 def dumps(obj: Any) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from builder.dashboard.shadow_view import summary
 from builder.dashboard.state import CameraView, NodeView
 
-COLUMNS = ("NODE", "STATUS", "MODEL", "BACKEND", "FPS", "P50/P95 ms", "POWER W", "TEMP C", "LAST UPDATE", "SEEN")
+COLUMNS = ("NODE", "STATUS", "MODEL", "BACKEND", "FPS", "P50/P95 ms", "POWER W", "TEMP C", "LAST UPDATE", "SHADOW",
+           "SEEN")
 
 
 def node_status(n: NodeView, now: float) -> str:
@@ -50,8 +52,14 @@ def row(n: NodeView, now: float) -> tuple[str, ...]:
     return (
         n.id, node_status(n, now), model, n.backend or (t.backend if t else None) or "-",
         _f(t.fps if t else None), f"{_f(t.p50_ms if t else None)}/{_f(t.p95_ms if t else None)}", power,
-        _f(t.temp_c if t else None, 0), upd, _age(n.last_seen, now),
+        _f(t.temp_c if t else None, 0), upd, _shadow(n), _age(n.last_seen, now),
     )
+
+
+def _shadow(n: NodeView) -> str:
+    """The latest shadow run in a few words: state, agreement (F1) and frames compared (docs/SHADOW.md)."""
+    return "-" if n.shadow is None else summary(n.shadow, candidate=False)
+
 
 
 def camera_row(name: str, c: CameraView) -> tuple[str, ...]:
@@ -59,7 +67,7 @@ def camera_row(name: str, c: CameraView) -> tuple[str, ...]:
     state = (c.state or "-").upper() if c.state == "stalled" else c.state or "-"
     fps = f"{c.fps:.1f}" + (f" ({c.dropped_fps:.1f} drop)" if c.dropped_fps else "")
     return (f"  └ {name}", state, f"cam {c.camera_fps:.1f} fps", c.device or "-", fps,
-            f"{_f(c.p50_ms)}/{_f(c.p95_ms)}", "", "", "", "")
+            f"{_f(c.p50_ms)}/{_f(c.p95_ms)}", "", "", "", "", "")
 
 
 def format_table(nodes: list[NodeView], now: float | None = None) -> str:
@@ -84,6 +92,7 @@ def _key(n: NodeView) -> dict[str, object]:
         "update": (n.update.version, n.update.state.value, n.update.reason) if n.update else None,
         "faults": tuple(sorted(n.faults.items())),
         "status": n.status,
+        "shadow": (n.shadow.request_id, n.shadow.state) if n.shadow else None,
     }
 
 
@@ -108,6 +117,8 @@ def changes(before: dict[str, NodeView], after: list[NodeView], now: float | Non
         if k["update"] != o["update"] and n.update is not None:
             u = n.update
             out.append(f"{stamp} {n.id} update v{u.version} {u.state.value}" + (f": {u.reason}" if u.reason else ""))
+        if k["shadow"] != o["shadow"] and n.shadow is not None:  # a run started, finished, failed
+            out.append(f"{stamp} {n.id} shadow {summary(n.shadow)}" + (f": {n.shadow.reason}" if n.shadow.reason else ""))
         for name, cam_state in n.cameras.items():  # a camera's state change (stalled, back to streaming)
             if cam_state.state != (old.cameras[name].state if name in old.cameras else None) and cam_state.state:
                 out.append(f"{stamp} {n.id} camera {name} {cam_state.state}")

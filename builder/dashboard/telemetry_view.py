@@ -1,26 +1,19 @@
 """Read one node's telemetry payload (agent.protocol.telemetry.Telemetry) into the figures the dashboard draws.
 
-A payload that is not JSON, or that the Telemetry model rejects, is malformed: the caller marks that node
-faulty (with this module's reason) and keeps the rest of the fleet running.
+A payload that is not JSON, or that the Telemetry model rejects, is malformed (builder.dashboard.payloads): the
+caller marks that node faulty with the reason and keeps the rest of the fleet running.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Iterator
-from typing import Any
-
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from agent.protocol.telemetry import CameraTelemetry, StageLatency, Telemetry
+from builder.dashboard.payloads import MalformedPayload, parse_model
 
 # The inference call is what a model update changes; fall back to end-to-end if a node times only that.
 LATENCY_STAGES = ("invoke", "end_to_end")
-
-
-class MalformedPayload(ValueError):
-    """A node sent something we cannot read. The message is shown on the node's row."""
+__all__ = ["CameraReading", "MalformedPayload", "TelemetryReading", "read_camera", "read_telemetry"]
 
 
 class CameraReading(BaseModel):
@@ -73,38 +66,9 @@ class TelemetryReading(BaseModel):
     cameras: dict[str, CameraReading] = Field(default_factory=dict, exclude=True)
 
 
-def _reason(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "payload"
-    return f"telemetry rejected ({exc.error_count()} error(s)): {where}: {err['msg']}"[:200]
-
-
-def _floats(d: Any, path: str = "") -> Iterator[tuple[str, float]]:
-    if isinstance(d, float):
-        yield path or "payload", d
-    elif isinstance(d, dict):
-        for k, v in d.items():
-            yield from _floats(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(d, list):
-        for i, v in enumerate(d):
-            yield from _floats(v, f"{path}[{i}]")
-
-
 def read_telemetry(payload: bytes) -> TelemetryReading:
     """Parse and validate one telemetry payload; raise MalformedPayload with a short reason."""
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedPayload(f"telemetry is not JSON: {exc}"[:200]) from None
-    if not isinstance(data, dict):
-        raise MalformedPayload(f"telemetry is a JSON {type(data).__name__}, not an object")
-    try:
-        t = Telemetry.model_validate(data)
-    except ValidationError as exc:
-        raise MalformedPayload(_reason(exc)) from None
-    bad = [k for k, v in _floats(data) if not math.isfinite(v)]
-    if bad:  # JSON from Python may carry NaN/Infinity; the page's JSON cannot, and no sensor reads that
-        raise MalformedPayload(f"telemetry has non-finite numbers at {', '.join(bad[:3])}")
+    t = parse_model(Telemetry, payload, "telemetry")
     stage_name, stage = next(((s, t.latency[s]) for s in LATENCY_STAGES if s in t.latency),
                              (None, StageLatency(count=0)))
     e2e = t.latency.get("end_to_end")
