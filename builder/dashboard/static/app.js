@@ -76,6 +76,7 @@ function mergeNode(n) {
   const cutoff = serverNow() - HISTORY_S;
   while (hist.length && hist[0][0] < cutoff) hist.shift();
   n.hist = hist;
+  if (!("shadow" in n)) n.shadow = old ? old.shadow : null;  // sent only when it changed (state.py _node_json)
   nodes.set(n.id, n);
 }
 

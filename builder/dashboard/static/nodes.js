@@ -12,12 +12,15 @@
 // Uses app.js's helpers h, pill, num, ago, serverNow and HISTORY_S (globals of the page).
 // A <th class="select"> first in the table's header turns on a checkbox column (fleet commands): the
 // checked ids are window.nodeTable.selected(); checking one calls window.nodeTable.onSelect(ids), if set.
+// The shadow column (the node's latest shadow run, docs/SHADOW.md) adds its own header; a click on its cell
+// opens the run's details in a row under the node, patched like the other cells: in view only.
 "use strict";
 
 window.nodeTable = (() => {
   const rows = new Map();       // id -> row record (see makeRow)
   const camRows = new Map();    // "id\0camera" -> {tr, keys}
   const selection = new Set();
+  const expanded = new Set();   // ids whose shadow details are open
   const shownLags = [];         // seconds, node timestamp -> written into a row in view
   const catchUps = [];          // seconds, a row with missed changes coming into view -> drawn
   let current = new Map();      // the nodes map of the last render
@@ -31,6 +34,8 @@ window.nodeTable = (() => {
   const STATUS_KIND = { running: "ok", starting: "warn", degraded: "warn", error: "bad", stopped: "idle" };
   const UPDATE_KIND = { committed: "ok", rolled_back: "bad", rejected: "bad", failed: "bad" };
   const CAMERA_KIND = { streaming: "ok", stalled: "bad", reconnecting: "warn" };
+  const SHADOW_KIND = { running: "warn", done: "ok", verifying: "idle", stopped: "idle", rejected: "bad", failed: "bad" };
+  const SHADOW_LEAF = "shadow/report";
 
   function nodeStatus(n) {
     const faults = Object.entries(n.faults || {});
@@ -70,6 +75,9 @@ window.nodeTable = (() => {
         ? h("span", { class: "est", title: `source: ${t.power_source}` }, "est.") : "") },
     { cls: "num", key: (n, s, t) => fmtTemp(t), fill: (td, n, s, t, key) => { td.textContent = key; } },
     { slow: true, key: n => updKey(n.update), fill: (td, n) => td.replaceChildren(updateCell(n.update)) },
+    { head: "shadow", cls: "shadow", click: id => toggleShadow(id),
+      title: "latest shadow run: agreement (F1 of the candidate's boxes against the live model's) over the frames compared; click for details",
+      key: n => shadowKey(n), fill: (td, n) => td.replaceChildren(shadowCell(n)) },
   ];
 
   function updateCell(u) {
@@ -78,6 +86,69 @@ window.nodeTable = (() => {
     return h("div", {},
       pill(`${u.version !== null ? "v" + u.version + " " : ""}${u.state.replace("_", " ")}${pct}`, UPDATE_KIND[u.state] || "warn"),
       u.reason ? h("div", { class: "reason" }, u.reason) : null);
+  }
+
+  // ---- shadow runs ----------------------------------------------------------------------------------
+  const pct = x => x === null || x === undefined ? "–" : `${Math.round(x * 100)} %`;
+  const ref = m => m ? `${m.name} v${m.version}` : "–";
+  const shadowFault = n => (n.faults || {})[SHADOW_LEAF] || null;
+  const shadowKey = n => { const v = n.shadow; return v ? `${v.state}|${v.f1}|${v.frames}|${ref(v.candidate)}|${shadowFault(n)}` : `|${shadowFault(n)}`; };
+
+  function shadowCell(n) {
+    const v = n.shadow, fault = shadowFault(n);
+    if (!v && !fault) return h("span", { class: "muted" }, "–");
+    return h("div", { "data-shadow-state": v ? v.state : "error" },
+      fault ? pill("report error", "bad", fault) : null,
+      v ? [pill(v.state, SHADOW_KIND[v.state] || "idle"), " ", h("span", { class: "agree" }, `${pct(v.f1)} · ${v.frames} fr`),
+           h("div", { class: "groups" }, ref(v.candidate))] : null);
+  }
+
+  function toggleShadow(id) {
+    const n = current.get(id);
+    if (expanded.has(id)) expanded.delete(id);
+    else if (n && (n.shadow || shadowFault(n))) expanded.add(id);
+    else return;
+    requestAnimationFrame(() => render(current, false));
+  }
+
+  // The open details row of one node: made on opening, patched while its node's row is in view.
+  function shadowRow(r, n, full) {
+    if (!expanded.has(r.id)) { r.detail = null; return; }
+    if (!r.detail) {
+      const td = h("td", { colSpan: COLUMNS.length + 2 + (selectColumn ? 1 : 0) });
+      r.detail = { tr: h("tr", { class: "shadow-detail", "data-shadow-of": r.id }, td), td, key: "" };
+    }
+    if (!r.visible && !full) return;
+    const key = JSON.stringify([n.shadow, shadowFault(n), n.shadow ? ago(n.shadow.ts) : ""]);
+    if (key !== r.detail.key) { r.detail.key = key; r.detail.td.replaceChildren(shadowDetails(n)); }
+  }
+
+  function shadowDetails(n) {
+    const v = n.shadow, fault = shadowFault(n);
+    const rejected = fault ? h("div", { class: "fault" }, `last report rejected: ${fault}`) : null;
+    if (!v) return h("div", { class: "shadow-box" }, rejected, h("div", { class: "muted" }, "no readable shadow report"));
+    const cl = v.candidate_latency || {}, ll = v.live_latency || {};
+    const ratio = cl.p50_ms && ll.p50_ms ? ` (× ${num(cl.p50_ms / ll.p50_ms, 1)} at p50)` : "";
+    const fig = (k, ...val) => [h("dt", {}, k), h("dd", {}, ...val)];
+    return h("div", { class: "shadow-box" }, rejected,
+      h("div", { class: "shadow-head" }, pill(v.state, SHADOW_KIND[v.state] || "idle"), " ",
+        h("b", {}, ref(v.candidate)), " beside live ", h("b", {}, ref(v.live)),
+        h("span", { class: "muted" }, ` reported ${ago(v.ts)}${v.request_id ? " · request " + v.request_id : ""}`)),
+      v.reason ? h("div", { class: "reason" }, v.reason) : null,
+      h("dl", {},
+        fig("frames compared", `${v.frames} over ${num(v.window_s, 0)} s`, h("span", { class: "muted" },
+          ` (${v.shadow_frames} shadow frames, ${num(v.shadow_rate_hz, 2)}/s; ${v.errors} errors; skipped ${v.skipped_budget} budget, ${v.skipped_busy} busy)`)),
+        fig("boxes", `live ${v.live_boxes} · candidate ${v.candidate_boxes} · matched ${v.matched}`),
+        fig("agreement", `precision ${pct(v.precision)} · recall ${pct(v.recall)} · F1 ${pct(v.f1)}`,
+          h("span", { class: "muted" }, ` (mean IoU ${num(v.mean_iou, 2)}, score Δ ${num(v.score_delta, 3)})`)),
+        fig("latency p50 / p95", `candidate ${num(cl.p50_ms)} / ${num(cl.p95_ms)} ms · live ${num(ll.p50_ms)} / ${num(ll.p95_ms)} ms${ratio}`,
+          h("span", { class: "muted" }, ` (live slowdown ${pct(v.live_slowdown)})`))),
+      v.classes.length ? h("table", { class: "shadow-classes" },
+        h("thead", {}, h("tr", {}, ["class", "live", "candidate", "matched", "precision", "recall"].map(x => h("th", {}, x)))),
+        h("tbody", {}, v.classes.map(c => h("tr", { "data-class": c.name }, h("td", {}, c.name), h("td", { class: "num" }, c.live),
+          h("td", { class: "num" }, c.candidate), h("td", { class: "num" }, c.matched),
+          h("td", { class: "num" }, pct(c.precision)), h("td", { class: "num" }, pct(c.recall)))))) : null,
+      v.classes_total > v.classes.length ? h("div", { class: "muted" }, `and ${v.classes_total - v.classes.length} more classes`) : null);
   }
 
   // ---- rows ------------------------------------------------------------------------------------------
@@ -90,7 +161,11 @@ window.nodeTable = (() => {
       r.check.addEventListener("change", () => toggle(id, r.check.checked));
       tr.append(h("td", { class: "select" }, r.check));
     }
-    for (const c of COLUMNS) { const td = h("td", c.cls ? { class: c.cls } : {}); r.tds.push(td); tr.append(td); }
+    for (const c of COLUMNS) {
+      const td = h("td", c.cls ? { class: c.cls } : {});
+      if (c.click) td.addEventListener("click", () => c.click(id));
+      r.tds.push(td); tr.append(td);
+    }
     r.lat = h("canvas", { class: "spark lat", width: 300, height: 72 });
     r.pow = h("canvas", { class: "spark pow", width: 300, height: 72 });
     tr.append(h("td", {}, r.lat), h("td", {}, r.pow));
@@ -166,7 +241,7 @@ window.nodeTable = (() => {
         c.dropped_fps ? h("div", { class: "groups" }, `${num(c.dropped_fps, 1)} dropped`) : null),
       h("td", { class: "num", title: `model time; capture → detections p95 ${num(c.e2e_p95_ms)} ms` },
         `${num(c.p50_ms)} / ${num(c.p95_ms)} ms`),
-      h("td", { class: "muted", colSpan: 5 }, dets));
+      h("td", { class: "muted", colSpan: COLUMNS.length - 4 }, dets));
   }
 
   // ---- charts ----------------------------------------------------------------------------------------
@@ -207,7 +282,7 @@ window.nodeTable = (() => {
   // Called by app.js once per animation frame at most: `full` when the clock moved (the 1 s tick).
   function render(nodes, full) {
     current = nodes;
-    if (selectColumn === null) selectColumn = !!document.querySelector("#nodes thead th.select");
+    if (selectColumn === null) { selectColumn = !!document.querySelector("#nodes thead th.select"); addHeaders(); }
     const ids = [...nodes.keys()].sort();
     document.getElementById("empty").style.display = ids.length ? "none" : "";
     for (const [id, r] of rows) if (!nodes.has(id)) { io.unobserve(r.tr); rows.delete(id); }
@@ -217,25 +292,39 @@ window.nodeTable = (() => {
       let r = rows.get(id);
       if (!r) { r = makeRow(id); rows.set(id, r); }
       const cams = Object.keys(n.cameras || {}).sort().join("\0");
-      parts.push(id, cams);
-      if (full || r.node !== n || (r.visible && r.stale)) {
+      parts.push(id, cams, expanded.has(id));
+      if (full || r.node !== n || (r.visible && r.stale) || !r.detail !== !expanded.has(id)) {
         r.node = n;
         patchRow(r, n, full);
         r.camTrs = cameraRows(id, n, r.visible, r.cams !== cams);
         r.cams = cams;
+        shadowRow(r, n, full);
       }
     }
     const shape = parts.join("\n");
     if (shape !== structure) { structure = shape; layOut(ids); }
   }
 
-  // Put the rows in order (only when a node or a camera came or went): node row, then its camera rows.
+  // Headers of the columns this file adds (index.html holds the others), at their column's place.
+  function addHeaders() {
+    const tr = document.querySelector("#nodes thead tr");
+    COLUMNS.forEach((c, i) => {
+      if (!c.head || tr.querySelector(`th[data-col="${c.head}"]`)) return;
+      tr.insertBefore(h("th", { "data-col": c.head, title: c.title || "" }, c.head), tr.children[i + (selectColumn ? 1 : 0)] || null);
+    });
+  }
+
+  // Put the rows in order (only when a node, a camera or open details came or went): node row, its details, its cameras.
   function layOut(ids) {
     const tbody = document.querySelector("#nodes tbody");
     const wanted = [];
-    for (const id of ids) wanted.push(rows.get(id).tr, ...(rows.get(id).camTrs || []));
+    for (const id of ids) {
+      const r = rows.get(id);
+      wanted.push(r.tr, ...(r.detail ? [r.detail.tr] : []), ...(r.camTrs || []));
+    }
     const keep = new Set(wanted);
     for (const tr of [...tbody.children]) if (!keep.has(tr)) tr.remove();
+    for (const id of [...expanded]) if (!rows.has(id)) expanded.delete(id);
     for (const [key, cr] of camRows) if (!keep.has(cr.tr)) camRows.delete(key);
     wanted.forEach((tr, i) => { if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null); });
   }
