@@ -7,6 +7,8 @@ Schema versions (strict: unknown keys are an error in each, so a new field means
 1: every node fetches every file. 2: adds `needs`, the files each backend's node fetches (its model, the
 CPU fallback, the golden self-test files), so a node skips the reference variants and reports. Agents
 read both; the builder writes 2 unless asked for 1 (nodes older than this schema refuse 2).
+Decoder "yolo_nas_sigmoid" (the class sigmoid inside the graph) exists only in schema 2: a v1 node could not
+decode it, so a v1 manifest cannot name it.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class Preprocess(_Strict):
 class OutputLayout(_Strict):
     """Which decoder in agent.inference.decode turns the raw outputs into boxes, with its parameters."""
 
-    decoder: Literal["yolo_nas_raw", "ssd_postprocess"]
+    decoder: Literal["yolo_nas_raw", "yolo_nas_sigmoid", "ssd_postprocess"]
     num_classes: int = Field(ge=1)
     strides: list[int] = Field(default_factory=lambda: [8, 16, 32])
     reg_max: int = 16
@@ -139,6 +141,15 @@ class Target(_Strict):
 
 
 V2_KEYS = frozenset({"needs", "score_reference"})  # what a schema 1 manifest must not carry
+V2_DECODERS = frozenset({"yolo_nas_sigmoid"})  # decoders a schema 1 manifest must not name (v1 nodes lack them)
+
+
+def v1_decoder_error(decoder: str) -> str | None:
+    """Why a schema 1 manifest cannot name `decoder` (None: it can)."""
+    if decoder not in V2_DECODERS:
+        return None
+    return (f"layout.decoder {decoder!r} needs manifest schema_version 2 (nodes reading only schema 1 cannot decode "
+            "it); convert with --class-head logits for schema 1 nodes")
 
 
 class Manifest(_Strict):
@@ -168,6 +179,9 @@ class Manifest(_Strict):
         if self.schema_version == 1:
             for key in V2_KEYS & self.model_fields_set:  # v1 is frozen: a key it never had is an unknown key
                 raise ValueError(f"{key}: extra inputs are not permitted in schema_version 1 (it is a v2 field)")
+            problem = v1_decoder_error(self.layout.decoder)
+            if problem:
+                raise ValueError(problem)
             return self
         if not self.needs:
             raise ValueError("schema_version 2 requires `needs` (the files each backend fetches)")
@@ -270,6 +284,9 @@ def with_schema(m: Manifest, schema_version: int) -> Manifest:
     Validated again, so a `needs` table gone stale after an edit of `files` or `models` is an error."""
     if schema_version not in SCHEMA_VERSIONS:
         raise ValueError(f"manifest schema_version must be one of {SCHEMA_VERSIONS}, not {schema_version}")
+    problem = v1_decoder_error(m.layout.decoder) if schema_version == 1 else None
+    if problem:
+        raise ValueError(problem)
     data = m.model_dump(exclude={"needs"} if schema_version == 2 else set(V2_KEYS))
     data["schema_version"] = schema_version
     if schema_version == 2:

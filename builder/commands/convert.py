@@ -48,6 +48,10 @@ def register(sub: SubParsers) -> None:
                    "(default: a warning naming the strides calibrated on background only)")
     p.add_argument("--no-compile", dest="compile_edgetpu", action="store_false",
                    help="do not run edgetpu_compiler even when present")
+    p.add_argument("--class-head", dest="class_head", choices=("sigmoid", "logits"), default=None,
+                   help="class outputs of the INT8 graph: sigmoid (probabilities, fixed [0, 1] INT8 scale that "
+                   "calibration cannot break; manifest schema 2 only) or logits (raw, calibrated range); default: "
+                   "sigmoid, logits with --manifest-version 1 (docs/CONVERSION.md, 'Class head')")
     p.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,
                    help="manifest schema: 2 (default) lists each backend's files so a node fetches only what it "
                    "runs; 1 for agents older than schema 2 (every node fetches every file)")
@@ -55,11 +59,14 @@ def register(sub: SubParsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from builder.convert.options import resolve_class_head
     from builder.convert.pipeline import ConvertError, ConvertOptions, run_conversion
 
     # The flags' dest names are ConvertOptions' field names.
-    opts = ConvertOptions(**{k: v for k, v in vars(args).items() if k in ConvertOptions.model_fields})
+    fields = {k: v for k, v in vars(args).items() if k in ConvertOptions.model_fields}
     try:
+        fields["class_head"] = resolve_class_head(args.class_head, args.manifest_version)
+        opts = ConvertOptions(**fields)
         out = run_conversion(opts)
         if args.manifest_version != 2:  # the builder writes schema 2; rewrite (and re-sign) for old agents
             from agent.security.signing import SigningKey

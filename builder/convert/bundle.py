@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.inference.decode.yolo_nas import DECODER_NAMES
 from agent.protocol.manifest import (
     SCHEMA_VERSION,
     SIGNATURE_NAME,
@@ -74,6 +75,7 @@ def report_stage(r: ReportInputs, staging: Path) -> dict[str, Any]:
         "class_names": lm.class_names, "dataset": str(r.opts.dataset_path) if r.opts.dataset_path else None,
         "calibration": {"source": str(r.opts.calibration_dir), "images": len(r.calib.canvases), "seed": r.opts.seed,
                         "files": r.calib.files[:1000], "per_tensor": r.opts.per_tensor, "coverage": r.calib.coverage},
+        "class_head": r.opts.class_head,
         "onnx_ops": r.body.ops, "parity": r.parity, "ranges": r.ranges, "readiness": r.readiness.report,
         "edgetpu_compile": r.readiness.compiled,
         "edgetpu_command": edgetpu.compile_command(out / "model_quant.tflite", out),
@@ -116,7 +118,8 @@ def manifest_stage(
         input=golden.input,
         outputs=golden.outputs,
         class_names=lm.class_names,
-        layout=OutputLayout(decoder="yolo_nas_raw", num_classes=lm.num_classes, strides=lm.strides, reg_max=lm.reg_max),
+        layout=OutputLayout(decoder=DECODER_NAMES[opts.class_head], num_classes=lm.num_classes,
+                            strides=lm.strides, reg_max=lm.reg_max),
         preprocess=lm.preprocess,
         metrics=metrics,
         golden=golden_test,

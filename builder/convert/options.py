@@ -7,10 +7,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from agent.inference.decode.yolo_nas import ClassHead
 from agent.security.signing import SigningKey
 
 MODEL_TYPES = ("yolo_nas",)
 OUTPUT_FORMATS = ("tflite",)
+# The class head convert exports unless told (docs/CONVERSION.md, "Class head": chosen by measurement).
+DEFAULT_CLASS_HEAD: ClassHead = "sigmoid"
 
 Log = Callable[[str], None]
 
@@ -37,6 +40,7 @@ class ConvertOptions(BaseModel):
     n_calib: int = 300
     seed: int = 0
     per_tensor: bool = False
+    class_head: ClassHead = DEFAULT_CLASS_HEAD  # "sigmoid": the class sigmoid inside the INT8 graph
     threads: int = 2
     latency_runs: int = 20
     allow_clipped_outputs: bool = False
@@ -65,3 +69,16 @@ def check_options(opts: ConvertOptions) -> SigningKey | None:
     if not opts.calibration_dir.exists():
         raise ConvertError(f"calibration source {opts.calibration_dir} does not exist")
     return signing_key
+
+
+def resolve_class_head(requested: str | None, manifest_version: int) -> ClassHead:
+    """The class head to export: the requested one, else the default; a schema 1 manifest cannot name the
+    sigmoid head's decoder, so `--manifest-version 1` exports logits unless sigmoid was asked for (an error)."""
+    if requested is None:
+        return "logits" if manifest_version == 1 else DEFAULT_CLASS_HEAD
+    if requested not in ("logits", "sigmoid"):
+        raise ConvertError(f"--class-head must be sigmoid or logits, not {requested!r}")
+    if requested == "sigmoid" and manifest_version == 1:
+        raise ConvertError("--class-head sigmoid needs manifest schema 2 (its decoder, yolo_nas_sigmoid, is unknown to "
+                           "schema 1 nodes): drop --manifest-version 1, or use --class-head logits")
+    return "sigmoid" if requested == "sigmoid" else "logits"

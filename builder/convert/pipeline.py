@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.inference.decode.yolo_nas import ClassHead
 from agent.security.signing import SigningKey
 from builder.convert import bundle, measure, stages
-from builder.convert.options import ConvertError, ConvertOptions, Log, check_options
+from builder.convert.options import DEFAULT_CLASS_HEAD, ConvertError, ConvertOptions, Log, check_options
 from builder.convert.output import Workspace, install
 
 __all__ = ["STAGES", "ConvertError", "ConvertOptions", "ConvertRun", "Stage", "convert", "run_conversion"]
@@ -83,7 +84,7 @@ def _calibrate(r: ConvertRun) -> None:
 
 
 def _onnx(r: ConvertRun) -> None:
-    r.body = stages.onnx_stage(_need(r.prepared), _need(r.ws), r.log)
+    r.body = stages.onnx_stage(r.opts, _need(r.prepared), _need(r.ws), r.log)
 
 
 def _tflite(r: ConvertRun) -> None:
@@ -192,6 +193,7 @@ def convert(
     n_calib: int = 300,
     seed: int = 0,
     per_tensor: bool = False,
+    class_head: ClassHead = DEFAULT_CLASS_HEAD,
     threads: int = 2,
     latency_runs: int = 20,
     allow_clipped_outputs: bool = False,
@@ -208,7 +210,7 @@ def convert(
         key=Path(key) if key is not None else None,
         dataset_path=Path(dataset_path) if dataset_path is not None else None, version=version, name=name,
         model_type=model_type, output_formats=tuple(output_formats), n_calib=n_calib, seed=seed,
-        per_tensor=per_tensor, threads=threads, latency_runs=latency_runs,
+        per_tensor=per_tensor, class_head=class_head, threads=threads, latency_runs=latency_runs,
         allow_clipped_outputs=allow_clipped_outputs, allow_partial=allow_partial,
         strict_calibration=strict_calibration,
         compile_edgetpu=compile_edgetpu,

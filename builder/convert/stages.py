@@ -125,10 +125,10 @@ def calibration_stage(opts: ConvertOptions, prep: Prepared, ws: Workspace, log: 
     return Calibration(calib, names, ws.work / "calib.npy", coverage)
 
 
-def onnx_stage(prep: Prepared, ws: Workspace, log: Log) -> OnnxBody:
-    path = export_onnx(prep.model.model, prep.size, ws.work / "body.onnx")
+def onnx_stage(opts: ConvertOptions, prep: Prepared, ws: Workspace, log: Log) -> OnnxBody:
+    path = export_onnx(prep.model.model, prep.size, ws.work / "body.onnx", class_head=opts.class_head)
     ops = op_histogram(path)
-    log("      " + ", ".join(f"{k} {v}" for k, v in ops.items()))
+    log(f"      class head: {opts.class_head}; " + ", ".join(f"{k} {v}" for k, v in ops.items()))
     return OnnxBody(path, ops)
 
 
@@ -148,8 +148,8 @@ def parity_stage(
     opts: ConvertOptions, prep: Prepared, files: VariantFiles, calib: Calibration, log: Log
 ) -> tuple[dict[str, Any], Runners]:
     """FP32 TFLite must equal PyTorch; every shipped variant must load and run in the agent's runtime."""
-    torch_runner = TorchRunner(prep.model.model, prep.size, opts.threads)
-    fp32 = TFLiteRunner(files.path("fp32"), opts.threads, "fp32")
+    torch_runner = TorchRunner(prep.model.model, prep.size, opts.threads, class_head=opts.class_head)
+    fp32 = TFLiteRunner(files.path("fp32"), opts.threads, "fp32", class_head=opts.class_head)
     try:
         parity = parity_check(torch_runner, fp32, calib.canvases[: min(8, len(calib.canvases))])
     except ParityError as exc:
@@ -163,7 +163,7 @@ def parity_stage(
     shipped: dict[str, TFLiteRunner] = {}
     for v in SHIPPED_VARIANTS:
         try:
-            shipped[v] = TFLiteRunner(files.path(v), opts.threads, name=v)
+            shipped[v] = TFLiteRunner(files.path(v), opts.threads, name=v, class_head=opts.class_head)
             shipped[v](calib.canvases[0])
         except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
             raise ConvertError(f"model_{v}.tflite does not run in the TFLite runtime: {exc}") from exc

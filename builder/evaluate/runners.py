@@ -3,6 +3,8 @@
 Conversion checks and evaluation treat both alike through the `Runner` protocol; only the model step
 differs, so the numbers compare the models and nothing else. TFLite files load through the agent's
 runtime shim (agent.inference.tflite), the same loader the agent uses on the device.
+`class_head` ("logits" or "sigmoid", builder.export.onnx_body) says what the class outputs hold; each runner's
+`decoder()` decodes accordingly, as the node does from the manifest's `layout.decoder`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from agent.inference import tflite
 from agent.inference.decode import YoloNasDecoder
+from agent.inference.decode.yolo_nas import ClassHead
 from agent.inference.preprocess import to_input
 from agent.inference.tensors import TensorInfo
 from agent.protocol.manifest import TensorSpec
@@ -50,15 +53,17 @@ def tensor_spec(t: TensorInfo) -> TensorSpec:
 class TorchRunner:
     """The fused PyTorch body (FP32), NCHW input 0..1; the reference every TFLite file is measured against."""
 
-    def __init__(self, model: Any, imgsz: int, threads: int | None = None, name: str = "pytorch_fp32") -> None:
+    def __init__(self, model: Any, imgsz: int, threads: int | None = None, name: str = "pytorch_fp32",
+                 class_head: ClassHead = "logits") -> None:
         # torch loads lazily: evaluating a .tflite file must not pay for it.
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.body = make_body(model)
+        self.body = make_body(model, class_head)
         self.imgsz = imgsz
         self.name = name
+        self.class_head: ClassHead = class_head
         self._shapes: list[tuple[int, ...]] | None = None
 
     def __call__(self, canvas: np.ndarray) -> list[np.ndarray]:
@@ -74,15 +79,17 @@ class TorchRunner:
         if self._shapes is None:
             self(np.full((self.imgsz, self.imgsz, 3), 114, np.uint8))
         assert self._shapes is not None
-        return YoloNasDecoder(num_classes, self.imgsz, self._shapes)
+        return YoloNasDecoder(num_classes, self.imgsz, self._shapes, class_head=self.class_head)
 
 
 class TFLiteRunner:
     """One .tflite file with a (1, S, S, 3) input; `input` / `outputs` describe its tensors (agent.inference.tensors)."""
 
-    def __init__(self, path: Path | str, threads: int | None = None, name: str | None = None) -> None:
+    def __init__(self, path: Path | str, threads: int | None = None, name: str | None = None,
+                 class_head: ClassHead = "logits") -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
+        self.class_head: ClassHead = class_head
         try:
             self.interpreter = tflite.load_interpreter(self.path, threads)
         except (ValueError, RuntimeError) as exc:
@@ -112,4 +119,4 @@ class TFLiteRunner:
         return [tensor_spec(t) for t in self.outputs]
 
     def decoder(self, num_classes: int) -> YoloNasDecoder:
-        return YoloNasDecoder.from_tensors(self.outputs, num_classes, self.imgsz)
+        return YoloNasDecoder.from_tensors(self.outputs, num_classes, self.imgsz, class_head=self.class_head)

@@ -1,6 +1,7 @@
 """Turn raw model outputs into detections, in pure numpy (shared by the agent and the builder).
 
-- `yolo_nas`: the YOLO-NAS TPU body's six raw per-stride outputs (decoder name "yolo_nas_raw").
+- `yolo_nas`: the YOLO-NAS TPU body's six raw per-stride outputs (decoder names "yolo_nas_raw": class logits,
+  "yolo_nas_sigmoid": class probabilities, the sigmoid inside the graph).
 - `ssd`: Coral's SSD postprocess outputs: boxes, classes, scores, count (decoder name "ssd_postprocess").
 - `nms`: class-aware non-maximum suppression.
 """
@@ -22,6 +23,7 @@ Decoder = YoloNasDecoder | SsdDecoder
 # The manifest's `layout.decoder` names one of these.
 DECODERS: dict[str, type[YoloNasDecoder] | type[SsdDecoder]] = {
     "yolo_nas_raw": YoloNasDecoder,
+    "yolo_nas_sigmoid": YoloNasDecoder,  # from_layout reads the class head from the name
     "ssd_postprocess": SsdDecoder,
 }
 

@@ -10,6 +10,10 @@ Outputs are matched by shape (grid size and channel count), never by position: t
 outputs come back as `PartitionedCall:0..5` in shuffled order. Layout may be NHWC (TFLite) or
 NCHW (PyTorch/ONNX). Quantization parameters come from each tensor; the score threshold is applied
 in the quantized domain first, so only candidate anchors are dequantized.
+
+Two class heads (manifest `layout.decoder`): "yolo_nas_raw" emits class logits (the host applies the
+sigmoid); "yolo_nas_sigmoid" has the sigmoid inside the graph, so the class outputs are probabilities
+(in INT8: LOGISTIC's fixed scale 1/256, which no calibration set can push off [0, 1]).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -28,6 +32,12 @@ from agent.inference.tensors import TensorInfo
 
 if TYPE_CHECKING:
     from agent.protocol.manifest import OutputLayout
+
+ClassHead = Literal["logits", "sigmoid"]
+# The manifest's layout.decoder name of each class head (and back).
+DECODER_NAMES: dict[ClassHead, Literal["yolo_nas_raw", "yolo_nas_sigmoid"]] = {"logits": "yolo_nas_raw", "sigmoid": "yolo_nas_sigmoid"}
+CLASS_HEADS: dict[str, ClassHead] = {"yolo_nas_raw": "logits", "yolo_nas_sigmoid": "sigmoid"}
+
 
 @dataclass(frozen=True)
 class _Level:
@@ -80,8 +90,12 @@ class YoloNasDecoder(Decoder):
         quant: Sequence[Quant] | None = None,
         strides: Sequence[int] = (8, 16, 32),
         reg_max: int = 16,
+        class_head: ClassHead = "logits",
     ) -> None:
         super().__init__(num_classes, input_size, len(output_shapes), quant)
+        if class_head not in DECODER_NAMES:
+            raise DecodeError(f"class_head must be one of {sorted(DECODER_NAMES)}, not {class_head!r}")
+        self.class_head: ClassHead = class_head
         self.strides = tuple(int(s) for s in strides)
         self.reg_max = int(reg_max)
         self.reg_channels = 4 * (self.reg_max + 1)
@@ -105,7 +119,10 @@ class YoloNasDecoder(Decoder):
         cls, tensors: Sequence[TensorInfo], layout: OutputLayout, input_size: tuple[int, int]
     ) -> YoloNasDecoder:
         """As a bundle's manifest describes it (agent.inference.decode.make_decoder)."""
-        return cls.from_tensors(tensors, layout.num_classes, input_size, strides=layout.strides, reg_max=layout.reg_max)
+        if layout.decoder not in CLASS_HEADS:
+            raise DecodeError(f"decoder {layout.decoder!r} is not a YOLO-NAS decoder ({sorted(CLASS_HEADS)})")
+        return cls.from_tensors(tensors, layout.num_classes, input_size, strides=layout.strides,
+                                reg_max=layout.reg_max, class_head=CLASS_HEADS[layout.decoder])
 
     def _match(self, shapes: list[tuple[int, ...]]) -> list[_Level]:
         if len(shapes) != 2 * len(self.strides):
@@ -152,22 +169,26 @@ class YoloNasDecoder(Decoder):
         """Every anchor whose best class score > conf: boxes (canvas px), scores, classes."""
         if len(outputs) != len(self.quant):
             raise DecodeError(f"expected {len(self.quant)} outputs, got {len(outputs)}")
-        thr = logit(conf)
+        # The threshold in the class outputs' own domain: a logit, or the probability itself.
+        probs = self.class_head == "sigmoid"
+        thr = float(conf) if probs else logit(conf)
         all_boxes, all_scores, all_cls = [], [], []
         for lv in self.levels:
             cls_raw = self._flat(np.asarray(outputs[lv.cls_index]), lv.cls_nhwc, self.num_classes)
             q = self.quant[lv.cls_index]
             best_raw = cls_raw.max(axis=1)
-            # Prefilter in the stored domain: sigmoid(s*(q-zp)) > conf  <=>  q > zp + logit(conf)/s.
+            # Prefilter in the stored domain, v = s*(q-zp) being a logit or a probability:
+            # sigmoid(v) > conf <=> q > zp + logit(conf)/s;  v > conf <=> q > zp + conf/s.
             if q is not None and cls_raw.dtype.kind in "ui":
                 keep = np.nonzero(best_raw.astype(np.float32) > np.float32(q[1] + thr / q[0]))[0]
             else:
                 keep = np.nonzero(best_raw.astype(np.float32) > np.float32(thr))[0]
             if keep.size == 0:
                 continue
-            logits = dequantize(cls_raw[keep], q)
-            cls_id = logits.argmax(axis=1)
-            score = 1.0 / (1.0 + np.exp(-logits[np.arange(keep.size), cls_id]))
+            values = dequantize(cls_raw[keep], q)
+            cls_id = values.argmax(axis=1)
+            best = values[np.arange(keep.size), cls_id]
+            score = best if probs else 1.0 / (1.0 + np.exp(-best))
             score_ok = score > conf  # exact test on the float score (as libreyolo)
             keep, cls_id, score = keep[score_ok], cls_id[score_ok], score[score_ok]
             if keep.size == 0:
@@ -213,7 +234,5 @@ class YoloNasDecoder(Decoder):
         return Detections(boxes[keep], scores[keep], cls[keep])
 
 
-__all__ = ["DecodeError", "Detections", "YoloNasDecoder", "logit"]
-
-
-__all__ = ["DecodeError", "Detections", "Quant", "YoloNasDecoder", "dequantize"]  # the shared names, as before
+__all__ = ["CLASS_HEADS", "DECODER_NAMES", "ClassHead", "DecodeError", "Detections", "Quant", "YoloNasDecoder",
+           "dequantize", "logit"]
