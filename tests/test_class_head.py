@@ -8,6 +8,7 @@ a calibration set without large objects and the default head's large-object reca
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -126,10 +127,24 @@ def test_schema_1_cannot_name_the_sigmoid_decoder(trained_bundle: Path) -> None:
     assert v2.schema_version == 2
     with pytest.raises(ValueError, match="yolo_nas_sigmoid.*needs manifest schema_version 2"):
         with_schema(v2, 1)
-    v1 = with_schema(Manifest.model_validate(_manifest_dict(trained_bundle)), 1).model_dump()
+    v1 = json.loads(with_schema(Manifest.model_validate(_manifest_dict(trained_bundle)), 1).to_bytes())
     v1["layout"]["decoder"] = "yolo_nas_sigmoid"
     with pytest.raises(ValidationError, match="needs manifest schema_version 2"):
         Manifest.model_validate(v1)
+
+
+def test_tflite_runner_reads_the_class_head_from_its_bundle(trained_bundle: Path, tmp_path: Path) -> None:
+    """`edge-builder evaluate` on a bundle's model file decodes as the bundle's manifest says."""
+    from builder.evaluate.runners import TFLiteRunner
+
+    data = _manifest_dict(trained_bundle)
+    model = data["models"]["cpu"]
+    shutil.copy2(trained_bundle / model, tmp_path / model)
+    assert TFLiteRunner(tmp_path / model).class_head == "logits"  # no manifest beside it
+    data["layout"]["decoder"] = "yolo_nas_sigmoid"
+    (tmp_path / "manifest.json").write_bytes(Manifest.model_validate(data).to_bytes())
+    assert TFLiteRunner(tmp_path / model).class_head == "sigmoid"
+    assert TFLiteRunner(tmp_path / model, class_head="logits").class_head == "logits"  # explicit wins
 
 
 def test_convert_class_head_against_manifest_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,10 +16,10 @@ import numpy as np
 
 from agent.inference import tflite
 from agent.inference.decode import YoloNasDecoder
-from agent.inference.decode.yolo_nas import ClassHead
+from agent.inference.decode.yolo_nas import CLASS_HEADS, ClassHead
 from agent.inference.preprocess import to_input
 from agent.inference.tensors import TensorInfo
-from agent.protocol.manifest import TensorSpec
+from agent.protocol.manifest import MANIFEST_NAME, Manifest, TensorSpec
 from builder.export.onnx_body import make_body
 
 
@@ -48,6 +48,18 @@ def tensor_spec(t: TensorInfo) -> TensorSpec:
         scale=q[0] if q else None,
         zero_point=q[1] if q else None,
     )
+
+
+def bundle_class_head(model_path: Path) -> ClassHead:
+    """The class head a bundle's manifest names for a model file in it ("logits" for a file outside a bundle)."""
+    manifest = model_path.parent / MANIFEST_NAME
+    if not manifest.is_file():
+        return "logits"
+    try:
+        decoder = Manifest.model_validate_json(manifest.read_bytes()).layout.decoder
+    except ValueError as exc:
+        raise EvaluateError(f"{manifest}: unreadable manifest, cannot tell the class head: {exc}") from exc
+    return CLASS_HEADS.get(decoder, "logits")
 
 
 class TorchRunner:
@@ -86,10 +98,10 @@ class TFLiteRunner:
     """One .tflite file with a (1, S, S, 3) input; `input` / `outputs` describe its tensors (agent.inference.tensors)."""
 
     def __init__(self, path: Path | str, threads: int | None = None, name: str | None = None,
-                 class_head: ClassHead = "logits") -> None:
+                 class_head: ClassHead | None = None) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
-        self.class_head: ClassHead = class_head
+        self.class_head: ClassHead = class_head or bundle_class_head(self.path)
         try:
             self.interpreter = tflite.load_interpreter(self.path, threads)
         except (ValueError, RuntimeError) as exc:
