@@ -101,7 +101,7 @@ def _oversized() -> bytes:
     (b'{"node": "bad", "state": "exploded"}', "state"),
     (json.dumps({**json.loads(report("bad")), "window_s": float("nan")}).encode(), "non-finite numbers at window_s"),
     (report("other-node"), "names node 'other-node'"),
-    (b"[" * 50_000, "nested too deeply"),
+    (b"[" * 50_000, "recursion limit exceeded"),
     (None, "over the 65536-byte limit"),
 ])
 def test_a_bad_report_is_a_fault_of_its_node_only(payload: bytes | None, why: str,

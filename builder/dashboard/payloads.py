@@ -36,29 +36,24 @@ def _floats(d: Any, path: str = "") -> Iterator[tuple[str, float]]:
 
 def parse_model(cls: type[M], payload: bytes, what: str, max_bytes: int | None = None) -> M:
     """Size (when capped), JSON object, the model's validation, finite numbers; else MalformedPayload."""
-    try:
-        return _parse(cls, payload, what, max_bytes)
-    except RecursionError:  # [[[[...: raised, it would end the MQTT thread that called us
-        raise MalformedPayload(f"{what} is nested too deeply") from None
-
-
-def _parse(cls: type[M], payload: bytes, what: str, max_bytes: int | None) -> M:
     if max_bytes is not None and len(payload) > max_bytes:
         raise MalformedPayload(f"{what} rejected: {len(payload)} bytes, over the {max_bytes}-byte limit")
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedPayload(f"{what} is not JSON: {exc}"[:REASON_CHARS]) from None
-    if not isinstance(data, dict):
-        raise MalformedPayload(f"{what} is a JSON {type(data).__name__}, not an object")
-    try:
-        model = cls.model_validate(data)
+    try:  # pydantic's own JSON parser: ~4x faster than json.loads + validate (1,000 nodes: docs/SCALE.md)
+        model = cls.model_validate_json(payload)
     except ValidationError as exc:
         err = exc.errors()[0]
+        if err["type"] == "json_invalid":  # also invalid UTF-8 and nesting past the parser's limit
+            raise MalformedPayload(f"{what} is not JSON: {err['msg']}"[:REASON_CHARS]) from None
+        if err["type"] == "model_type" and not err["loc"]:
+            kind = type(json.loads(payload)).__name__  # valid JSON, as the parser just said
+            raise MalformedPayload(f"{what} is a JSON {kind}, not an object") from None
         where = ".".join(str(p) for p in err["loc"]) or "payload"
         raise MalformedPayload(
             f"{what} rejected ({exc.error_count()} error(s)): {where}: {err['msg']}"[:REASON_CHARS]) from None
-    bad = [k for k, v in _floats(data) if not math.isfinite(v)]
-    if bad:
-        raise MalformedPayload(f"{what} has non-finite numbers at {', '.join(bad[:3])}"[:REASON_CHARS])
+    # The parser takes NaN and ±Infinity; only a payload spelling one can hold one (a match in a string
+    # costs one extra parse that finds nothing).
+    if b"NaN" in payload or b"Infinity" in payload:
+        bad = [k for k, v in _floats(json.loads(payload)) if not math.isfinite(v)]
+        if bad:
+            raise MalformedPayload(f"{what} has non-finite numbers at {', '.join(bad[:3])}"[:REASON_CHARS])
     return model
