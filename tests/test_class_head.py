@@ -147,6 +147,23 @@ def test_tflite_runner_reads_the_class_head_from_its_bundle(trained_bundle: Path
     assert TFLiteRunner(tmp_path / model, class_head="logits").class_head == "logits"  # explicit wins
 
 
+def test_attaching_a_tpu_model_keeps_a_sigmoid_bundle_schema_2(bundle_copy: Path, trained_bundle_key: Path) -> None:
+    """`edge-builder compile --attach` edits the manifest; a sigmoid bundle must not pass through schema 1."""
+    from agent.security.bundle import Bundle, write_manifest
+    from agent.security.signing import SigningKey
+    from builder.edgetpu.bundle_edit import NewFile, edit_bundle
+
+    key = SigningKey.load(trained_bundle_key)
+    data = _manifest_dict(bundle_copy)
+    data["layout"]["decoder"] = "yolo_nas_sigmoid"
+    write_manifest(bundle_copy, Manifest.model_validate(data), key)
+    cpu = data["models"]["cpu"]
+    m = edit_bundle(Bundle.load(bundle_copy), key, [NewFile(bundle_copy / cpu, "model_edgetpu.tflite")],
+                    models={"edgetpu": "model_edgetpu.tflite"})
+    assert m.schema_version == 2 and m.layout.decoder == "yolo_nas_sigmoid"
+    assert m.needs is not None and m.needs["edgetpu"][:2] == ["model_edgetpu.tflite", cpu]
+
+
 def test_convert_class_head_against_manifest_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from builder.cli import main
     from builder.convert.options import DEFAULT_CLASS_HEAD, ConvertError, resolve_class_head

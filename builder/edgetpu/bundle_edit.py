@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.atomic import fsync_dir
-from agent.protocol.manifest import SIGNATURE_NAME, V2_KEYS, Manifest, with_schema
+from agent.protocol.manifest import SIGNATURE_NAME, V2_KEYS, Manifest, ModelFiles, default_needs
 from agent.security.bundle import Bundle, BundleError, file_entry, write_manifest
 from agent.security.signing import Keyring, SignatureError, SigningKey, read_signature_file
 
@@ -102,13 +102,14 @@ def _changed_manifest(bundle: Bundle, stage: Path, add: list[NewFile], drop: lis
     # Per-backend file lists (schema 2) are derived again: a model added or dropped changes them.
     old = bundle.manifest
     data = old.model_dump(exclude=set(V2_KEYS))
-    data.update(schema_version=1, files=[e.model_dump() for e in files], models={**data["models"], **models})
+    data.update(files=[e.model_dump() for e in files], models={**data["models"], **models})
     if version is not None:
         data["version"] = version
-    edited = Manifest.model_validate(data)  # re-validated: every referenced file is listed
     if old.schema_version == 1:
-        return edited
-    return with_schema(edited.model_copy(update={"score_reference": old.score_reference}), old.schema_version)
+        return Manifest.model_validate(data)  # re-validated: every referenced file is listed
+    # Schema 2 directly (a v2-only decoder such as yolo_nas_sigmoid cannot pass through schema 1).
+    lists = default_needs(ModelFiles.model_validate(data["models"]), old.golden, old.score_reference)
+    return Manifest.model_validate({**data, "score_reference": old.score_reference, "needs": lists})
 
 
 def edit_bundle(bundle: Bundle, key: SigningKey | None, add: list[NewFile], drop: Sequence[str] = (),
