@@ -103,7 +103,7 @@ def _oversized() -> bytes:
     (report("other-node"), "names node 'other-node'"),
     (b"[" * 50_000, "recursion limit exceeded"),
     (None, "over the 65536-byte limit"),
-])
+], ids=["not-json", "bad-state", "nan", "other-node", "deep", "oversized"])
 def test_a_bad_report_is_a_fault_of_its_node_only(payload: bytes | None, why: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     s = FleetState(T)
