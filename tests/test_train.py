@@ -169,3 +169,15 @@ def test_trains_to_map50_on_synthetic_data(trained_bundle_dir: Path) -> None:
     ap50 = _independent_map50(model, data, int(CONFIG["imgsz"]))
     assert ap50 >= MIN_MAP50
     assert abs(ap50 - meta.metrics.map50) < 0.1, (ap50, meta.metrics.map50)
+
+
+def test_warm_start_defaults_to_the_fine_tune_learning_rate(tmp_path: Path) -> None:
+    """A warm start without --lr0 trains at FINETUNE_LR0 (a from-scratch rate undoes the checkpoint); an
+    explicit --lr0 wins, and training from scratch keeps libreyolo's own default."""
+    from builder.train.config import FINETUNE_LR0, TrainConfig
+
+    base = dict(dataset_path=tmp_path, experiment_name="x")
+    assert TrainConfig(**base, pretrained=tmp_path / "c.pth").start_lr == FINETUNE_LR0
+    assert TrainConfig(**base, pretrained=tmp_path / "c.pth", lr0=3e-4).start_lr == 3e-4
+    assert TrainConfig(**base).start_lr is None
+    assert TrainConfig(**base, lr0=2e-3).start_lr == 2e-3

@@ -46,7 +46,7 @@ def register(sub: SubParsers) -> None:
     _flag(p, "resume", action="store_true", help="continue from output/checkpoints/NAME/ckpt_latest.pth")
     _flag(p, "overwrite", action="store_true", help="start NAME again, replacing its checkpoints")
     _flag(p, "output_dir", type=Path, default=Path("output"), help="output root (output)")
-    _flag(p, "lr0", type=float, default=None, help="initial learning rate (libreyolo's YOLO-NAS default 5e-4)")
+    _flag(p, "lr0", type=float, default=None, help="initial learning rate (libreyolo's YOLO-NAS default 5e-4; with --pretrained 1e-4)")
     _flag(p, "seed", type=int, default=0, help="random seed (0)")
     _flag(p, "amp", action=argparse.BooleanOptionalAction, default=None,
           help="mixed precision (default: on with CUDA, off on CPU)")

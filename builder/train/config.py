@@ -25,6 +25,12 @@ class TrainError(Exception):
     """Training cannot start or continue (bad options, nothing to resume, libreyolo contract broken)."""
 
 
+# A warm start's learning rate: from the converged test model (128 px shapes, val mAP50 0.61), 1e-3 lost a
+# third of its val mAP50 in two epochs (0.52, then 0.41) while 1e-4 kept it (0.62, 0.63): a restarted warm-up
+# and schedule at a from-scratch rate undo what the checkpoint learned (docs/TRAINING.md, "Fine-tuning").
+FINETUNE_LR0 = 1e-4
+
+
 class TrainConfig(BaseModel):
     """Everything a run depends on; saved as train_config.json beside the checkpoints."""
 
@@ -74,6 +80,13 @@ class TrainConfig(BaseModel):
         if not ok:
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, not {v!r} (multi-GPU: use torchrun)")
         return v
+
+    @property
+    def start_lr(self) -> float | None:
+        """lr0 as given; for a warm start without one, FINETUNE_LR0; else None (libreyolo's default, 5e-4)."""
+        if self.lr0 is None and self.pretrained is not None:
+            return FINETUNE_LR0
+        return self.lr0
 
     @property
     def experiment_dir(self) -> Path:

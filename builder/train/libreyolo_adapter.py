@@ -216,8 +216,8 @@ def fit(wrapper: Any, cfg: TrainConfig, hooks: TrainingHooks, *, data_yaml: Path
         faster_coco_eval=False,  # not installed; avoids a warning per epoch
         sync_bn=device.startswith("cuda"),  # SyncBatchNorm is CUDA-only; CPU (gloo) DDP needs plain BN
     )
-    if cfg.lr0 is not None:
-        kwargs["lr0"] = cfg.lr0
+    if cfg.start_lr is not None:
+        kwargs["lr0"] = cfg.start_lr
     if resume_from is not None:
         kwargs["resume"] = str(resume_from)
     with use_trainer(edge_trainer_class(hooks, run_weights_dir(project))):

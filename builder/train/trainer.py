@@ -150,7 +150,9 @@ def _print_header(run: RunPolicy, wrapper: Any, ds: Dataset, device: str, amp: b
         f"training {cfg.model} ({sum(p.numel() for p in wrapper.model.parameters()) / 1e6:.2f}M params) "
         f"on {len(ds.images('train'))} train / {len(ds.images('val'))} val images, {ds.num_classes} classes "
         f"{ds.class_names}, {cfg.imgsz} px, batch {cfg.batch_size}, device {device}"
-        f"{' (AMP)' if amp else ''}, {cfg.epochs} epochs{f', resuming after epoch {done_before}' if cfg.resume else ''}\n"
+        f"{' (AMP)' if amp else ''}, {cfg.epochs} epochs{f', resuming after epoch {done_before}' if cfg.resume else ''}"
+        f"{f', lr0 {cfg.start_lr:g}' if cfg.start_lr is not None else ''}"
+        f"{' (the warm-start default; --lr0 to change)' if cfg.lr0 is None and cfg.start_lr is not None else ''}\n"
     )
     run.out.write(TABLE_HEADER + "\n")
     for rec in run.history:
