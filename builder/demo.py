@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from agent.protocol import DetectionsMessage, Topics
+from builder.data.synth import VideoTruth, load_video_truth
+from builder.evaluate.video_score import ObjectTally
 from builder.fleet.devservices import FileServer, LocalBroker, ServiceError
 
 
@@ -44,7 +47,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=128)
     ap.add_argument("--n-val", type=int, default=32)
-    ap.add_argument("--watch", type=float, default=20.0, help="seconds to print detections for")
+    ap.add_argument("--watch", type=float, default=30.0, help="seconds to print detections for")
+    ap.add_argument("--min-right", type=float, default=0.9,
+                    help="fail unless this share of the video's objects carry one box of their class (0.9)")
     return ap.parse_args(argv)
 
 
@@ -85,7 +90,8 @@ def _start_agent(builder_cli: str, agent_cli: str, out: Path, broker: LocalBroke
         f'[broker]\nurl = "{broker.url}"\n\n'
         f'[camera]\nsource = "{out / "camera.mp4"}"\nkind = "file"\nloop = true\nrealtime = true\n\n'
         '[backend]\nprefer = "edgetpu"\n\n[detect]\nscore_threshold = 0.35\n\n'
-        '[publish]\nmax_rate_hz = 2.0\n\n[telemetry]\ninterval_s = 5.0\n\n'
+        # Empty frames too: a frame where the model sees nothing must count its objects as missed.
+        '[publish]\nmax_rate_hz = 2.0\npublish_empty = true\n\n[telemetry]\ninterval_s = 5.0\n\n'
         # The demo's bundle expires in 30 days like any published one; a node waits for a synchronized clock
         # before it trusts an expiry, and a workstation or container may not report one (docs/UPDATES.md).
         '[updates]\nclock_sync = "off"\n'
@@ -135,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
               "--http-base", server.base_url, "--target", "all", "--key", out / "keys" / "fleet.key"])
 
         _step(7, f"Detections and telemetry from the node over MQTT ({args.watch:.0f} s)")
-        if not _watch(broker, args.watch, procs[0]):
+        tally = ObjectTally()
+        if not _watch(broker, args.watch, procs[0], load_video_truth(out / "camera.mp4"), tally):
             print("no detections arrived; agent log:\n" + (out / "agent.log").read_text()[-3000:], file=sys.stderr)
             return 1
-        print(f"\ndemo finished in {time.monotonic() - t0:.0f} s; everything is in {out}")
-        return 0
+        return _verdict(tally, args.min_right, out, t0)
     except subprocess.CalledProcessError as exc:
         print(f"error: step failed: {exc}", file=sys.stderr)
         return 1
@@ -147,10 +153,29 @@ def main(argv: list[str] | None = None) -> int:
         _stop(procs, server, broker)
 
 
-def _watch(broker: LocalBroker, seconds: float, agent: subprocess.Popen[bytes]) -> int:
-    import paho.mqtt.client as mqtt
+def _verdict(tally: ObjectTally, min_right: float, out: Path, t0: float) -> int:
+    """The demo grades itself against the video's ground truth, as a person watching would."""
+    print(f"\nagainst the video's ground truth: {tally.line()}")
+    (out / "demo_score.json").write_text(json.dumps(tally.as_dict(), indent=1) + "\n")
+    print(f"demo finished in {time.monotonic() - t0:.0f} s; everything is in {out}")
+    if tally.right_share < min_right:
+        print(f"error: only {tally.right_share:.1%} of objects carry one box of their class (want >= {min_right:.0%})",
+              file=sys.stderr)
+        return 1
+    return 0
 
-    from agent.protocol import DetectionsMessage, Topics
+
+def _score(msg: DetectionsMessage, truth: VideoTruth, tally: ObjectTally) -> str:
+    """Grade one message against its frame (the camera loops the video: frame indexes count on, from 1)."""
+    ft = truth.frames[(msg.frame_index - 1) % len(truth.frames)]
+    before = (tally.right, tally.objects)
+    tally.add(ft.boxes, ft.class_ids, [d.box for d in msg.detections], [d.class_id for d in msg.detections])
+    return f"{tally.right - before[0]}/{tally.objects - before[1]} right"
+
+
+def _watch(broker: LocalBroker, seconds: float, agent: subprocess.Popen[bytes], truth: VideoTruth,
+           tally: ObjectTally) -> int:
+    import paho.mqtt.client as mqtt
 
     topics = Topics()
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -180,7 +205,8 @@ def _watch(broker: LocalBroker, seconds: float, agent: subprocess.Popen[bytes]) 
                 n_det += 1
                 dets = ", ".join(f"{d.class_name} {d.score:.2f} [{', '.join(f'{v:.2f}' for v in d.box)}]"
                                  for d in msg.detections)
-                print(f"detections  frame {msg.frame_index:5d}  model v{msg.model_version} ({msg.backend}): {dets}")
+                print(f"detections  frame {msg.frame_index:5d}  model v{msg.model_version} ({msg.backend}): "
+                      f"{dets or '-'}  [{_score(msg, truth, tally)}]")
             elif leaf == "telemetry":
                 print("telemetry   " + _telemetry_line(payload))
             elif leaf == "update":
