@@ -152,6 +152,20 @@ def test_the_shadow_second_look_keeps_a_frame_once(results: list[FrameResult], t
     sink.close()
 
 
+def test_a_zero_close_margin_turns_the_reason_off() -> None:
+    """INT8 scores come in steps: two classes of one anchor often tie exactly, and "within 0" used to fire
+    (a CI model tied, and the drift test, which sets 0 to mean off, saw close_classes)."""
+    from agent.capture.reasons import close_classes
+    from agent.protocol.messages import Detection
+
+    box = (0.1, 0.1, 0.4, 0.4)
+    tie = [Detection(box=box, class_id=0, class_name="circle", score=0.5),
+           Detection(box=box, class_id=1, class_name="square", score=0.5)]
+    assert close_classes(tie, 0.5, 0.05)
+    assert not close_classes(tie, 0.5, 0.0)
+    assert not close_classes([tie[0], tie[1].model_copy(update={"score": 0.6})], 0.5, 0.05)
+
+
 def _scores(rs: list[FrameResult]) -> np.ndarray:
     return np.array([d.score for r in rs for d in r.detections])
 

@@ -14,7 +14,7 @@ class CaptureConfig(BaseModel):
     dir: Path | None = Field(default=None, description="the ring's directory (default: <state_dir>/capture)")
     band: tuple[float, float] = Field(default=(0.3, 0.6), description="keep a frame whose top score is inside")
     close_iou: float = Field(default=0.5, gt=0, le=1, description="two boxes of different classes overlapping this")
-    close_margin: float = Field(default=0.1, ge=0, le=1, description="... with scores this close: the classes are close")
+    close_margin: float = Field(default=0.1, ge=0, le=1, description="... with scores this close: the classes are close (0: off)")
     disagreement: float = Field(default=0.3, ge=0, le=1, description="keep when the shadow disagrees at least this")
     drift_threshold: float = Field(default=0.25, gt=0, le=1,
                                    description="total variation distance of the score histogram vs the reference")

@@ -28,7 +28,10 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 def close_classes(dets: Sequence[Detection], min_iou: float, margin: float) -> bool:
     """Two boxes of different classes on one object (IoU >= min_iou) with scores within `margin`: the model
     cannot tell the classes apart. Needs the engine's per-class boxes (`detect.class_agnostic_nms = false`);
-    class-agnostic NMS keeps one box per object, so the pair never reaches here."""
+    class-agnostic NMS keeps one box per object, so the pair never reaches here. A margin of 0 turns the reason
+    off: INT8 scores come in steps, so two classes of one anchor often tie exactly, and "within 0" would fire."""
+    if margin <= 0:
+        return False
     for i, a in enumerate(dets):
         for b in dets[i + 1:]:
             if a.class_id != b.class_id and abs(a.score - b.score) <= margin and box_iou(a.box, b.box) >= min_iou:
