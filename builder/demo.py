@@ -161,7 +161,8 @@ def _verdict(tally: ObjectTally, min_right: float, out: Path, t0: float) -> int:
     (out / "demo_score.json").write_text(json.dumps(tally.as_dict(), indent=1) + "\n")
     print(f"demo finished in {time.monotonic() - t0:.0f} s; everything is in {out}")
     if tally.right_share < 0.9:
-        print("note: below the 90 % a convincing demo needs: more epochs (DEMO_EPOCHS=...) help; see docs/TRAINING.md")
+        print("note: below the 90 % a convincing demo needs; this recipe tells the shapes apart unreliably "
+              "(docs/TRAINING.md, issue 14)")
     if tally.right_share < min_right:
         print(f"error: only {tally.right_share:.1%} of objects carry one box of their class (want >= {min_right:.0%})",
               file=sys.stderr)
