@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Vendored with the repository (tests/data/coral/README.md); CORAL_TEST_DATA points at another copy.
@@ -20,6 +21,21 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def read_frames(path: Path) -> list[Any]:
+    """Every frame of a video file (BGR arrays), in order."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img)
+    cap.release()
+    return frames
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, step: float = 0.02) -> bool:

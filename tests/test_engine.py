@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from helpers import DetectionQuality
+from helpers import DetectionQuality, read_frames
 
 from agent.config import AgentConfig
 from agent.inference.backends import registry
@@ -71,17 +71,6 @@ def clip(tmp_path_factory: pytest.TempPathFactory, trained_bundle: Path) -> tupl
     truth = make_video(p, n_frames=8, size=(320, 240), fps=10, classes=classes, seed=SEED)
     return p, truth
 
-
-def read_frames(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        frames.append(img)
-    cap.release()
-    return frames
 
 
 @pytest.fixture

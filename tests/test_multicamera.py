@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
-from helpers import wait_for
+from helpers import read_frames, wait_for
 from test_service import Watcher
 
 from agent.camera.capture import Camera
@@ -173,14 +172,7 @@ def frames(tmp_path_factory: pytest.TempPathFactory, trained_bundle: Path) -> li
     classes = json.loads((trained_bundle / "manifest.json").read_text())["class_names"]
     path = tmp_path_factory.mktemp("multicam") / "scene.avi"
     make_video(path, n_frames=30, size=(320, 240), fps=30, classes=classes, seed=11)
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        out.append(img)
-    cap.release()
+    out = read_frames(path)
     assert len(out) == 30
     return out
 

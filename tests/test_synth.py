@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import read_frames
 
 from builder.data.synth import (
     FrameTruth,
@@ -121,14 +122,7 @@ def test_video_real_file_and_truth(tmp_path: Path, suffix: str) -> None:
     assert saved.frames == truths and saved.width == 320 and saved.height == 240 and saved.fps == 12
     assert json.loads(truth_path(path).read_text())["classes"] == ["circle", "square", "triangle"]
 
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = read_frames(path)
     assert len(frames) == 24
     assert frames[0].shape == (240, 320, 3)
 

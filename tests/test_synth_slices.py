@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from helpers import read_frames
 
 from builder.data.synth import DEFAULT_CLASSES
 from builder.data.synth_slices import DIM_GAIN, nearest_scene, render_scene, render_scenes, write_slideshow
@@ -27,13 +28,7 @@ def test_a_camera_frame_is_matched_to_its_scene_through_the_video(tmp_path: Path
     hard = [i % 2 == 1 for i in range(12)]
     scenes = render_scenes([500 + i for i in range(12)], 96, DEFAULT_CLASSES, hard)
     video = write_slideshow(scenes, tmp_path / "v.avi", fps=5, repeat=2)
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
+    frames = read_frames(video)
     assert len(frames) == 24
     for i, frame in enumerate(frames):
         # as the node sends it to the collector: a JPEG of the decoded frame

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.inference.decode.yolo_nas import ClassHead
+from agent.inference.decode.yolo_nas import DECODER_NAMES, ClassHead
 from agent.security.signing import SigningKey
 
 MODEL_TYPES = ("yolo_nas",)
@@ -76,8 +76,8 @@ def resolve_class_head(requested: str | None, manifest_version: int) -> ClassHea
     sigmoid head's decoder, so `--manifest-version 1` exports logits unless sigmoid was asked for (an error)."""
     if requested is None:
         return "logits" if manifest_version == 1 else DEFAULT_CLASS_HEAD
-    if requested not in ("logits", "sigmoid"):
-        raise ConvertError(f"--class-head must be sigmoid or logits, not {requested!r}")
+    if requested not in DECODER_NAMES:
+        raise ConvertError(f"--class-head must be one of {sorted(DECODER_NAMES)}, not {requested!r}")
     if requested == "sigmoid" and manifest_version == 1:
         raise ConvertError("--class-head sigmoid needs manifest schema 2 (its decoder, yolo_nas_sigmoid, is unknown to "
                            "schema 1 nodes): drop --manifest-version 1, or use --class-head logits")

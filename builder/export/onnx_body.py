@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.inference.decode.yolo_nas import DECODER_NAMES
+
 STRIDES = (8, 16, 32)
-CLASS_HEADS = ("logits", "sigmoid")  # agent.inference.decode.yolo_nas.DECODER_NAMES names each one's decoder
 
 
 class ExportError(Exception):
@@ -47,8 +48,8 @@ def make_body(model: Any, class_head: str = "logits") -> Any:
     import torch
     from torch import nn
 
-    if class_head not in CLASS_HEADS:
-        raise ExportError(f"class_head must be one of {CLASS_HEADS}, not {class_head!r}")
+    if class_head not in DECODER_NAMES:
+        raise ExportError(f"class_head must be one of {sorted(DECODER_NAMES)}, not {class_head!r}")
     sigmoid = class_head == "sigmoid"
 
     for attr in ("backbone", "neck", "heads"):
