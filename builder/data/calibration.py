@@ -8,8 +8,10 @@ output at zero point 255 and lost all accuracy in our measurements.
 - `find_images`: every image under a directory, recursively, or inside a .tar.gz / .tgz / .tar.
 - `sample_images`: deterministic choice of N (sorted paths, seeded permutation).
 - `load_calibration`: the (N, S, S, 3) uint8 RGB canvases handed to the converter.
-- `build_calibration_set`: `edge-builder calibration build`, a class-balanced set from a dataset (images/ and their
-  YOLO labels/, which the converter's coverage check counts per stride).
+- `build_calibration_set`: `edge-builder calibration build`, a sample of a dataset (images/ and their YOLO labels/,
+  which the converter's coverage check counts per stride) by one of three subset strategies (`STRATEGIES`):
+  `class` (default) balanced greedily over classes, `scale` the same over the object-size bands of
+  builder.data.strides (stride 8/16/32 at the model's input size), `random` a seeded uniform sample.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,10 +29,12 @@ import numpy as np
 
 from agent.inference.preprocess import letterbox, load_image
 from builder.data.dataset import DatasetError, Item, load_dataset
+from builder.data.strides import STRIDES, box_size, stride_for_size
 from builder.data.yolo_view import label_rows
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 RECOMMENDED = 300  # the guide's "300+ calibration images"
+STRATEGIES = ("class", "random", "scale")  # calibration subset strategies; "class" is the default
 
 
 class CalibrationError(ValueError):
@@ -131,15 +135,19 @@ def build_calibration_set(
     n: int = RECOMMENDED,
     seed: int = 0,
     split: str = "train",
+    strategy: str = "class",
+    imgsz: int = 320,
 ) -> dict[str, object]:
-    """Copy a class-balanced sample of a dataset's images into `out`/images, their labels into `out`/labels (YOLO),
-    and write `out`/calibration.json.
+    """Copy a sample of a dataset's images into `out`/images, their labels into `out`/labels (YOLO), and write
+    `out`/calibration.json (strategy, images per class, images and objects per stride band at `imgsz`).
 
-    Greedy: repeatedly take an image containing the class with the fewest picks so far (images
-    without objects fill the rest, at most 10%), so every class and every object scale the model has
-    to represent contributes to the ranges — the failure we measured was a head level that saw no
-    positives during calibration.
+    `class` (default): repeatedly take an image containing the class with the fewest picks so far (images
+    without objects fill the rest, at most 10%), so every class contributes to the ranges — the failure we
+    measured was a head level that saw no positives during calibration. `scale`: the same greedy rule over
+    the stride bands of the objects at `imgsz` (builder.data.strides), so every head level sees objects.
+    `random`: a seeded uniform sample of all images, objects or not (the baseline the others are judged by).
     """
+    check_strategy(strategy)
     try:
         ds = load_dataset(Path(dataset_path))
         items = ds.items(split)
@@ -148,20 +156,77 @@ def build_calibration_set(
     class_names = list(ds.class_names)
     if not items:
         raise CalibrationError(f"dataset {dataset_path} has no {split} images")
-    picked, counts = balanced_sample([_classes_of(it) for it in items], len(class_names), n, seed)
+    classes = [_classes_of(it) for it in items]
+    bands = [image_bands(it, imgsz) for it in items]
+    picked = select_images(strategy, classes, bands, len(class_names), n, seed)
     if not picked:
         raise CalibrationError(f"no usable images in {dataset_path}")
-    names = _copy_images([items[i] for i in sorted(picked)], Path(out))
+    chosen = [items[i] for i in sorted(picked)]
+    names = _copy_images(chosen, Path(out))
+    per_class = count_keys([classes[i] for i in picked], range(len(class_names)))
     info: dict[str, object] = {
         "dataset": str(dataset_path),
         "split": split,
         "seed": seed,
+        "strategy": strategy,
+        "imgsz": imgsz,
         "images": len(names),
-        "images_per_class": {class_names[k] if k < len(class_names) else str(k): v for k, v in counts.items()},
+        "images_per_class": {class_names[k] if k < len(class_names) else str(k): v for k, v in per_class.items()},
+        "images_per_band": {str(s): v for s, v in count_keys([bands[i] for i in picked], STRIDES).items()},
+        "objects_per_band": {str(s): v for s, v in objects_per_band(chosen, imgsz).items()},
         "files": names,
     }
     (Path(out) / "calibration.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise CalibrationError(f"unknown calibration strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+
+
+def select_images(
+    strategy: str, classes: list[set[int]], bands: list[set[int]], num_classes: int, n: int, seed: int = 0
+) -> list[int]:
+    """Indices of at most `n` images by `strategy` (build_calibration_set), from each image's classes and bands."""
+    check_strategy(strategy)
+    if strategy == "random":
+        return random_sample(len(classes), n, seed)
+    keys, num_keys = (classes, num_classes) if strategy == "class" else (bands, 0)
+    return balanced_sample(keys, num_keys, n, seed)[0]
+
+
+def random_sample(count: int, n: int, seed: int = 0) -> list[int]:
+    """A seeded uniform sample of `n` of `count` indices, sorted (all of them when n >= count)."""
+    return sorted(int(i) for i in np.random.default_rng(seed).permutation(count)[: max(0, n)])
+
+
+def object_bands(item: Item, imgsz: int) -> list[int]:
+    """The stride band of each object once the letterbox scales the image's longest side to `imgsz`."""
+    k = imgsz / max(item.width, item.height, 1)
+    wh = np.asarray(item.boxes, dtype=np.float64).reshape(-1, 4)
+    return [stride_for_size(box_size((x1 - x0) * k, (y1 - y0) * k)) for x0, y0, x1, y1 in wh.tolist()]
+
+
+def image_bands(item: Item, imgsz: int) -> set[int]:
+    return set(object_bands(item, imgsz))
+
+
+def count_keys(sets: list[set[int]], keys: Iterable[int]) -> dict[int, int]:
+    """How many of `sets` contain each key (every key of `keys` listed, 0 when none)."""
+    counts = {int(k): 0 for k in keys}
+    for s in sets:
+        for k in s:
+            counts[int(k)] = counts.get(int(k), 0) + 1
+    return counts
+
+
+def objects_per_band(items: list[Item], imgsz: int) -> dict[int, int]:
+    counts = dict.fromkeys(STRIDES, 0)
+    for it in items:
+        for s in object_bands(it, imgsz):
+            counts[s] += 1
+    return counts
 
 
 def _classes_of(item: Item) -> set[int]:
