@@ -18,8 +18,8 @@ import pytest
 from builder.data.dataset import load_dataset, validate_dataset, write_yolo_view
 from builder.data.photo_backgrounds import SHIPPED_DIR, BackgroundError, load_photos
 from builder.data.strides import box_size, stride_for_size
-from builder.data.synth_objects import sector
 from builder.data.synth_photo import SIZE_BANDS, make_photo_dataset, place_things, render_photo_scene
+from builder.data.synth_scene import sector
 
 
 def _contents(root: Path) -> dict[str, bytes]:

@@ -176,3 +176,42 @@ def test_no_heavy_imports() -> None:
     code = "import sys, builder.data.synth; print(sorted(m for m in ('torch', 'tensorflow', 'onnx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _object_hue(seed: int, palette: str) -> tuple[int, float]:
+    """(class, median hue of the pixels the one object changed) of a one-object scene."""
+    from builder.data.synth_scene import apply_lighting, render_background
+
+    img, truth = render_image(seed, 160, 160, max_objects=1, palette=palette)
+    bg = apply_lighting(np.random.default_rng(0), render_background(np.random.default_rng(seed), 160, 160), 0.0)
+    changed = np.abs(img.astype(np.int16) - bg.astype(np.int16)).max(axis=2) > 60
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    saturated = changed & (hsv[..., 1] > 60)
+    return truth[0][0], float(np.median(hsv[..., 0][saturated])) if saturated.any() else float("nan")
+
+
+def test_class_palette_colours_each_class_from_its_own_hues() -> None:
+    """--palette class: an object's hue lies in its class's sector (builder.data.synth_scene.class_hue), so colour
+    tells the class; the random palette mixes them."""
+    from builder.data.synth_scene import sector
+
+    w = sector(3)
+    near = []
+    for seed in range(24):
+        cls, hue = _object_hue(seed, "class")
+        d = abs(hue - 2 * cls * w)
+        near.append(min(d, 180 - d) <= 0.5 * w)
+    assert np.mean(near) >= 0.9, near
+    spread = {c: h for c, h in (_object_hue(s, "random") for s in range(24))}
+    assert len(spread) == 3  # every class drawn; their hues need not sit in any sector
+    with pytest.raises(ValueError, match="palette"):
+        render_image(0, 64, 64, palette="rainbow")
+
+
+def test_random_palette_is_the_default_output(tmp_path: Path) -> None:
+    """Naming the default palette changes nothing (the shared test bundle's data stay byte-identical)."""
+    a = make_dataset(tmp_path / "a", n_train=3, n_val=1, imgsz=64, seed=2)
+    b = make_dataset(tmp_path / "b", n_train=3, n_val=1, imgsz=64, seed=2, palette="random")
+    c = make_dataset(tmp_path / "c", n_train=3, n_val=1, imgsz=64, seed=2, palette="class")
+    assert _digest(a) == _digest(b) != _digest(c)
+    assert "class colours" in (c / "data.yaml").read_text()

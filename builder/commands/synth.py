@@ -24,6 +24,7 @@ def register(sub: SubParsers) -> None:
     d.add_argument("--n-train", "--n_train", dest="n_train", type=int, default=128, help="training images (128)")
     d.add_argument("--n-val", "--n_val", dest="n_val", type=int, default=32, help="validation images (32)")
     d.add_argument("--imgsz", type=int, default=320, help="square image size in pixels (320)")
+    _palette(d)
     _common(d)
     d.set_defaults(func=_dataset)
 
@@ -51,8 +52,17 @@ def register(sub: SubParsers) -> None:
     v.add_argument("--size", default="640x480", help="WIDTHxHEIGHT (640x480)")
     v.add_argument("--fps", type=float, default=10.0, help="frames per second (10)")
     v.add_argument("--objects", type=int, default=None, help="moving objects, one lane each (default 3)")
+    _palette(v)
     _common(v)
     v.set_defaults(func=_video)
+
+
+def _palette(p: argparse.ArgumentParser) -> None:
+    from builder.data.synth_scene import PALETTES
+
+    p.add_argument("--palette", choices=PALETTES, default="random",
+                   help="object colours: random (only the shape tells the class) or class (each class its own "
+                   "hue family, as `make demo` uses) (random)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -83,7 +93,7 @@ def _dataset(args: argparse.Namespace) -> int:
         with tqdm(total=args.n_train + args.n_val, desc="synth", unit="img") as bar:
             root = make_dataset(
                 args.out, args.n_train, args.n_val, imgsz=args.imgsz, classes=classes, seed=args.seed,
-                progress=lambda done, total: bar.update(done - bar.n),
+                progress=lambda done, total: bar.update(done - bar.n), palette=args.palette,
             )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -122,7 +132,8 @@ def _video(args: argparse.Namespace) -> int:
         w, _, h = args.size.lower().partition("x")
         size = (int(w), int(h))
         truth = make_video(
-            args.out, args.frames, size=size, fps=args.fps, classes=classes, seed=args.seed, n_objects=args.objects
+            args.out, args.frames, size=size, fps=args.fps, classes=classes, seed=args.seed, n_objects=args.objects,
+            palette=args.palette,
         )
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,7 +23,8 @@ from pydantic import BaseModel, Field
 from builder.data.synth_scene import (
     DEFAULT_CLASSES,
     SceneObject,
-    random_color,
+    check_palette,
+    object_colour,
     render,
     render_background,
     render_image,
@@ -86,15 +87,18 @@ def make_dataset(
     classes: list[str] | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    palette: str = "random",
 ) -> Path:
     """Write a YOLO-format dataset under `out` and return `out` (the dataset root; data.yaml is inside).
 
     Layout: images/{train,val}/*.jpg, labels/{train,val}/*.txt (class cx cy w h, normalized), data.yaml
-    with `names`. Deterministic by seed: image i of a split always comes from the same sub-seed.
+    with `names`. Deterministic by seed: image i of a split always comes from the same sub-seed. `palette`
+    "class" colours each object from its class's hue sector (builder.data.synth_scene.object_colour).
     """
     classes = list(classes or DEFAULT_CLASSES)
     if not classes:
         raise ValueError("need at least one class")
+    check_palette(palette)
     if n_train < 1 or n_val < 1:
         raise ValueError("need at least one training and one validation image")
     out = Path(out)
@@ -107,7 +111,7 @@ def make_dataset(
         lbl_dir.mkdir(parents=True, exist_ok=True)
         for i in range(count):
             # Sub-seeds independent of the split sizes: growing n_train keeps the first images identical.
-            img, truth = render_image(seed * 7_919_993 + offset + i, imgsz, imgsz, classes)
+            img, truth = render_image(seed * 7_919_993 + offset + i, imgsz, imgsz, classes, palette=palette)
             stem = f"{split}_{i:05d}"
             cv2.imwrite(str(img_dir / f"{stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
             lines = _yolo_lines(truth, imgsz)
@@ -119,7 +123,8 @@ def make_dataset(
     names = "\n".join(f"  {i}: {_yaml_quote(n)}" for i, n in enumerate(classes))
     yaml_path = out / "data.yaml"
     yaml_path.write_text(
-        f"# synthetic shapes dataset, seed {seed}, {n_train} train / {n_val} val images at {imgsz} px\n"
+        f"# synthetic shapes dataset, seed {seed}, {n_train} train / {n_val} val images at {imgsz} px"
+        f"{'' if palette == 'random' else f', {palette} colours'}\n"
         f"train: images/train\nval: images/val\nnc: {len(classes)}\nnames:\n{names}\n"
     )
     return out
@@ -138,7 +143,7 @@ def _fourcc_for(path: Path) -> str:
 
 
 def _lane_objects(
-    rng: np.random.Generator, w: int, h: int, n: int, classes: list[str]
+    rng: np.random.Generator, w: int, h: int, n: int, classes: list[str], palette: str = "random"
 ) -> tuple[list[SceneObject], list[float]]:
     """One object per horizontal lane and its horizontal speed (pixels per frame)."""
     lane_h = h / n
@@ -156,7 +161,8 @@ def _lane_objects(
                 radius=radius,
                 angle=float(rng.uniform(0, 2 * np.pi)),
                 texture_seed=int(rng.integers(0, 2**31)),
-                color=random_color(rng),
+                color=object_colour(rng, cls, len(classes), palette),
+                keep_hue=palette == "class",
             )
         )
         vel.append(float(rng.uniform(0.01, 0.03) * w * rng.choice([-1, 1])))
@@ -194,14 +200,16 @@ def make_video(
     seed: int = 0,
     n_objects: int | None = None,
     write_json: bool = True,
+    palette: str = "random",
 ) -> list[FrameTruth]:
     """Write a video of shapes moving over a fixed background and return per-frame ground truth.
 
     Each object moves in its own horizontal lane and bounces off the sides, so objects never overlap and
     every box in the truth is fully visible. Lighting flickers slightly from frame to frame. With
-    `write_json`, the truth is also written as `<path>.json` (a `VideoTruth`).
+    `write_json`, the truth is also written as `<path>.json` (a `VideoTruth`). `palette` as in make_dataset.
     """
     classes = list(classes or DEFAULT_CLASSES)
+    check_palette(palette)
     path = Path(path)
     w, h = size
     if n_frames < 1:
@@ -209,7 +217,7 @@ def make_video(
     rng = np.random.default_rng(seed)
     bg = render_background(rng, w, h)
     n = n_objects if n_objects is not None else min(3, max(1, h // 120))
-    objs, vel = _lane_objects(rng, w, h, n, classes)
+    objs, vel = _lane_objects(rng, w, h, n, classes, palette)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*_fourcc_for(path)), float(fps), (w, h))
     if not writer.isOpened():

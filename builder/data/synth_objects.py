@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from builder.data.synth_scene import texture
+from builder.data.synth_scene import hue_colour, texture
 from builder.data.synth_shapes import shape_angle, shape_outline
 
 _CIRCLE_ANGLES = np.linspace(0, 2 * np.pi, 48, endpoint=False)
@@ -38,24 +38,6 @@ class PhotoObject:
     angle: float
     hue: float  # OpenCV hue, 0-180
     texture_seed: int
-
-
-def sector(n_classes: int) -> float:
-    """Width of one hue sector (OpenCV units)."""
-    return 180.0 / (2 * n_classes)
-
-
-def class_hue(rng: np.random.Generator, k: int, n_classes: int) -> float:
-    """A hue inside class k's sector (its middle half, so jitter and lighting keep it there)."""
-    w = sector(n_classes)
-    return float((2 * k * w + rng.uniform(-0.25, 0.25) * w) % 180)
-
-
-def off_class_hue(rng: np.random.Generator, n_classes: int) -> float:
-    """A hue in one of the sectors between the classes' sectors."""
-    w = sector(n_classes)
-    k = int(rng.integers(0, n_classes))
-    return float(((2 * k + 1) * w + rng.uniform(-0.25, 0.25) * w) % 180)
 
 
 def object_points(o: PhotoObject) -> np.ndarray:
@@ -84,11 +66,6 @@ def object_mask(o: PhotoObject, w: int, h: int) -> np.ndarray:
     return mask
 
 
-def _colour(rng: np.random.Generator, hue: float) -> np.ndarray:
-    hsv = np.array([[[hue, rng.uniform(150, 255), rng.uniform(120, 255)]]], np.float32)
-    return cv2.cvtColor(np.round(hsv).astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
-
-
 def _shadow(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, size: float) -> None:
     """Darken the canvas under a shifted, blurred copy of the mask (a light from one side)."""
     d = size * rng.uniform(0.04, 0.12)
@@ -108,7 +85,7 @@ def paint_object(rng: np.random.Generator, canvas: np.ndarray, o: PhotoObject, m
         _shadow(rng, canvas, mask, o.size)
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
     trng = np.random.default_rng(o.texture_seed)
-    tex = texture(trng, x1 - x0, y1 - y0, _colour(rng, o.hue), trng.uniform(0.03, 0.15))
+    tex = texture(trng, x1 - x0, y1 - y0, hue_colour(rng, o.hue), trng.uniform(0.03, 0.15))
     # Shading: brightness falls off across the object in a random direction.
     a = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)

@@ -29,13 +29,11 @@ from builder.data.synth_objects import (
     CLASS_ASPECT,
     STRETCH_ASPECT,
     PhotoObject,
-    class_hue,
     object_extent,
     object_mask,
-    off_class_hue,
     paint_object,
 )
-from builder.data.synth_scene import apply_lighting, overlap_fraction
+from builder.data.synth_scene import apply_lighting, class_hue, off_class_hue, overlap_fraction
 from builder.data.synth_shapes import KNOWN_SHAPES, shape_for_class
 
 REFERENCE_SIZE = 320  # the size bands are set for this input size and scale with the image

@@ -23,6 +23,47 @@ _MIN_VISIBLE = 0.6
 # ------------------------------------------------------------------------------------------- textures
 
 
+PALETTES = ("random", "class")  # how objects are coloured: any colour, or a colour of their class's hue sector
+
+
+def sector(n_classes: int) -> float:
+    """Width of one hue sector (OpenCV units): the hue circle is cut into 2 x n, class k owns sector 2k."""
+    return 180.0 / (2 * n_classes)
+
+
+def class_hue(rng: np.random.Generator, k: int, n_classes: int) -> float:
+    """A hue inside class k's sector (its middle half, so jitter and lighting keep it there)."""
+    w = sector(n_classes)
+    return float((2 * k * w + rng.uniform(-0.25, 0.25) * w) % 180)
+
+
+def off_class_hue(rng: np.random.Generator, n_classes: int) -> float:
+    """A hue in one of the sectors between the classes' sectors."""
+    w = sector(n_classes)
+    k = int(rng.integers(0, n_classes))
+    return float(((2 * k + 1) * w + rng.uniform(-0.25, 0.25) * w) % 180)
+
+
+def hue_colour(rng: np.random.Generator, hue: float) -> np.ndarray:
+    """A saturated BGR colour of the given OpenCV hue, random saturation and value."""
+    hsv = np.array([[[hue, rng.uniform(150, 255), rng.uniform(120, 255)]]], np.float32)
+    return cv2.cvtColor(np.round(hsv).astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+
+
+def object_colour(rng: np.random.Generator, cls: int, n_classes: int, palette: str = "random") -> np.ndarray:
+    """An object's colour. "random": any colour, so only the shape tells the class (the default, and what the
+    shared test model learns); "class": a colour of the class's own hue sector, so colour tells it too."""
+    check_palette(palette)
+    if palette == "class":
+        return hue_colour(rng, class_hue(rng, cls, n_classes))
+    return random_color(rng)
+
+
+def check_palette(palette: str) -> None:
+    if palette not in PALETTES:
+        raise ValueError(f"unknown palette {palette!r}; one of {', '.join(PALETTES)}")
+
+
 def random_color(rng: np.random.Generator) -> np.ndarray:
     """A saturated-enough colour (HSV sampled) so shapes stand out from most backgrounds."""
     hsv = np.array([[[rng.integers(0, 180), rng.integers(90, 256), rng.integers(90, 256)]]], np.uint8)
@@ -106,6 +147,17 @@ class SceneObject:
     angle: float
     texture_seed: int
     color: np.ndarray
+    keep_hue: bool = False  # class palette: the colour carries the class, so contrast fixes keep its hue
+
+
+def _contrasting(obj: SceneObject, under: np.ndarray) -> np.ndarray:
+    """A colour that stands out from `under`: its complement, or (keep_hue) the object's own colour darkened or
+    lightened."""
+    if not obj.keep_hue:
+        return np.clip(255.0 - under, 0, 255)
+    if float(under.mean()) > 127:
+        return obj.color * 0.45
+    return obj.color + (255.0 - obj.color) * 0.5
 
 
 def _paint(canvas: np.ndarray, obj: SceneObject, mask: np.ndarray) -> None:
@@ -119,7 +171,7 @@ def _paint(canvas: np.ndarray, obj: SceneObject, mask: np.ndarray) -> None:
     region = canvas[y0:y1, x0:x1]
     # Keep the silhouette visible: an object as dark/bright as what it covers becomes its complement.
     under = region[mask[y0:y1, x0:x1] > 127].mean(axis=0)
-    color = obj.color if np.abs(obj.color - under).sum() >= 120 else np.clip(255.0 - under, 0, 255)
+    color = obj.color if np.abs(obj.color - under).sum() >= 120 else _contrasting(obj, under)
     tex = texture(rng, int(x1 - x0), int(y1 - y0), color.astype(np.float32), rng.uniform(0.05, 0.3))
     canvas[y0:y1, x0:x1] = region * (1 - alpha) + tex * alpha
     # A darker outline on some objects, as real objects have edges of varying contrast.
@@ -160,7 +212,8 @@ def render(
 
 
 def place_objects(
-    rng: np.random.Generator, w: int, h: int, n_classes: int, classes: Sequence[str], max_objects: int = 4
+    rng: np.random.Generator, w: int, h: int, n_classes: int, classes: Sequence[str], max_objects: int = 4,
+    palette: str = "random",
 ) -> list[SceneObject]:
     """Random objects with scale variety; an overlap check keeps earlier objects mostly visible."""
     objs: list[SceneObject] = []
@@ -187,7 +240,8 @@ def place_objects(
                 radius=radius,
                 angle=float(rng.uniform(0, 2 * np.pi)),
                 texture_seed=int(rng.integers(0, 2**31)),
-                color=random_color(rng),
+                color=object_colour(rng, cls, n_classes, palette),
+                keep_hue=palette == "class",
             )
         )
         boxes.append(box)
@@ -203,10 +257,11 @@ def overlap_fraction(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def render_image(
-    seed: int, width: int, height: int, classes: Sequence[str] = DEFAULT_CLASSES, max_objects: int = 4
+    seed: int, width: int, height: int, classes: Sequence[str] = DEFAULT_CLASSES, max_objects: int = 4,
+    palette: str = "random",
 ) -> tuple[np.ndarray, list[tuple[int, tuple[float, float, float, float]]]]:
-    """One synthetic BGR image and its (class id, pixel xyxy box) truth, deterministic by seed."""
+    """One synthetic BGR image and its (class id, pixel xyxy box) truth, deterministic by seed (and palette)."""
     rng = np.random.default_rng(seed)
     bg = render_background(rng, width, height)
-    objs = place_objects(rng, width, height, len(classes), classes, max_objects)
+    objs = place_objects(rng, width, height, len(classes), classes, max_objects, palette)
     return render(rng, bg, objs)
