@@ -114,8 +114,9 @@ def class_quant(runner: Any, num_classes: int) -> list[list[float]]:
 def measure_heads(lm: Any, imgsz: int, calib: np.ndarray, work: Path, items: list[Any], fp32: Any,
                   threads: int, with_fp32_tflite: bool = False) -> dict[str, Any]:
     """Convert and evaluate both heads on `calib`; rows per head (accuracy vs the FP32 evaluation `fp32`)."""
+    from builder.evaluate.compare import drop_row
     from builder.evaluate.evaluator import evaluate_runner
-    from builder.evaluate.metrics import ImageBoxes, paired_bootstrap
+    from builder.evaluate.metrics import ImageBoxes
     from builder.evaluate.runners import TFLiteRunner
 
     min_area = large_min_area(items)
@@ -129,13 +130,9 @@ def measure_heads(lm: Any, imgsz: int, calib: np.ndarray, work: Path, items: lis
         runner = TFLiteRunner(d / "model_quant.tflite", threads, f"quant_{head}", class_head=head)
         runners[head] = runner
         ev = evaluate_runner(runner, items, lm.num_classes)
-        ci = paired_bootstrap(gts, fp32.detections, ev.detections, lm.num_classes)
         rec = large_recall(items, ev.detections, min_area)
         rows[head] = {
-            "map50_95": ev.result.map50_95, "map50": ev.result.map50,
-            "drop_map50_95_pts": (ev.result.map50_95 - fp32.result.map50_95) * 100,
-            "drop_map50_pts": (ev.result.map50 - fp32.result.map50) * 100,
-            "drop_map50_95_ci95_pts": [ci[0] * 100, ci[1] * 100],
+            **drop_row(gts, fp32, ev, lm.num_classes),
             "large_recall": rec["recall"], "large_recall_fp32": ref_recall["recall"],
             "large_recall_drop_pts": (rec["recall"] - ref_recall["recall"]) * 100,
             "large_objects": rec["objects"], "class_output_quant": class_quant(runner, lm.num_classes),
