@@ -71,6 +71,7 @@ class Config:
     epochs: int = 30
     batch: int = 16
     model: str = "yolo_nas_s"
+    lr0: float | None = None  # None: train's own default
     calib_pool_size: int = 1000
     keep_fp32: bool = False  # convert accepts KEEP_FLAG
     conversions: tuple[str, ...] = tuple(CONVERSIONS)  # which of CONVERSIONS to make ("default" always)
@@ -118,7 +119,19 @@ def train_args(cfg: Config, resume: bool) -> tuple[str, ...]:
             "--output_dir", str(cfg.work / "output"), "--workers", "1"]
     if cfg.model != "yolo_nas_s":
         args += ["--model", cfg.model]
+    if cfg.lr0 is not None:
+        args += ["--lr0", f"{cfg.lr0:g}"]
     return (*args, "--resume") if resume else tuple(args)
+
+
+def resume_mismatch(cfg: Config) -> list[str]:
+    """What differs between the run to resume (its train_config.json) and this bench's training options."""
+    path = cfg.experiment / "train_config.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    ours = {"epochs": cfg.epochs, "batch_size": cfg.batch, "imgsz": cfg.imgsz, "model": cfg.model, "lr0": cfg.lr0}
+    return [f"{k}: the run has {saved.get(k)}, this bench {v}" for k, v in ours.items() if saved.get(k) != v]
 
 
 def epochs_done(experiment: Path) -> int:

@@ -1,13 +1,13 @@
 """The 320 px accuracy reference (issue 14): FP32 vs INT8 on a held-out test split, with paired 95% intervals.
 
     python bench/bench_accuracy.py --work DIR [--imgsz 320] [--n-train 600] [--n-val 150] [--n-test 300]
-        [--epochs 30] [--batch 16] [--model yolo_nas_s] [--calib-pool-size 1000] [--threads 2]
+        [--epochs 30] [--batch 16] [--model yolo_nas_s] [--lr0 X] [--calib-pool-size 1000] [--threads 2]
         [--out bench/results/accuracy_320.json] [--skip-train] [--dry-run]
 
 Steps, each the `edge-builder` command a user types (bench/accuracy_steps.py; skipped when its output is in
 DIR, so a run resumes, and `--dry-run` prints them): `synth photo` train/val/test data and a separate
 calibration pool (calibration images are never test images); `train` (checkpoint picked on val; `--resume`
-when history.json has not reached --epochs); `calibration build` sets class_300 (default), class_100,
+when history.json has not reached --epochs, refused when its train_config.json has other options); `calibration build` sets class_300 (default), class_100,
 class_1000, random_300, scale_300 from the pool; the guide's `convert` into DIR/conv/default, then one
 `convert` per option differing in one flag (per_tensor, logits class head, each other calibration set).
 
@@ -45,6 +45,7 @@ from accuracy_steps import (  # noqa: E402  (bench/ on the path, as every benchm
     convert_keeps_fp32,
     convert_steps,
     data_steps,
+    resume_mismatch,
     run_step,
     train_action,
     train_step,
@@ -77,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--model", default="yolo_nas_s")
+    ap.add_argument("--lr0", type=float, default=None, help="train's --lr0 (default: train's own)")
     ap.add_argument("--calib-pool-size", type=int, default=1000, help="calibration pool images (1000)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for evaluation")
     ap.add_argument("--out", type=Path, default=RESULTS / "accuracy_320.json")
@@ -92,7 +94,7 @@ def config(args: argparse.Namespace, keep_fp32: bool) -> Config:
     if unknown := chosen - set(CONVERSIONS):
         raise SystemExit(f"--conversions: unknown {', '.join(sorted(unknown))} (known: {', '.join(CONVERSIONS)})")
     return Config(work=args.work.resolve(), imgsz=args.imgsz, n_train=args.n_train, n_val=args.n_val,
-                  n_test=args.n_test, epochs=args.epochs, batch=args.batch, model=args.model,
+                  n_test=args.n_test, epochs=args.epochs, batch=args.batch, model=args.model, lr0=args.lr0,
                   calib_pool_size=args.calib_pool_size, keep_fp32=keep_fp32,
                   conversions=tuple(c for c in CONVERSIONS if c in chosen))
 
@@ -109,6 +111,8 @@ def train(cfg: Config, skip_train: bool, logs: Path) -> dict[str, Any]:
     step, action = train_step(cfg), train_action(cfg)
     if action != "skip" and (pids := training_running(cfg.work / "output")):
         raise SystemExit(f"a training into {cfg.work / 'output'} is running (pid {pids}): wait for it to finish")
+    if action == "resume" and (diff := resume_mismatch(cfg)):
+        raise SystemExit("will not resume a run with other options (pass the run's own): " + "; ".join(diff))
     return {**run_step(step, logs), "action": action}
 
 

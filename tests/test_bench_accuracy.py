@@ -77,6 +77,11 @@ def test_train_is_skipped_resumed_or_started(tmp_path: Path) -> None:
     _history(cfg.experiment, 3, ("ckpt_best.pth", "ckpt_latest.pth"))
     assert steps.train_action(cfg) == "resume"  # ckpt_best.pth exists after epoch 1: not the done marker
     assert steps.train_step(cfg).args[-1] == "--resume" and not steps.train_step(cfg).done()
+    (cfg.experiment / "train_config.json").write_text(json.dumps(
+        {"epochs": 5, "batch_size": 16, "imgsz": 320, "model": "yolo_nas_s", "lr0": 0.002}))
+    assert steps.resume_mismatch(cfg) == ["lr0: the run has 0.002, this bench None"]
+    lr = _cfg(tmp_path, epochs=5, lr0=2e-3)
+    assert steps.resume_mismatch(lr) == [] and steps.train_args(lr, resume=True)[-3:] == ("--lr0", "0.002", "--resume")
     _history(cfg.experiment, 5, ("ckpt_best.pth", "ckpt_latest.pth"))
     assert steps.train_action(cfg) == "skip" and steps.train_step(cfg).done()
     (cfg.experiment / "ckpt_latest.pth").unlink()
