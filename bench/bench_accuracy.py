@@ -192,7 +192,8 @@ def evaluate(key: str, path: Path, items: list[Any], num_classes: int, cfg: Conf
 
     cache = cfg.work / "eval" / f"{key}.npz"
     names = [it.image.name for it in items]
-    dets = load_detections(cache, fingerprint(path), names)
+    source = f"{fingerprint(path)}|{fingerprint(cfg.data / 'data.yaml')}"  # this model file, this dataset
+    dets = load_detections(cache, source, names)
     if dets is not None:
         print(f"[skip] evaluate {key}: cached in {cache}", flush=True)
         gts = [ImageBoxes(it.boxes, it.classes) for it in items]
@@ -203,9 +204,10 @@ def evaluate(key: str, path: Path, items: list[Any], num_classes: int, cfg: Conf
         runner: Any = TFLiteRunner(path, threads, key, class_head=bundle_class_head(
             cfg.conversion(key.split(".")[0]) / "model_quant.tflite"))
     else:
-        runner = TorchRunner(load_model(path).model, cfg.imgsz, threads)
+        lm = load_model(path)  # at the checkpoint's own size, as convert makes the TFLite files
+        runner = TorchRunner(lm.model, lm.imgsz, threads)
     ev = evaluate_runner(runner, items, num_classes)
-    save_detections(cache, fingerprint(path), names, ev.detections)
+    save_detections(cache, source, names, ev.detections)
     return ev
 
 
