@@ -70,7 +70,8 @@ OPTION_GROUPS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True, help="work directory; every step's output stays here")
+    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench" / "accuracy",
+                    help="work directory; every step's output stays here, so a run resumes (.cache/bench/accuracy)")
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-val", type=int, default=150)

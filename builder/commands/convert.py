@@ -52,6 +52,9 @@ def register(sub: SubParsers) -> None:
                    help="class outputs of the INT8 graph: sigmoid (probabilities, fixed [0, 1] INT8 scale that "
                    "calibration cannot break; manifest schema 2 only) or logits (raw, calibrated range); default: "
                    "sigmoid, logits with --manifest-version 1 (docs/CONVERSION.md, 'Class head')")
+    p.add_argument("--keep-intermediate", "--keep_intermediate", dest="keep_intermediate", metavar="DIR", type=Path,
+                   default=None, help="also copy the FP32 TFLite file, the ONNX body and the calibration array to DIR "
+                   "(they are not part of the bundle)")
     p.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,
                    help="manifest schema: 2 (default) lists each backend's files so a node fetches only what it "
                    "runs; 1 for agents older than schema 2 (every node fetches every file)")
