@@ -81,6 +81,8 @@ def test_report_md_shows_cpu_method_and_spread() -> None:
     assert "Latency method: 3 warm-up calls" in md and "paired" in md
     assert "Cortex-A76" in md and "asimddp" in md and "has int8 dot-product" in md
     assert "| 5.0 (4.2–5.8) |" in md and "| 0.45 (0.41–0.49) |" in md  # medians with their p10–p90
+    assert "Class head" not in md  # a report from before the class head was recorded
+    assert "Class head: sigmoid: probabilities" in markdown({**report, "class_head": "sigmoid"})
 
 
 def test_write_report_records_cpu_and_method(tmp_path: Path) -> None:

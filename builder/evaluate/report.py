@@ -67,6 +67,15 @@ def latency_lines(report: dict[str, Any]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def class_head_lines(head: str | None) -> list[str]:
+    """Which class outputs the INT8 graph has (docs/CONVERSION.md, "Class head")."""
+    if not head:
+        return []
+    what = {"sigmoid": "probabilities (the sigmoid inside the graph, a fixed [0, 1] INT8 scale)",
+            "logits": "raw logits (a calibrated INT8 range; the decoder applies the sigmoid)"}.get(head, head)
+    return [f"Class head: {head}: {what}.", ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     v = report["variants"]
     lines = [
@@ -76,6 +85,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"calibrated on {report['calibration']['images']} images from `{report['calibration']['source']}`"
         + (f"; evaluated on the validation split of `{report['dataset']}`" if report.get("dataset") else "; no dataset given, so no accuracy"),
         "",
+        *class_head_lines(report.get("class_head")),
         *coverage_lines(report["calibration"].get("coverage")),
         *variant_table(report),
         *latency_lines(report),
