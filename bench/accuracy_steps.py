@@ -42,7 +42,7 @@ CONVERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "random_300": ("random_300", ()),
     "scale_300": ("scale_300", ()),
 }
-KEEP_FLAG = "--keep-intermediate"  # keeps model_fp32.tflite; used only when `convert --help` lists it
+KEEP_FLAG = "--keep-intermediate"  # the default conversion keeps model_fp32.tflite for its row
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,6 @@ class Config:
     model: str = "yolo_nas_s"
     lr0: float | None = None  # None: train's own default
     calib_pool_size: int = 1000
-    keep_fp32: bool = False  # convert accepts KEEP_FLAG
     conversions: tuple[str, ...] = tuple(CONVERSIONS)  # which of CONVERSIONS to make ("default" always)
 
     @property
@@ -176,7 +175,7 @@ def convert_steps(cfg: Config) -> list[Step]:
         n = CALIB_SETS[calib][1]
         if n > CONVERT_DEFAULT_CALIBRATION_IMAGES:
             args += ["--calibration_images", str(n)]
-        if name == "default" and cfg.keep_fp32:
+        if name == "default":
             args += [KEEP_FLAG, str(cfg.intermediate(name))]
         steps.append(Step(f"convert_{name}", tuple(args), cfg.conversion(name) / "manifest.json"))
     return steps
@@ -188,10 +187,6 @@ def edge_builder() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "builder.cli"]
 
 
-def convert_keeps_fp32() -> bool:
-    """Whether this checkout's `convert` has the flag that keeps model_fp32.tflite."""
-    r = subprocess.run([*edge_builder(), "convert", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    return KEEP_FLAG in r.stdout
 
 
 def run_step(step: Step, logs: Path) -> dict[str, Any]:

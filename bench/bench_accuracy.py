@@ -42,7 +42,6 @@ from accuracy_steps import (  # noqa: E402  (bench/ on the path, as every benchm
     CONVERSIONS,
     Config,
     calib_steps,
-    convert_keeps_fp32,
     convert_steps,
     data_steps,
     resume_mismatch,
@@ -90,13 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def config(args: argparse.Namespace, keep_fp32: bool) -> Config:
+def config(args: argparse.Namespace) -> Config:
     chosen = {c.strip() for c in args.conversions.split(",") if c.strip()} | {"default"}
     if unknown := chosen - set(CONVERSIONS):
         raise SystemExit(f"--conversions: unknown {', '.join(sorted(unknown))} (known: {', '.join(CONVERSIONS)})")
     return Config(work=args.work.resolve(), imgsz=args.imgsz, n_train=args.n_train, n_val=args.n_val,
                   n_test=args.n_test, epochs=args.epochs, batch=args.batch, model=args.model, lr0=args.lr0,
-                  calib_pool_size=args.calib_pool_size, keep_fp32=keep_fp32,
+                  calib_pool_size=args.calib_pool_size,
                   conversions=tuple(c for c in CONVERSIONS if c in chosen))
 
 
@@ -316,12 +315,10 @@ def table_lines(result: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = config(args, keep_fp32=convert_keeps_fp32())
+    cfg = config(args)
     if args.dry_run:
         dry_run(cfg)
         return 0
-    if not cfg.keep_fp32:
-        print("note: this convert has no --keep-intermediate: no model_fp32.tflite row", flush=True)
     cfg.work.mkdir(parents=True, exist_ok=True)
     steps = run_steps(cfg, args.skip_train)
     result = build_result(cfg, steps, evaluate_all(cfg, args.threads))

@@ -55,9 +55,8 @@ def test_commands_are_the_users_commands(tmp_path: Path) -> None:
     assert extra["convert_class_1000"] == [f"{tmp_path}/calib/class_1000/images", "--calibration_images", "1000"]
     assert extra["convert_class_100"] == [f"{tmp_path}/calib/class_100/images"]
     assert extra["convert_scale_300"] == [f"{tmp_path}/calib/scale_300/images"]
-    assert all(len(args) == len(default) for name, args in conv.items() if "300" in name)
-    kept = steps.convert_steps(_cfg(tmp_path, keep_fp32=True))[0].args
-    assert kept[-2:] == (steps.KEEP_FLAG, f"{tmp_path}/conv/default.intermediate")
+    assert default[-2:] == [steps.KEEP_FLAG, f"{tmp_path}/conv/default.intermediate"]  # model_fp32 for its row
+    assert all(len(args) == len(default) - 2 for name, args in conv.items() if "300" in name)
     only = steps.convert_steps(_cfg(tmp_path, conversions=("default", "logits")))
     assert [s.name for s in only] == ["convert_default", "convert_logits"]
 
@@ -139,7 +138,7 @@ def test_rows_group_into_tables_and_targets() -> None:
 
 def test_unknown_conversion_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown bogus"):
-        bench.config(bench.parse_args(["--work", str(tmp_path), "--conversions", "default,bogus"]), False)
+        bench.config(bench.parse_args(["--work", str(tmp_path), "--conversions", "default,bogus"]))
 
 
 @pytest.fixture
