@@ -206,16 +206,20 @@ def test_raw_bundle_decodes_exactly_as_before(trained_bundle: Path) -> None:
 
 # ------------------------------------------------------------------------------------ slow, converting
 
+HELDOUT_IMAGES = 160  # ~130 large objects: one missed box is under a point
+
 
 @pytest.fixture(scope="module")
 def small_calibration_run(trained_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The pinned checkpoint converted once per class head, calibrated only on training images whose objects are
-    all below 32 px at the input (no stride-16/32 objects); FP32 and both INT8 models evaluated on val."""
+    all below 32 px at the input (no stride-16/32 objects); FP32 and both INT8 models evaluated on
+    HELDOUT_IMAGES held-out synthetic scenes."""
     pytest.importorskip("torch")
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_head as bh
 
     from builder.data.calibration import load_calibration
+    from builder.data.synth import make_dataset
     from builder.evaluate.evaluator import evaluate_runner, load_dataset_items
     from builder.evaluate.runners import TFLiteRunner, TorchRunner
     from builder.export.loaded_model import load_model
@@ -230,7 +234,11 @@ def small_calibration_run(trained_bundle_dir: Path, tmp_path_factory: pytest.Tem
         shutil.copy2(p, calib_dir / p.name)
     coverage = count_coverage(dataset / "images" / "train", [p.name for p in calib_dir.iterdir()], lm.imgsz)
     calib, _ = load_calibration(calib_dir, lm.imgsz, warn=lambda m: None)
-    _, items = load_dataset_items(dataset, "val")
+    # Held-out scenes from the same generator (another seed than the bundle's): the bundle's 32 val images hold
+    # ~28 large objects, where one borderline box is 3.6 points and "within 2 points" cannot be judged.
+    heldout = make_dataset(work / "heldout", n_train=1, n_val=HELDOUT_IMAGES, imgsz=lm.imgsz,
+                           classes=list(lm.class_names), seed=7)
+    _, items = load_dataset_items(heldout, "val")
     min_area = bh.large_min_area(items)
     fp32 = evaluate_runner(TorchRunner(lm.model, lm.imgsz, 2), items, lm.num_classes)
     heads: dict[str, Any] = {}
