@@ -154,7 +154,9 @@ def done_work(tmp_path: Path, trained_bundle_dir: Path) -> Path:
     return work
 
 
+@pytest.mark.builder
 def test_bench_resumes_from_done_steps_and_writes_its_result(done_work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")  # evaluates the PyTorch checkpoint: the builder venv only
     out = done_work / "result.json"
     argv = ["--work", str(done_work), "--imgsz", "128", "--n-train", "2", "--n-val", "1", "--n-test", "8",
             "--calib-pool-size", "4", "--skip-train", "--conversions", "default", "--out", str(out)]
